@@ -1,0 +1,818 @@
+//! The IVF index: a coarse quantizer (centroids), one inverted list per centroid, and an
+//! encoding of list entries (Flat, SQ8 or PQ, the last two on residuals).
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fmt;
+use std::str::FromStr;
+
+use rayon::prelude::*;
+
+use crate::assign::{self, Panels};
+use crate::error::{IvfError, Result, check_query, check_vectors};
+use crate::invlist::InvertedList;
+use crate::kernels;
+use crate::kmeans::{self, KMeansParams};
+use crate::metric::{Metric, normalize_rows};
+use crate::pq::{KSUB, Pq};
+use crate::rng::Rng;
+use crate::sq8::Sq8;
+use crate::topk::{Neighbor, TopK};
+
+/// How list entries are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizerKind {
+    /// Full f32 vectors: exact distances.
+    Flat,
+    /// One byte per dimension (per-dimension scalar quantizer on residuals).
+    Sq8,
+    /// `m` bytes per vector (product quantizer on residuals).
+    Pq { m: usize },
+}
+
+impl QuantizerKind {
+    /// Parses `flat`, `sq8` or `pq` (`pq_m` gives m for PQ).
+    pub fn parse(name: &str, pq_m: usize) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "flat" => Ok(QuantizerKind::Flat),
+            "sq8" => Ok(QuantizerKind::Sq8),
+            "pq" => Ok(QuantizerKind::Pq { m: pq_m }),
+            other => Err(IvfError::param(
+                "quantizer",
+                format!("unknown quantizer {other:?}; expected flat, sq8 or pq"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for QuantizerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QuantizerKind::Flat => f.write_str("flat"),
+            QuantizerKind::Sq8 => f.write_str("sq8"),
+            QuantizerKind::Pq { m } => write!(f, "pq{m}"),
+        }
+    }
+}
+
+impl FromStr for QuantizerKind {
+    type Err = IvfError;
+    /// `flat`, `sq8` or `pqM` (e.g. `pq16`).
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.to_ascii_lowercase();
+        if let Some(m) = lower.strip_prefix("pq").filter(|m| !m.is_empty()) {
+            let m = m
+                .parse()
+                .map_err(|_| IvfError::param("quantizer", format!("bad PQ size in {s:?}")))?;
+            return Ok(QuantizerKind::Pq { m });
+        }
+        QuantizerKind::parse(&lower, 0)
+    }
+}
+
+/// Everything that defines an index's structure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IvfParams {
+    pub dim: usize,
+    pub metric: Metric,
+    pub nlist: usize,
+    pub quantizer: QuantizerKind,
+    /// Keep the original vectors beside SQ8/PQ codes, for re-ranking.
+    pub keep_raw: bool,
+    pub kmeans: KMeansParams,
+}
+
+impl IvfParams {
+    pub fn new(dim: usize, metric: Metric, nlist: usize, quantizer: QuantizerKind) -> Self {
+        IvfParams {
+            dim,
+            metric,
+            nlist,
+            quantizer,
+            keep_raw: false,
+            kmeans: KMeansParams::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.dim == 0 {
+            return Err(IvfError::param("dim", "must be at least 1"));
+        }
+        if self.nlist == 0 {
+            return Err(IvfError::param("nlist", "must be at least 1"));
+        }
+        if self.nlist > u32::MAX as usize {
+            return Err(IvfError::param("nlist", "must fit in 32 bits"));
+        }
+        if let QuantizerKind::Pq { m } = self.quantizer {
+            Pq::check(self.dim, m)?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-call search parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchParams {
+    pub k: usize,
+    /// Lists to probe; more than `nlist` means all.
+    pub nprobe: usize,
+    /// Re-rank the best `rerank` candidates by exact distance (0 = off). Needs raw vectors.
+    pub rerank: usize,
+}
+
+impl SearchParams {
+    pub fn new(k: usize, nprobe: usize) -> Self {
+        SearchParams { k, nprobe, rerank: 0 }
+    }
+}
+
+/// Work counters of one search.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SearchStats {
+    pub lists_probed: usize,
+    /// List entries whose distance was computed.
+    pub scanned: usize,
+}
+
+/// List sizes, for spotting hot and oversized lists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListStats {
+    pub sizes: Vec<usize>,
+    /// `nlist · Σ size² / (Σ size)²`: 1 when balanced; FAISS's definition.
+    pub imbalance: f64,
+    pub max: usize,
+    pub empty: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Encoder {
+    Flat,
+    Sq8(Sq8),
+    Pq(Pq),
+}
+
+/// An IVF index. Cheap to share across threads for search (`&self`); `add`/`remove` need
+/// `&mut self`.
+#[derive(Debug, Clone)]
+pub struct IvfIndex {
+    pub(crate) params: IvfParams,
+    pub(crate) centroids: Vec<f32>,
+    pub(crate) encoder: Encoder,
+    pub(crate) lists: Vec<InvertedList>,
+    /// PQ with L2: query-independent table terms per list (`nlist × m × 256`).
+    pub(crate) pq_terms: Option<Vec<f32>>,
+    pub(crate) fingerprint: u64,
+}
+
+/// Above this, PQ list terms are computed per query instead of stored.
+const PQ_TERMS_MAX_BYTES: usize = 512 << 20;
+/// Points used to train SQ8 ranges and PQ codebooks (as FAISS: 256 per codeword).
+const CODEBOOK_TRAIN_POINTS: usize = 256 * KSUB;
+/// Vectors encoded per step of `add`, bounding the temporary residual buffer.
+const ADD_CHUNK: usize = 1 << 16;
+/// Entries whose distances are computed in one kernel call.
+const BLOCK: usize = 256;
+
+struct Scratch {
+    query: Vec<f32>,
+    coarse: Vec<(f32, u32)>,
+    lists: Vec<u32>,
+    dist: Vec<f32>,
+    tmp: Vec<f32>,
+    weights: Vec<f32>,
+    lut: Vec<f32>,
+    qtab: Vec<f32>,
+    top: TopK,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        query: Vec::new(),
+        coarse: Vec::new(),
+        lists: Vec::new(),
+        dist: vec![0.0; BLOCK],
+        tmp: Vec::new(),
+        weights: Vec::new(),
+        lut: Vec::new(),
+        qtab: Vec::new(),
+        top: TopK::new(0),
+    });
+}
+
+impl IvfIndex {
+    /// Trains the coarse centroids (and SQ8 ranges / PQ codebooks) on `training`.
+    pub fn train(params: IvfParams, training: &[f32]) -> Result<IvfIndex> {
+        params.validate()?;
+        let dim = params.dim;
+        let n = check_vectors("training data", training, dim)?;
+        if n < params.nlist {
+            return Err(IvfError::TooFewTrainingPoints {
+                what: "coarse quantizer",
+                got: n,
+                need: params.nlist,
+            });
+        }
+        let mut data = training.to_vec();
+        if params.metric == Metric::Cosine {
+            normalize_rows(&mut data, dim);
+        }
+        let dot = params.metric.is_dot();
+        let km = kmeans::train(
+            &data,
+            dim,
+            params.nlist,
+            &params.kmeans,
+            dot,
+            params.metric == Metric::Cosine,
+        )?;
+        let centroids = km.centroids;
+
+        let encoder = match params.quantizer {
+            QuantizerKind::Flat => Encoder::Flat,
+            QuantizerKind::Sq8 | QuantizerKind::Pq { .. } => {
+                let mut rng = Rng::new(params.kmeans.seed ^ 0x5eed);
+                let sample: Vec<f32> = if n > CODEBOOK_TRAIN_POINTS {
+                    let mut idx = rng.sample_indices(n, CODEBOOK_TRAIN_POINTS);
+                    idx.sort_unstable();
+                    idx.iter()
+                        .flat_map(|&i| data[i * dim..(i + 1) * dim].iter().copied())
+                        .collect()
+                } else {
+                    data.clone()
+                };
+                let panels = Panels::new(&centroids, dim, dot, None);
+                let (labels, _) = assign::nearest(&sample, &panels, dot);
+                let residuals = residuals(&sample, &labels, &centroids, dim);
+                match params.quantizer {
+                    QuantizerKind::Pq { m } => {
+                        Encoder::Pq(Pq::train(&residuals, dim, m, &params.kmeans)?)
+                    }
+                    _ => Encoder::Sq8(Sq8::train(&residuals, dim)),
+                }
+            }
+        };
+        let mut index = IvfIndex {
+            lists: vec![InvertedList::default(); params.nlist],
+            params,
+            centroids,
+            encoder,
+            pq_terms: None,
+            fingerprint: 0,
+        };
+        index.finish_quantizer();
+        Ok(index)
+    }
+
+    /// Derived state of the quantizer: PQ tables and the fingerprint.
+    pub(crate) fn finish_quantizer(&mut self) {
+        self.pq_terms = match &self.encoder {
+            Encoder::Pq(pq)
+                if self.params.metric == Metric::L2
+                    && self.params.nlist * pq.m * KSUB * 4 <= PQ_TERMS_MAX_BYTES =>
+            {
+                let mut t = vec![0f32; self.params.nlist * pq.m * KSUB];
+                t.par_chunks_exact_mut(pq.m * KSUB)
+                    .zip(self.centroids.par_chunks_exact(self.params.dim))
+                    .for_each(|(out, c)| pq.list_term(c, out));
+                Some(t)
+            }
+            _ => None,
+        };
+        self.fingerprint = crate::format::quantizer_fingerprint(self);
+    }
+
+    pub fn params(&self) -> &IvfParams {
+        &self.params
+    }
+    pub fn dim(&self) -> usize {
+        self.params.dim
+    }
+    pub fn metric(&self) -> Metric {
+        self.params.metric
+    }
+    pub fn nlist(&self) -> usize {
+        self.params.nlist
+    }
+    /// Row-major `nlist × dim` coarse centroids.
+    pub fn centroids(&self) -> &[f32] {
+        &self.centroids
+    }
+    /// Identifies the trained quantizer; list files carry it so that lists are never loaded
+    /// into an index trained differently.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+    /// Number of stored vectors.
+    pub fn ntotal(&self) -> usize {
+        self.lists.iter().map(InvertedList::len).sum()
+    }
+    pub fn list(&self, list: u32) -> Option<&InvertedList> {
+        self.lists.get(list as usize)
+    }
+    /// Bytes of one encoded entry (0 for Flat, whose vectors live in `raw`).
+    pub fn code_size(&self) -> usize {
+        match &self.encoder {
+            Encoder::Flat => 0,
+            Encoder::Sq8(_) => self.params.dim,
+            Encoder::Pq(pq) => pq.m,
+        }
+    }
+    pub(crate) fn has_aux(&self) -> bool {
+        matches!(self.encoder, Encoder::Sq8(_)) && self.params.metric == Metric::L2
+    }
+    pub(crate) fn has_raw(&self) -> bool {
+        matches!(self.encoder, Encoder::Flat) || self.params.keep_raw
+    }
+    /// Bytes held by the lists and the quantizer.
+    pub fn memory_bytes(&self) -> usize {
+        let q = self.centroids.len() * 4
+            + self.pq_terms.as_ref().map_or(0, |t| t.len() * 4)
+            + match &self.encoder {
+                Encoder::Flat => 0,
+                Encoder::Sq8(s) => (s.vmin.len() + s.step.len()) * 4,
+                Encoder::Pq(p) => p.codebooks.len() * 4,
+            };
+        q + self.lists.iter().map(InvertedList::bytes).sum::<usize>()
+    }
+
+    /// The same trained quantizer with empty lists.
+    pub fn empty_like(&self) -> IvfIndex {
+        IvfIndex {
+            lists: vec![InvertedList::default(); self.params.nlist],
+            ..self.clone_quantizer()
+        }
+    }
+
+    fn clone_quantizer(&self) -> IvfIndex {
+        IvfIndex {
+            params: self.params.clone(),
+            centroids: self.centroids.clone(),
+            encoder: self.encoder.clone(),
+            lists: Vec::new(),
+            pq_terms: self.pq_terms.clone(),
+            fingerprint: self.fingerprint,
+        }
+    }
+
+    /// Replaces list `list` (loading a shard's lists one by one). Checks that its parts fit
+    /// this index's encoding.
+    pub fn set_list(&mut self, list: u32, l: InvertedList) -> Result<()> {
+        let nlist = self.params.nlist;
+        let n = l.len();
+        let bad = |what: &str| IvfError::param("list", format!("list {list}: {what} do not match {n} entries"));
+        if list as usize >= nlist {
+            return Err(IvfError::ListOutOfRange { list, nlist });
+        }
+        if l.codes.len() != n * self.code_size() {
+            return Err(bad("codes"));
+        }
+        if l.aux.len() != if self.has_aux() { n } else { 0 } {
+            return Err(bad("norms"));
+        }
+        if l.raw.len() != if self.has_raw() { n * self.params.dim } else { 0 } {
+            return Err(bad("raw vectors"));
+        }
+        self.lists[list as usize] = l;
+        Ok(())
+    }
+
+    /// Nearest list of each vector (what `add` would do with it).
+    pub fn assign(&self, vectors: &[f32]) -> Result<Vec<u32>> {
+        let dim = self.params.dim;
+        check_vectors("vectors", vectors, dim)?;
+        let owned;
+        let data = if self.params.metric == Metric::Cosine {
+            let mut v = vectors.to_vec();
+            normalize_rows(&mut v, dim);
+            owned = v;
+            &owned[..]
+        } else {
+            vectors
+        };
+        let dot = self.params.metric.is_dot();
+        let panels = Panels::new(&self.centroids, dim, dot, None);
+        Ok(assign::nearest(data, &panels, dot).0)
+    }
+
+    /// Adds vectors with their ids. Ids need not be unique; `remove` removes every copy.
+    pub fn add(&mut self, ids: &[u64], vectors: &[f32]) -> Result<()> {
+        let dim = self.params.dim;
+        let n = check_vectors("vectors", vectors, dim)?;
+        if ids.len() != n {
+            return Err(IvfError::IdCountMismatch {
+                what: "add",
+                ids: ids.len(),
+                vectors: n,
+            });
+        }
+        let dot = self.params.metric.is_dot();
+        let panels = Panels::new(&self.centroids, dim, dot, None);
+        for start in (0..n).step_by(ADD_CHUNK) {
+            let end = (start + ADD_CHUNK).min(n);
+            let mut data = vectors[start * dim..end * dim].to_vec();
+            if self.params.metric == Metric::Cosine {
+                normalize_rows(&mut data, dim);
+            }
+            let (labels, _) = assign::nearest(&data, &panels, dot);
+            self.add_assigned(&ids[start..end], &data, &labels);
+        }
+        Ok(())
+    }
+
+    /// Encodes vectors (already normalised for cosine) into the lists given by `labels`.
+    fn add_assigned(&mut self, ids: &[u64], data: &[f32], labels: &[u32]) {
+        let dim = self.params.dim;
+        let cs = self.code_size();
+        let (codes, aux) = match &self.encoder {
+            Encoder::Flat => (Vec::new(), Vec::new()),
+            Encoder::Sq8(sq) => {
+                let res = residuals(data, labels, &self.centroids, dim);
+                let mut codes = vec![0u8; labels.len() * dim];
+                let mut aux = vec![0f32; labels.len()];
+                codes
+                    .par_chunks_exact_mut(dim)
+                    .zip(aux.par_iter_mut())
+                    .zip(res.par_chunks_exact(dim))
+                    .for_each(|((c, a), r)| *a = sq.encode(r, c));
+                (codes, aux)
+            }
+            Encoder::Pq(pq) => {
+                let res = residuals(data, labels, &self.centroids, dim);
+                (pq.encode_many(&res, dim), Vec::new())
+            }
+        };
+        let has_aux = self.has_aux();
+        let has_raw = self.has_raw();
+        for (i, (&id, &l)) in ids.iter().zip(labels).enumerate() {
+            let list = &mut self.lists[l as usize];
+            list.ids.push(id);
+            if cs > 0 {
+                list.codes.extend_from_slice(&codes[i * cs..(i + 1) * cs]);
+            }
+            if has_aux {
+                list.aux.push(aux[i]);
+            }
+            if has_raw {
+                list.raw.extend_from_slice(&data[i * dim..(i + 1) * dim]);
+            }
+        }
+    }
+
+    /// Removes every entry with one of `ids`; returns how many entries were removed.
+    pub fn remove(&mut self, ids: &[u64]) -> usize {
+        let set: HashSet<u64> = ids.iter().copied().collect();
+        let (cs, dim) = (self.code_size(), self.params.dim);
+        self.lists
+            .par_iter_mut()
+            .map(|l| l.retain(cs, dim, |id| !set.contains(&id)))
+            .sum()
+    }
+
+    pub fn list_stats(&self) -> ListStats {
+        let sizes: Vec<usize> = self.lists.iter().map(InvertedList::len).collect();
+        ListStats {
+            imbalance: kmeans::imbalance_factor(&sizes),
+            max: sizes.iter().copied().max().unwrap_or(0),
+            empty: sizes.iter().filter(|&&s| s == 0).count(),
+            sizes,
+        }
+    }
+
+    fn check_search(&self, query: &[f32], k: usize) -> Result<()> {
+        check_query(query, self.params.dim)?;
+        if k == 0 {
+            return Err(IvfError::param("k", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The `nprobe` lists nearest to `query`, nearest first (the router's side).
+    pub fn probe(&self, query: &[f32], nprobe: usize) -> Result<Vec<u32>> {
+        self.check_search(query, 1)?;
+        if nprobe == 0 {
+            return Err(IvfError::param("nprobe", "must be at least 1"));
+        }
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            self.prepare_query(query, s);
+            self.coarse(nprobe, s);
+            Ok(s.coarse.iter().map(|&(_, l)| l).collect())
+        })
+    }
+
+    /// k nearest neighbours of `query` among the `nprobe` nearest lists.
+    pub fn search(&self, query: &[f32], p: &SearchParams) -> Result<Vec<Neighbor>> {
+        self.search_with_stats(query, p).map(|(n, _)| n)
+    }
+
+    pub fn search_with_stats(
+        &self,
+        query: &[f32],
+        p: &SearchParams,
+    ) -> Result<(Vec<Neighbor>, SearchStats)> {
+        self.check_search(query, p.k)?;
+        if p.nprobe == 0 {
+            return Err(IvfError::param("nprobe", "must be at least 1"));
+        }
+        self.check_rerank(p.rerank)?;
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            self.prepare_query(query, s);
+            self.coarse(p.nprobe, s);
+            s.lists.clear();
+            let coarse = std::mem::take(&mut s.coarse);
+            let out = self.scan(&coarse, p.k, p.rerank, s);
+            s.coarse = coarse;
+            Ok(out)
+        })
+    }
+
+    /// Searches only the given lists (the shard's side, where a router chose the lists).
+    pub fn search_lists(
+        &self,
+        query: &[f32],
+        k: usize,
+        lists: &[u32],
+        rerank: usize,
+    ) -> Result<(Vec<Neighbor>, SearchStats)> {
+        self.check_search(query, k)?;
+        self.check_rerank(rerank)?;
+        let nlist = self.params.nlist;
+        if let Some(&bad) = lists.iter().find(|&&l| l as usize >= nlist) {
+            return Err(IvfError::ListOutOfRange { list: bad, nlist });
+        }
+        SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            self.prepare_query(query, s);
+            let mut coarse = std::mem::take(&mut s.coarse);
+            coarse.clear();
+            let k_ = kernels::get();
+            let dim = self.params.dim;
+            for &l in lists {
+                let c = &self.centroids[l as usize * dim..(l as usize + 1) * dim];
+                let d = if self.params.metric.is_dot() {
+                    -(k_.dot)(&s.query, c)
+                } else {
+                    (k_.l2)(&s.query, c)
+                };
+                coarse.push((d, l));
+            }
+            // A list named twice must not yield its entries twice.
+            coarse.sort_unstable_by_key(|&(_, l)| l);
+            coarse.dedup_by_key(|&mut (_, l)| l);
+            let out = self.scan(&coarse, k, rerank, s);
+            s.coarse = coarse;
+            Ok(out)
+        })
+    }
+
+    /// Searches many queries in parallel (one rayon task per query).
+    pub fn search_batch(&self, queries: &[f32], p: &SearchParams) -> Result<Vec<Vec<Neighbor>>> {
+        let dim = self.params.dim;
+        check_vectors("queries", queries, dim)?;
+        queries
+            .par_chunks_exact(dim)
+            .map(|q| self.search(q, p))
+            .collect()
+    }
+
+    fn check_rerank(&self, rerank: usize) -> Result<()> {
+        if rerank > 0 && !matches!(self.encoder, Encoder::Flat) && !self.params.keep_raw {
+            return Err(IvfError::RerankWithoutRaw);
+        }
+        Ok(())
+    }
+
+    fn prepare_query(&self, query: &[f32], s: &mut Scratch) {
+        s.query.clear();
+        s.query.extend_from_slice(query);
+        if self.params.metric == Metric::Cosine {
+            normalize_rows(&mut s.query, self.params.dim);
+        }
+        // Per-query PQ table (the query's half of the lookup tables).
+        if let Encoder::Pq(pq) = &self.encoder {
+            s.qtab.resize(pq.m * KSUB, 0.0);
+            let scale = if self.params.metric == Metric::L2 { -2.0 } else { -1.0 };
+            pq.dot_table(&s.query, scale, &mut s.qtab);
+        }
+    }
+
+    /// Fills `s.coarse` with the `nprobe` nearest lists (distance, list), nearest first.
+    fn coarse(&self, nprobe: usize, s: &mut Scratch) {
+        let nlist = self.params.nlist;
+        let k = kernels::get();
+        s.tmp.resize(nlist, 0.0);
+        if self.params.metric.is_dot() {
+            (k.dot_batch)(&s.query, &self.centroids, &mut s.tmp);
+            s.tmp.iter_mut().for_each(|d| *d = -*d);
+        } else {
+            (k.l2_batch)(&s.query, &self.centroids, &mut s.tmp);
+        }
+        s.coarse.clear();
+        s.coarse
+            .extend(s.tmp.iter().enumerate().map(|(l, &d)| (d, l as u32)));
+        let nprobe = nprobe.min(nlist);
+        if nprobe < nlist {
+            s.coarse
+                .select_nth_unstable_by(nprobe, |a, b| a.0.total_cmp(&b.0));
+            s.coarse.truncate(nprobe);
+        }
+        s.coarse.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    }
+
+    /// Scans the given lists; `coarse` holds (coarse distance, list) pairs.
+    fn scan(
+        &self,
+        coarse: &[(f32, u32)],
+        k: usize,
+        rerank: usize,
+        s: &mut Scratch,
+    ) -> (Vec<Neighbor>, SearchStats) {
+        let rerank = if self.has_raw() && !matches!(self.encoder, Encoder::Flat) {
+            rerank
+        } else {
+            0
+        };
+        let keep = if rerank > 0 { rerank.max(k) } else { k };
+        let mut top = std::mem::take(&mut s.top);
+        top.reset(keep);
+        let mut stats = SearchStats::default();
+        for &(cd, l) in coarse {
+            let list = &self.lists[l as usize];
+            if list.is_empty() {
+                stats.lists_probed += 1;
+                continue;
+            }
+            stats.lists_probed += 1;
+            stats.scanned += list.len();
+            self.scan_list(l, cd, list, rerank > 0, &mut top, s);
+        }
+        let out = if rerank > 0 {
+            let kern = kernels::get();
+            let dim = self.params.dim;
+            let cands = top.sorted();
+            top.reset(k);
+            for c in cands {
+                let (l, i) = ((c.id >> 32) as usize, (c.id & 0xffff_ffff) as usize);
+                let list = &self.lists[l];
+                let v = &list.raw[i * dim..(i + 1) * dim];
+                let d = if self.params.metric.is_dot() {
+                    -(kern.dot)(&s.query, v)
+                } else {
+                    (kern.l2)(&s.query, v)
+                };
+                top.push(d, list.ids[i]);
+            }
+            top.sorted()
+        } else {
+            top.sorted()
+        };
+        s.top = top;
+        (out, stats)
+    }
+
+    /// Scans one list into `top`. With `labels`, candidates are pushed as
+    /// `(list << 32) | offset` so re-ranking can find their raw vectors.
+    fn scan_list(
+        &self,
+        l: u32,
+        coarse_dist: f32,
+        list: &InvertedList,
+        labels: bool,
+        top: &mut TopK,
+        s: &mut Scratch,
+    ) {
+        let kern = kernels::get();
+        let dim = self.params.dim;
+        let dot = self.params.metric.is_dot();
+        let centroid = &self.centroids[l as usize * dim..(l as usize + 1) * dim];
+        let n = list.len();
+        let label = |i: usize| {
+            if labels {
+                (u64::from(l) << 32) | i as u64
+            } else {
+                list.ids[i]
+            }
+        };
+        // Each encoding reduces to: a kernel filling `dist` for a block, then an affine map
+        // `cst + scale * dist (+ aux)` before the heap test.
+        match &self.encoder {
+            Encoder::Flat => {
+                let scale = if dot { -1.0 } else { 1.0 };
+                for start in (0..n).step_by(BLOCK) {
+                    let end = (start + BLOCK).min(n);
+                    let out = &mut s.dist[..end - start];
+                    let rows = &list.raw[start * dim..end * dim];
+                    if dot {
+                        (kern.dot_batch)(&s.query, rows, out);
+                    } else {
+                        (kern.l2_batch)(&s.query, rows, out);
+                    }
+                    push_block(top, out, 0.0, scale, None, start, &label);
+                }
+            }
+            Encoder::Sq8(sq) => {
+                s.weights.resize(dim, 0.0);
+                let cst = if dot {
+                    // -(<q,c> + Σ q·vmin) - Σ (q·step)·code
+                    let mut c0 = -coarse_dist; // <q, c>
+                    for d in 0..dim {
+                        s.weights[d] = s.query[d] * sq.step[d];
+                        c0 += s.query[d] * sq.vmin[d];
+                    }
+                    -c0
+                } else {
+                    // ‖t‖² − 2Σ t·vmin − 2Σ (t·step)·code + ‖r̂‖², t = q − c
+                    let mut c0 = 0.0;
+                    for d in 0..dim {
+                        let t = s.query[d] - centroid[d];
+                        s.weights[d] = t * sq.step[d];
+                        c0 += t * t - 2.0 * t * sq.vmin[d];
+                    }
+                    c0
+                };
+                let scale = if dot { -1.0 } else { -2.0 };
+                for start in (0..n).step_by(BLOCK) {
+                    let end = (start + BLOCK).min(n);
+                    let out = &mut s.dist[..end - start];
+                    (kern.sq8_dot_batch)(&s.weights, &list.codes[start * dim..end * dim], out);
+                    let aux = (!dot).then(|| &list.aux[start..end]);
+                    push_block(top, out, cst, scale, aux, start, &label);
+                }
+            }
+            Encoder::Pq(pq) => {
+                let m = pq.m;
+                s.lut.resize(m * KSUB, 0.0);
+                let cst = if dot {
+                    s.lut.copy_from_slice(&s.qtab);
+                    coarse_dist // −<q, c>
+                } else if let Some(terms) = &self.pq_terms {
+                    let t = &terms[l as usize * m * KSUB..(l as usize + 1) * m * KSUB];
+                    for ((o, a), b) in s.lut.iter_mut().zip(t).zip(&s.qtab) {
+                        *o = a + b;
+                    }
+                    coarse_dist // ‖q − c‖²
+                } else {
+                    s.tmp.resize(dim, 0.0);
+                    for d in 0..dim {
+                        s.tmp[d] = s.query[d] - centroid[d];
+                    }
+                    pq.l2_table(&s.tmp, &mut s.lut);
+                    0.0
+                };
+                for start in (0..n).step_by(BLOCK) {
+                    let end = (start + BLOCK).min(n);
+                    let out = &mut s.dist[..end - start];
+                    (kern.pq_scan)(&s.lut, &list.codes[start * m..end * m], out);
+                    push_block(top, out, cst, 1.0, None, start, &label);
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn push_block(
+    top: &mut TopK,
+    dist: &[f32],
+    cst: f32,
+    scale: f32,
+    aux: Option<&[f32]>,
+    start: usize,
+    label: &impl Fn(usize) -> u64,
+) {
+    let mut thr = top.threshold();
+    match aux {
+        None => {
+            for (i, &d) in dist.iter().enumerate() {
+                let d = cst + scale * d;
+                if d < thr {
+                    top.push(d, label(start + i));
+                    thr = top.threshold();
+                }
+            }
+        }
+        Some(aux) => {
+            for (i, (&d, &a)) in dist.iter().zip(aux).enumerate() {
+                let d = cst + scale * d + a;
+                if d < thr {
+                    top.push(d, label(start + i));
+                    thr = top.threshold();
+                }
+            }
+        }
+    }
+}
+
+/// `x_i − c_{label_i}` for every row.
+fn residuals(data: &[f32], labels: &[u32], centroids: &[f32], dim: usize) -> Vec<f32> {
+    let mut out = data.to_vec();
+    out.par_chunks_exact_mut(dim)
+        .zip(labels.par_iter())
+        .for_each(|(r, &l)| {
+            let c = &centroids[l as usize * dim..(l as usize + 1) * dim];
+            r.iter_mut().zip(c).for_each(|(v, c)| *v -= c);
+        });
+    out
+}

@@ -1,0 +1,212 @@
+//! AVX2 + FMA kernels. Only reachable through the dispatch table after CPU detection, which
+//! is what makes the safe wrappers sound.
+
+use std::arch::x86_64::*;
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps(v, 1);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    _mm_cvtss_f32(s)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn l2_impl(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at an offset below n - 7 of slices of length >= n.
+    unsafe {
+        while i + 16 <= n {
+            let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
+            let d1 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)));
+            acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+            acc1 = _mm256_fmadd_ps(d1, d1, acc1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
+            acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+            i += 8;
+        }
+    }
+    let mut s = unsafe { hsum(_mm256_add_ps(acc0, acc1)) };
+    while i < n {
+        let d = a[i] - b[i];
+        s += d * d;
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY: as in l2_impl.
+    unsafe {
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+                acc1,
+            );
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            i += 8;
+        }
+    }
+    let mut s = unsafe { hsum(_mm256_add_ps(acc0, acc1)) };
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+/// Four rows at a time share each load of the query, which halves the loads per FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn batch_impl<const L2: bool>(q: &[f32], rows: &[f32], out: &mut [f32]) {
+    let d = q.len();
+    if d == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let n = out.len().min(rows.len() / d);
+    let pq = q.as_ptr();
+    let mut r = 0;
+    while r + 4 <= n {
+        let row = |k: usize| &rows[(r + k) * d..(r + k + 1) * d];
+        let p = [row(0).as_ptr(), row(1).as_ptr(), row(2).as_ptr(), row(3).as_ptr()];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: loads of 8 floats at offsets below d - 7 of rows of length d.
+        unsafe {
+            while i + 8 <= d {
+                let qv = _mm256_loadu_ps(pq.add(i));
+                for k in 0..4 {
+                    let x = _mm256_loadu_ps(p[k].add(i));
+                    acc[k] = if L2 {
+                        let diff = _mm256_sub_ps(x, qv);
+                        _mm256_fmadd_ps(diff, diff, acc[k])
+                    } else {
+                        _mm256_fmadd_ps(x, qv, acc[k])
+                    };
+                }
+                i += 8;
+            }
+        }
+        for k in 0..4 {
+            let mut s = unsafe { hsum(acc[k]) };
+            let rk = row(k);
+            for j in i..d {
+                s += if L2 {
+                    (rk[j] - q[j]) * (rk[j] - q[j])
+                } else {
+                    rk[j] * q[j]
+                };
+            }
+            out[r + k] = s;
+        }
+        r += 4;
+    }
+    while r < n {
+        let row = &rows[r * d..(r + 1) * d];
+        out[r] = unsafe { if L2 { l2_impl(q, row) } else { dot_impl(q, row) } };
+        r += 1;
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sq8_impl(w: &[f32], codes: &[u8], out: &mut [f32]) {
+    let d = w.len();
+    if d == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let n = out.len().min(codes.len() / d);
+    let pw = w.as_ptr();
+    for (r, o) in out.iter_mut().enumerate().take(n) {
+        let row = &codes[r * d..(r + 1) * d];
+        let pc = row.as_ptr();
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY: reads 8 or 16 bytes / floats at offsets below d - 7 (resp. d - 15).
+        unsafe {
+            while i + 16 <= d {
+                let c = _mm_loadu_si128(pc.add(i).cast());
+                let c0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
+                let c1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(c, 8)));
+                acc0 = _mm256_fmadd_ps(c0, _mm256_loadu_ps(pw.add(i)), acc0);
+                acc1 = _mm256_fmadd_ps(c1, _mm256_loadu_ps(pw.add(i + 8)), acc1);
+                i += 16;
+            }
+            if i + 8 <= d {
+                let c = _mm_loadl_epi64(pc.add(i).cast());
+                let c0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
+                acc0 = _mm256_fmadd_ps(c0, _mm256_loadu_ps(pw.add(i)), acc0);
+                i += 8;
+            }
+        }
+        let mut s = unsafe { hsum(_mm256_add_ps(acc0, acc1)) };
+        for j in i..d {
+            s += w[j] * f32::from(row[j]);
+        }
+        *o = s;
+    }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pq_impl(lut: &[f32], codes: &[u8], out: &mut [f32]) {
+    super::scalar::pq_scan_unrolled(lut, codes, out)
+}
+
+// SAFETY (all wrappers): the dispatch table holding them is only handed out after
+// `is_x86_feature_detected!` confirmed AVX2 and FMA.
+pub(super) fn l2(a: &[f32], b: &[f32]) -> f32 {
+    unsafe { l2_impl(a, b) }
+}
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    unsafe { dot_impl(a, b) }
+}
+pub(super) fn l2_batch(q: &[f32], rows: &[f32], out: &mut [f32]) {
+    unsafe { batch_impl::<true>(q, rows, out) }
+}
+pub(super) fn dot_batch(q: &[f32], rows: &[f32], out: &mut [f32]) {
+    unsafe { batch_impl::<false>(q, rows, out) }
+}
+pub(super) fn sq8_dot_batch(w: &[f32], codes: &[u8], out: &mut [f32]) {
+    unsafe { sq8_impl(w, codes, out) }
+}
+pub(super) fn pq_scan(lut: &[f32], codes: &[u8], out: &mut [f32]) {
+    unsafe { pq_impl(lut, codes, out) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_impl(
+    xt: &[f32],
+    panel: &[f32],
+    acc: &mut [[f32; super::tile::TILE_C]; super::tile::TILE_P],
+) {
+    super::tile::tile_body(xt, panel, acc)
+}
+
+pub(super) fn dot_tile(
+    xt: &[f32],
+    panel: &[f32],
+    acc: &mut [[f32; super::tile::TILE_C]; super::tile::TILE_P],
+) {
+    unsafe { tile_impl(xt, panel, acc) }
+}

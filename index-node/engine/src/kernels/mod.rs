@@ -1,0 +1,119 @@
+//! Distance and scan kernels behind one dispatch table, chosen once at first use by CPU
+//! detection. The scalar kernels are the reference every SIMD kernel is tested against.
+//!
+//! `QUIVER_KERNELS=scalar|avx2|avx512` forces a table (e.g. to compare ISAs in a benchmark);
+//! a forced table the CPU cannot run is ignored with the detected one used instead.
+
+use std::sync::OnceLock;
+
+mod scalar;
+pub mod tile;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+/// One set of kernels for one instruction set.
+///
+/// Batch kernels take a query of dimension `d = q.len()` and `out.len()` rows stored
+/// contiguously in `rows` (row `i` at `rows[i*d..(i+1)*d]`).
+pub struct Kernels {
+    pub name: &'static str,
+    /// Squared L2 distance of two vectors of equal length.
+    pub l2: fn(&[f32], &[f32]) -> f32,
+    /// Dot product of two vectors of equal length.
+    pub dot: fn(&[f32], &[f32]) -> f32,
+    /// `out[i] = l2(q, row i)`.
+    pub l2_batch: fn(&[f32], &[f32], &mut [f32]),
+    /// `out[i] = dot(q, row i)`.
+    pub dot_batch: fn(&[f32], &[f32], &mut [f32]),
+    /// `out[i] = sum_d w[d] * codes[i*d + d]` over 8-bit codes, `d = w.len()`.
+    pub sq8_dot_batch: fn(&[f32], &[u8], &mut [f32]),
+    /// PQ table scan: `out[i] = sum_j lut[j*256 + codes[i*m + j]]`, `m = lut.len() / 256`.
+    pub pq_scan: fn(&[f32], &[u8], &mut [f32]),
+    /// Dot products of a tile of 8 points with a panel of 32 centroids (see [`tile`]).
+    pub dot_tile: fn(&[f32], &[f32], &mut [[f32; tile::TILE_C]; tile::TILE_P]),
+}
+
+static SCALAR: Kernels = Kernels {
+    name: "scalar",
+    l2: scalar::l2,
+    dot: scalar::dot,
+    l2_batch: scalar::l2_batch,
+    dot_batch: scalar::dot_batch,
+    sq8_dot_batch: scalar::sq8_dot_batch,
+    pq_scan: scalar::pq_scan,
+    dot_tile: tile::tile_scalar,
+};
+
+#[cfg(target_arch = "x86_64")]
+static AVX2: Kernels = Kernels {
+    name: "avx2",
+    l2: avx2::l2,
+    dot: avx2::dot,
+    l2_batch: avx2::l2_batch,
+    dot_batch: avx2::dot_batch,
+    sq8_dot_batch: avx2::sq8_dot_batch,
+    pq_scan: avx2::pq_scan,
+    dot_tile: avx2::dot_tile,
+};
+
+#[cfg(target_arch = "x86_64")]
+static AVX512: Kernels = Kernels {
+    name: "avx512",
+    l2: avx512::l2,
+    dot: avx512::dot,
+    l2_batch: avx512::l2_batch,
+    dot_batch: avx512::dot_batch,
+    sq8_dot_batch: avx512::sq8_dot_batch,
+    pq_scan: avx512::pq_scan,
+    dot_tile: avx512::dot_tile,
+};
+
+static SELECTED: OnceLock<&'static Kernels> = OnceLock::new();
+
+/// The kernels of this CPU, detected once.
+#[inline]
+pub fn get() -> &'static Kernels {
+    SELECTED.get_or_init(select)
+}
+
+/// Every kernel table this CPU can run, the scalar reference first. Used by tests and
+/// benchmarks; production code calls [`get`].
+pub fn available() -> Vec<&'static Kernels> {
+    let mut v: Vec<&'static Kernels> = vec![&SCALAR];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx2_supported() {
+            v.push(&AVX2);
+        }
+        if avx512_supported() {
+            v.push(&AVX512);
+        }
+    }
+    v
+}
+
+/// The scalar reference kernels.
+pub fn scalar() -> &'static Kernels {
+    &SCALAR
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_supported() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx512_supported() -> bool {
+    is_x86_feature_detected!("avx512f") && avx2_supported()
+}
+
+fn select() -> &'static Kernels {
+    let all = available();
+    let best = all.last().copied().unwrap_or(&SCALAR);
+    match std::env::var("QUIVER_KERNELS") {
+        Ok(want) => all.iter().copied().find(|k| k.name == want).unwrap_or(best),
+        Err(_) => best,
+    }
+}

@@ -1,0 +1,66 @@
+//! Scalar reference kernels: plain loops, the definition the SIMD kernels must match.
+
+pub(super) fn l2(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum()
+}
+
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+pub(super) fn l2_batch(q: &[f32], rows: &[f32], out: &mut [f32]) {
+    let d = q.len();
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(d)) {
+        *o = l2(q, row);
+    }
+}
+
+pub(super) fn dot_batch(q: &[f32], rows: &[f32], out: &mut [f32]) {
+    let d = q.len();
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(d)) {
+        *o = dot(q, row);
+    }
+}
+
+pub(super) fn sq8_dot_batch(w: &[f32], codes: &[u8], out: &mut [f32]) {
+    let d = w.len();
+    for (o, row) in out.iter_mut().zip(codes.chunks_exact(d)) {
+        *o = w.iter().zip(row).map(|(w, &c)| w * f32::from(c)).sum();
+    }
+}
+
+pub(super) fn pq_scan(lut: &[f32], codes: &[u8], out: &mut [f32]) {
+    let m = lut.len() / 256;
+    for (o, code) in out.iter_mut().zip(codes.chunks_exact(m)) {
+        *o = code
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| lut[j * 256 + usize::from(c)])
+            .sum();
+    }
+}
+
+/// Table scan shared by the SIMD tables: table lookups do not vectorise well for 8-bit PQ
+/// (gathers are no faster than scalar loads here), so the SIMD tables use this unrolled
+/// version, which keeps four independent sums in flight.
+#[inline(always)]
+pub(super) fn pq_scan_unrolled(lut: &[f32], codes: &[u8], out: &mut [f32]) {
+    let m = lut.len() / 256;
+    for (o, code) in out.iter_mut().zip(codes.chunks_exact(m)) {
+        let mut s = [0f32; 4];
+        let mut chunks = code.chunks_exact(4);
+        let mut j = 0;
+        for c in &mut chunks {
+            s[0] += lut[j * 256 + usize::from(c[0])];
+            s[1] += lut[(j + 1) * 256 + usize::from(c[1])];
+            s[2] += lut[(j + 2) * 256 + usize::from(c[2])];
+            s[3] += lut[(j + 3) * 256 + usize::from(c[3])];
+            j += 4;
+        }
+        for &c in chunks.remainder() {
+            s[0] += lut[j * 256 + usize::from(c)];
+            j += 1;
+        }
+        *o = (s[0] + s[1]) + (s[2] + s[3]);
+    }
+}
