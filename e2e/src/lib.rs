@@ -1,1 +1,4 @@
-//! Local cluster.
+//! Local cluster: an in-memory Kubernetes API server stand-in, small controllers and a
+//! process kubelet, all talking through the Kubernetes API.
+
+pub mod apiserver;

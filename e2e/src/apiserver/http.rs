@@ -1,0 +1,387 @@
+//! HTTP routing: Kubernetes REST paths onto store operations.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::discovery;
+use super::error::ApiError;
+use super::registry::ResourceInfo;
+use super::selectors::Selector;
+use super::store::{DeleteOptions, PatchKind, Store};
+use super::watch::{self, WatchRequest};
+
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub addr: String,
+    pub bookmark_interval: Duration,
+}
+
+fn json_response(code: u16, v: &Value) -> Response {
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(v.to_string()))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+fn error_response(e: &ApiError) -> Response {
+    json_response(e.code, &e.to_status())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 + 1 => {
+                let hex = std::str::from_utf8(&bytes[i + 1..(i + 3).min(bytes.len())]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+    q.unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+struct Target {
+    res: ResourceInfo,
+    version: String,
+    ns: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+fn present(res: &ResourceInfo, version: &str, mut obj: Value) -> Value {
+    obj["apiVersion"] = json!(res.api_version(version));
+    obj["kind"] = json!(res.kind);
+    obj
+}
+
+pub async fn handle(
+    State(app): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let q = parse_query(uri.query());
+    let segs: Vec<String> = uri
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    tracing::debug!(%method, path = uri.path(), "request");
+    let reg = || app.store.registry();
+    let (group, version, rest): (&str, &str, &[&str]) = match s.as_slice() {
+        ["version"] => return json_response(200, &discovery::version()),
+        ["healthz" | "livez" | "readyz"] => {
+            return Response::builder()
+                .status(200)
+                .body(Body::from("ok"))
+                .unwrap_or_else(|_| Response::new(Body::empty()));
+        }
+        ["api"] => return json_response(200, &discovery::core_versions(&app.addr)),
+        ["apis"] => return json_response(200, &discovery::group_list(&reg())),
+        ["apis", g] => {
+            return match discovery::group(&reg(), g) {
+                Some(d) => json_response(200, &d),
+                None => error_response(&ApiError::route_not_found()),
+            };
+        }
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return error_response(&ApiError::route_not_found()),
+    };
+    if rest.is_empty() {
+        return match discovery::resource_list(&reg(), group, version) {
+            Some(d) if method == Method::GET => json_response(200, &d),
+            _ => error_response(&ApiError::route_not_found()),
+        };
+    }
+    let find = |plural: &str| app.store.resolve(group, version, plural);
+    let (plural, ns, name, sub) = match rest {
+        ["namespaces", ns, r] if !matches!(*r, "status" | "finalize") => {
+            (*r, Some(*ns), None, None)
+        }
+        ["namespaces", ns, r, n] => (*r, Some(*ns), Some(*n), None),
+        ["namespaces", ns, r, n, sub] => (*r, Some(*ns), Some(*n), Some(*sub)),
+        [r] => (*r, None, None, None),
+        [r, n] => (*r, None, Some(*n), None),
+        [r, n, sub] => (*r, None, Some(*n), Some(*sub)),
+        _ => return error_response(&ApiError::route_not_found()),
+    };
+    let Some(res) = find(plural) else {
+        return error_response(&ApiError::route_not_found());
+    };
+    if !res.namespaced && ns.is_some() {
+        return error_response(&ApiError::route_not_found());
+    }
+    if let Some(sub) = sub {
+        let ok = (sub == "status" && res.status)
+            || (sub == "binding" && res.plural == "pods" && res.group.is_empty())
+            || (sub == "finalize" && res.plural == "namespaces");
+        if !ok {
+            return error_response(&ApiError::route_not_found());
+        }
+    }
+    let t = Target {
+        version: version.to_string(),
+        ns: ns.map(String::from),
+        name: name.map(String::from),
+        sub: sub.map(String::from),
+        res,
+    };
+    let ua = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("unknown");
+    let manager = q
+        .get("fieldManager")
+        .cloned()
+        .unwrap_or_else(|| ua.split('/').next().unwrap_or("unknown").to_string());
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    match serve(&app, &method, t, &q, &manager, &content_type, &body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "request failed");
+            error_response(&e)
+        }
+    }
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+fn delete_options(q: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOptions, ApiError> {
+    let b = if body.is_empty() {
+        json!({})
+    } else {
+        parse_body(body)?
+    };
+    let orphan = b["orphanDependents"]
+        .as_bool()
+        .or_else(|| q.get("orphanDependents").map(|v| v == "true"));
+    let propagation = b["propagationPolicy"]
+        .as_str()
+        .map(String::from)
+        .or_else(|| q.get("propagationPolicy").cloned())
+        .or_else(|| {
+            orphan.map(|o| {
+                if o {
+                    "Orphan".to_string()
+                } else {
+                    "Background".to_string()
+                }
+            })
+        });
+    let grace_period = b["gracePeriodSeconds"]
+        .as_i64()
+        .or_else(|| q.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    Ok(DeleteOptions {
+        grace_period,
+        propagation,
+        precondition_uid: b["preconditions"]["uid"].as_str().map(String::from),
+        precondition_rv: b["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(String::from),
+    })
+}
+
+fn serve(
+    app: &AppState,
+    method: &Method,
+    t: Target,
+    q: &HashMap<String, String>,
+    manager: &str,
+    ct: &str,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let store = &app.store;
+    let res = &t.res;
+    let ns_for_obj = if res.namespaced {
+        t.ns.clone()
+    } else {
+        Some(String::new())
+    };
+    let sub = t.sub.as_deref().unwrap_or_default();
+    let sub = if sub == "finalize" { "" } else { sub };
+    let one = |v: Value| json_response(200, &present(res, &t.version, v));
+    match (method.as_str(), &t.name) {
+        ("GET", None) => {
+            let sel = Selector::parse(
+                q.get("labelSelector").map(String::as_str),
+                q.get("fieldSelector").map(String::as_str),
+            )?;
+            if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+                let timeout = q
+                    .get("timeoutSeconds")
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(1800);
+                return Ok(watch::respond(
+                    store,
+                    WatchRequest {
+                        res: res.clone(),
+                        version: t.version.clone(),
+                        ns: t.ns.clone(),
+                        selector: sel,
+                        from: watch::parse_from(q.get("resourceVersion").map(String::as_str))?,
+                        bookmarks: q.get("allowWatchBookmarks").is_some_and(|b| b == "true"),
+                        send_initial_events: q
+                            .get("sendInitialEvents")
+                            .is_some_and(|b| b == "true"),
+                        timeout: Duration::from_secs(timeout),
+                        bookmark_interval: app.bookmark_interval,
+                    },
+                ));
+            }
+            let limit = q.get("limit").and_then(|l| l.parse().ok());
+            let (items, rv, cont) = store.list(
+                res,
+                t.ns.as_deref(),
+                &sel,
+                limit,
+                q.get("continue").map(String::as_str),
+            )?;
+            let items: Vec<Value> = items
+                .into_iter()
+                .map(|o| present(res, &t.version, o))
+                .collect();
+            let mut meta = json!({"resourceVersion": rv.to_string()});
+            if let Some(c) = cont {
+                meta["continue"] = json!(c);
+            }
+            Ok(json_response(
+                200,
+                &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(&t.version), "metadata": meta, "items": items}),
+            ))
+        }
+        ("GET", Some(name)) => Ok(one(store.get(
+            res,
+            ns_for_obj.as_deref().unwrap_or_default(),
+            name,
+        )?)),
+        ("POST", None) => {
+            let ns = ns_for_obj.ok_or_else(|| ApiError::route_not_found())?;
+            let obj = parse_body(body)?;
+            let created = store.create(res, &ns, obj, manager)?;
+            Ok(json_response(201, &present(res, &t.version, created)))
+        }
+        ("POST", Some(name)) if sub == "binding" => {
+            let b = parse_body(body)?;
+            let node = b["target"]["name"]
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request("binding target name required"))?;
+            store.bind(res, ns_for_obj.as_deref().unwrap_or_default(), name, node)?;
+            Ok(json_response(
+                201,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ))
+        }
+        ("PUT", Some(name)) => {
+            let obj = parse_body(body)?;
+            Ok(one(store.replace(
+                res,
+                ns_for_obj.as_deref().unwrap_or_default(),
+                name,
+                obj,
+                sub,
+                manager,
+            )?))
+        }
+        ("PATCH", Some(name)) => {
+            let base = ct.split(';').next().unwrap_or_default().trim();
+            let kind = match base {
+                "application/merge-patch+json" => PatchKind::Merge,
+                "application/json-patch+json" => PatchKind::Json,
+                "application/strategic-merge-patch+json" => PatchKind::Strategic,
+                "application/apply-patch+yaml"
+                | "application/apply-patch+json"
+                | "application/apply-patch+cbor" => {
+                    if !q.contains_key("fieldManager") {
+                        return Err(ApiError::invalid(
+                            "PatchOptions",
+                            "",
+                            &["fieldManager: Required value: is required for apply patch".into()],
+                        ));
+                    }
+                    PatchKind::Apply {
+                        force: q.get("force").is_some_and(|f| f == "true"),
+                    }
+                }
+                other => return Err(ApiError::unsupported_media(other)),
+            };
+            let patch = parse_body(body)?;
+            let out = store.patch(
+                res,
+                ns_for_obj.as_deref().unwrap_or_default(),
+                name,
+                kind,
+                &patch,
+                sub,
+                manager,
+            )?;
+            Ok(one(out))
+        }
+        ("DELETE", Some(name)) => {
+            let opts = delete_options(q, body)?;
+            Ok(one(store.delete(
+                res,
+                ns_for_obj.as_deref().unwrap_or_default(),
+                name,
+                &opts,
+            )?))
+        }
+        ("DELETE", None) => {
+            let opts = delete_options(q, body)?;
+            let sel = Selector::parse(
+                q.get("labelSelector").map(String::as_str),
+                q.get("fieldSelector").map(String::as_str),
+            )?;
+            let gone = store.delete_collection(res, t.ns.as_deref(), &sel, &opts)?;
+            let items: Vec<Value> = gone
+                .into_iter()
+                .map(|o| present(res, &t.version, o))
+                .collect();
+            Ok(json_response(
+                200,
+                &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(&t.version), "metadata": {"resourceVersion": store.current_rv().to_string()}, "items": items}),
+            ))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}

@@ -1,0 +1,139 @@
+//! An in-memory Kubernetes API server stand-in (HTTP on loopback).
+
+mod apply;
+mod discovery;
+pub mod error;
+mod http;
+mod patch;
+pub mod registry;
+mod schema;
+pub mod selectors;
+pub mod store;
+pub mod time;
+mod watch;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("writing kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// 127.0.0.1:0 picks a free port.
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    /// Watch history kept (events); older resourceVersions get 410.
+    pub history: usize,
+    pub bookmark_interval: Duration,
+}
+
+impl Config {
+    pub fn new(kubeconfig: impl Into<PathBuf>) -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kubeconfig: kubeconfig.into(),
+            history: 10_000,
+            bookmark_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    pub store: Arc<Store>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+/// A kubeconfig (JSON is valid YAML) for an unauthenticated HTTP server.
+pub fn write_kubeconfig(path: &Path, server: &str) -> std::io::Result<()> {
+    let cfg = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "quiver-local", "cluster": {"server": server}}],
+        "users": [{"name": "quiver-local", "user": {}}],
+        "contexts": [{"name": "quiver-local", "context": {"cluster": "quiver-local", "user": "quiver-local", "namespace": "default"}}],
+        "current-context": "quiver-local",
+        "preferences": {},
+    });
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&cfg).unwrap_or_default())
+}
+
+impl ApiServer {
+    pub async fn start(cfg: Config) -> Result<Self, ServerError> {
+        let listener = TcpListener::bind(cfg.addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: cfg.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: cfg.addr,
+            source,
+        })?;
+        write_kubeconfig(&cfg.kubeconfig, &format!("http://{addr}")).map_err(|source| {
+            ServerError::Kubeconfig {
+                path: cfg.kubeconfig.clone(),
+                source,
+            }
+        })?;
+        let store = Arc::new(Store::new(cfg.history));
+        let state = Arc::new(http::AppState {
+            store: store.clone(),
+            addr: addr.to_string(),
+            bookmark_interval: cfg.bookmark_interval,
+        });
+        let app = axum::Router::new().fallback(http::handle).with_state(state);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = rx.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        });
+        tracing::info!(%addr, kubeconfig = %cfg.kubeconfig.display(), "API server listening");
+        Ok(Self {
+            addr,
+            kubeconfig: cfg.kubeconfig,
+            store,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Stops accepting requests; open watches are dropped.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
