@@ -2,3 +2,6 @@
 //! process kubelet, all talking through the Kubernetes API.
 
 pub mod apiserver;
+pub mod controllers;
+pub mod kubelet;
+pub mod local;

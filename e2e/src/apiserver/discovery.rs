@@ -87,3 +87,42 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}),
     )
 }
+
+/// `/openapi/v3`: the index of group-version documents.
+pub fn openapi_v3_root(reg: &Registry) -> Value {
+    let mut paths = serde_json::Map::new();
+    for (g, vs) in reg.groups() {
+        for v in vs {
+            let gv = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
+            paths.insert(gv.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={}", reg.all().len())}));
+        }
+    }
+    json!({"paths": paths})
+}
+
+/// A minimal OpenAPI v3 document for one group-version: enough for clients (kubectl) to
+/// see that PATCH accepts `fieldValidation`, so they validate on the server side.
+pub fn openapi_v3_gv(reg: &Registry, group: &str, version: &str) -> Option<Value> {
+    let mut paths = serde_json::Map::new();
+    let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    for r in reg.all().iter().filter(|r| r.group == group && r.versions.iter().any(|v| v == version)) {
+        let gvk = json!({"group": r.group, "version": version, "kind": r.kind});
+        let params = json!([
+            {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+            {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+            {"name": "force", "in": "query", "schema": {"type": "boolean"}},
+            {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+        ]);
+        let op = json!({"x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {"200": {"description": "OK"}}});
+        let path = if r.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", r.plural)
+        };
+        paths.insert(path, json!({"get": {"x-kubernetes-group-version-kind": gvk, "responses": {"200": {"description": "OK"}}}, "patch": op, "put": op}));
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "components": {"schemas": {}}}))
+}

@@ -109,6 +109,18 @@ pub async fn handle(
                 .body(Body::from("ok"))
                 .unwrap_or_else(|_| Response::new(Body::empty()));
         }
+        ["openapi", "v3"] => return json_response(200, &discovery::openapi_v3_root(&reg())),
+        ["openapi", "v3", gv @ ..] => {
+            let (g, v) = match gv {
+                ["api", v] => ("", *v),
+                ["apis", g, v] => (*g, *v),
+                _ => return error_response(&ApiError::route_not_found()),
+            };
+            return match discovery::openapi_v3_gv(&reg(), g, v) {
+                Some(d) => json_response(200, &d),
+                None => error_response(&ApiError::route_not_found()),
+            };
+        }
         ["api"] => return json_response(200, &discovery::core_versions(&app.addr)),
         ["apis"] => return json_response(200, &discovery::group_list(&reg())),
         ["apis", g] => {
@@ -173,6 +185,10 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
+    if !body.is_empty() && (content_type.contains("protobuf") || content_type.contains("cbor")) {
+        // Only JSON bodies are understood; clients such as kubectl fall back on 415.
+        return error_response(&ApiError::unsupported_media(&content_type));
+    }
     match serve(&app, &method, t, &q, &manager, &content_type, &body) {
         Ok(r) => r,
         Err(e) => {

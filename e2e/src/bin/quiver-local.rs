@@ -1,0 +1,92 @@
+//! `quiver-local up|down|logs`: the local cluster on one machine.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Local Kubernetes stand-in: API server, controllers and a process kubelet")]
+struct Cli {
+    /// State directory (kubeconfig, pid file, pod volumes and logs).
+    #[arg(long, env = "QUIVER_LOCAL_DIR", default_value = ".quiver-local", global = true)]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the cluster and run until SIGINT/SIGTERM.
+    Up {
+        /// API server port on 127.0.0.1 (0 = a free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Image to local binary, e.g. `index-node=target/release/index-node` (repeatable).
+        #[arg(long = "image")]
+        images: Vec<String>,
+        /// Node name the kubelet registers.
+        #[arg(long, default_value = "quiver-node")]
+        node: String,
+        /// Do not run the process kubelet.
+        #[arg(long)]
+        no_kubelet: bool,
+    },
+    /// Stop a running `up` (SIGTERM to the pid in the state directory).
+    Down,
+    /// Print a container's log: `logs <pod> [-c container] [-n namespace]`.
+    Logs {
+        pod: String,
+        #[arg(short, long)]
+        container: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Up { port, images, node, no_kubelet } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+                .with_writer(std::io::stderr)
+                .init();
+            let images = quiver_e2e::kubelet::parse_image_table(&images)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(quiver_e2e::local::run_until_signal(quiver_e2e::local::LocalConfig {
+                state_dir: cli.state_dir,
+                port,
+                images,
+                node,
+                kubelet: !no_kubelet,
+            }))
+        }
+        Cmd::Down => {
+            let pid_file = cli.state_dir.join("quiver-local.pid");
+            let pid: i32 = std::fs::read_to_string(&pid_file)
+                .with_context(|| format!("no running cluster ({} missing)", pid_file.display()))?
+                .trim()
+                .parse()
+                .context("bad pid file")?;
+            // SAFETY: kill(2) with a pid read from our own pid file; no memory is involved.
+            let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+            if rc != 0 {
+                bail!("could not signal pid {pid}: {}", std::io::Error::last_os_error());
+            }
+            for _ in 0..100 {
+                if !pid_file.exists() {
+                    println!("stopped");
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            bail!("pid {pid} did not stop within 10s")
+        }
+        Cmd::Logs { pod, container, namespace } => {
+            let text = quiver_e2e::kubelet::read_logs(&cli.state_dir.join("pods"), &namespace, &pod, container.as_deref())?;
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
