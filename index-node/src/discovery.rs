@@ -1,0 +1,102 @@
+//! Where the replicas of each shard are.
+//!
+//! For now a static list (flag) or a JSON file polled for changes, behind [`ReplicaSource`];
+//! the operator issue backs it with a watch on the index's Pods (pod IP + Ready condition).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// shard number -> replica addresses (`ip:port`).
+pub type Replicas = BTreeMap<u32, Vec<String>>;
+
+pub trait ReplicaSource: Send + 'static {
+    fn watch(self: Box<Self>) -> watch::Receiver<Replicas>;
+}
+
+pub struct StaticReplicas(pub Replicas);
+
+impl ReplicaSource for StaticReplicas {
+    fn watch(self: Box<Self>) -> watch::Receiver<Replicas> {
+        watch::channel(self.0).1
+    }
+}
+
+/// JSON file `{"0": ["127.0.0.2:7000", ...], "1": [...]}`, polled.
+pub struct FileReplicas {
+    pub path: PathBuf,
+    pub interval: Duration,
+}
+
+impl ReplicaSource for FileReplicas {
+    fn watch(self: Box<Self>) -> watch::Receiver<Replicas> {
+        let (tx, rx) = watch::channel(read(&self.path).unwrap_or_default());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(self.interval).await;
+                match read(&self.path) {
+                    Ok(r) => {
+                        tx.send_if_modified(|cur| {
+                            let changed = *cur != r;
+                            if changed {
+                                tracing::info!(replicas = ?r, "shard replicas changed");
+                                *cur = r;
+                            }
+                            changed
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(path = %self.path.display(), error = %e, "cannot read replicas file")
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Replicas, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// Parses `0=ip:port,ip:port;1=ip:port`.
+pub fn parse_static(spec: &str) -> anyhow::Result<Replicas> {
+    let mut out = Replicas::new();
+    for part in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (shard, addrs) = part
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--shards: {part:?} is not SHARD=ADDR[,ADDR...]"))?;
+        let shard: u32 = shard
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--shards: {shard:?} is not a shard number"))?;
+        let addrs: Vec<String> = addrs
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        anyhow::ensure!(!addrs.is_empty(), "--shards: shard {shard} has no address");
+        out.insert(shard, addrs);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_static_spec() -> anyhow::Result<()> {
+        let r = parse_static("0=127.0.0.2:7000,127.0.0.3:7000; 1=127.0.0.4:7000")?;
+        assert_eq!(r[&0].len(), 2);
+        assert_eq!(r[&1], vec!["127.0.0.4:7000".to_string()]);
+        assert!(parse_static("x=1").is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,404 @@
+//! `index-node loadtest`: drive a router's Query API with query vectors at a fixed
+//! concurrency for a bounded time or count; report QPS, latency percentiles, recall@k against
+//! a ground truth, errors by gRPC code, and which versions answered (with the id range each
+//! returned, so a test can prove no answer mixed versions).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use quiver_proto::SearchRequest;
+use quiver_proto::query_client::QueryClient;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::source::read_uri;
+use crate::vecfile::{parse_ivecs, parse_vectors};
+
+#[derive(clap::Args, Debug)]
+pub struct LoadtestCmd {
+    /// Router address, `ip:port`.
+    #[arg(long, required_unless_present = "local_storage")]
+    pub target: Option<String>,
+    /// Instead of a router, load this storage's version whole in-process and query the engine
+    /// directly on --concurrency threads (same queries, k and nprobe): the baseline the
+    /// gRPC path is compared with.
+    #[arg(long, requires = "local_version")]
+    pub local_storage: Option<String>,
+    #[arg(long, default_value = "default")]
+    pub local_namespace: String,
+    #[arg(long, default_value = "")]
+    pub local_index: String,
+    #[arg(long)]
+    pub local_version: Option<String>,
+    /// Query vectors (.fvecs/.bvecs/.npy; path, file:// or s3://).
+    #[arg(long)]
+    pub queries: String,
+    /// Ground truth (.ivecs) for recall@k.
+    #[arg(long)]
+    pub gt: Option<String>,
+    #[arg(long, default_value_t = 10)]
+    pub k: u32,
+    #[arg(long)]
+    pub nprobe: Option<u32>,
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Stop after this many seconds (default 10 when --count is not given).
+    #[arg(long)]
+    pub duration_secs: Option<f64>,
+    /// Stop after this many queries.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// HTTP/2 connections to open (queries are spread over them).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Pin this version instead of the router's active one.
+    #[arg(long)]
+    pub version: Option<String>,
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit non-zero when any query failed.
+    #[arg(long)]
+    pub fail_on_error: bool,
+}
+
+#[derive(Debug, Default, Serialize, Clone)]
+pub struct VersionSeen {
+    pub answers: u64,
+    pub min_id: u64,
+    pub max_id: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub queries: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub seconds: f64,
+    pub qps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub mean_ms: f64,
+    pub recall: Option<f64>,
+    pub k: u32,
+    pub errors: BTreeMap<String, u64>,
+    pub versions: BTreeMap<String, VersionSeen>,
+    pub partial_answers: u64,
+}
+
+#[derive(Default)]
+struct Worker {
+    lat_us: Vec<u64>,
+    errors: BTreeMap<String, u64>,
+    versions: BTreeMap<String, VersionSeen>,
+    recall_sum: f64,
+    recall_n: u64,
+    partial: u64,
+}
+
+pub fn run(cmd: LoadtestCmd) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let s = rt.block_on(loadtest(&cmd))?;
+    if cmd.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "queries {} ok {} failed {} in {:.2}s: {:.0} QPS",
+            s.queries, s.ok, s.failed, s.seconds, s.qps
+        );
+        println!(
+            "latency ms: p50 {:.3} p99 {:.3} p999 {:.3} mean {:.3}",
+            s.p50_ms, s.p99_ms, s.p999_ms, s.mean_ms
+        );
+        if let Some(r) = s.recall {
+            println!("recall@{}: {r:.4}", s.k);
+        }
+        for (code, n) in &s.errors {
+            println!("errors {code}: {n}");
+        }
+        for (v, seen) in &s.versions {
+            println!(
+                "version {v}: {} answers (ids {}..={})",
+                seen.answers, seen.min_id, seen.max_id
+            );
+        }
+    }
+    if cmd.fail_on_error && s.failed > 0 {
+        anyhow::bail!("{} queries failed", s.failed);
+    }
+    Ok(())
+}
+
+pub async fn loadtest(cmd: &LoadtestCmd) -> anyhow::Result<Summary> {
+    anyhow::ensure!(cmd.concurrency >= 1, "--concurrency must be at least 1");
+    let qbytes = read_uri(&cmd.queries).await?;
+    let queries = Arc::new(parse_vectors(&cmd.queries, &qbytes)?);
+    anyhow::ensure!(queries.len() > 0, "{}: no queries", cmd.queries);
+    let gt = match &cmd.gt {
+        Some(uri) => {
+            let b = read_uri(uri).await?;
+            let (ids, k) = parse_ivecs(uri, &b)?;
+            anyhow::ensure!(
+                ids.len() / k.max(1) >= queries.len(),
+                "{uri}: {} rows for {} queries",
+                ids.len() / k.max(1),
+                queries.len()
+            );
+            anyhow::ensure!(
+                k >= cmd.k as usize,
+                "{uri}: holds {k} neighbours per query, fewer than --k {}",
+                cmd.k
+            );
+            Some(Arc::new((ids, k)))
+        }
+        None => None,
+    };
+    if let (Some(storage), Some(version)) = (&cmd.local_storage, &cmd.local_version) {
+        return local(cmd, storage, version, queries, gt).await;
+    }
+    let target = cmd.target.clone().unwrap_or_default();
+    let addr = if target.contains("://") {
+        target.clone()
+    } else {
+        format!("http://{target}")
+    };
+    let mut channels: Vec<Channel> = Vec::new();
+    for _ in 0..cmd.connections.clamp(1, cmd.concurrency) {
+        let ch = Endpoint::from_shared(addr.clone())
+            .with_context(|| format!("bad --target {target}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {target}"))?;
+        channels.push(ch);
+    }
+    let duration = match (cmd.duration_secs, cmd.count) {
+        (Some(d), _) => Some(Duration::from_secs_f64(d.max(0.0))),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..cmd.concurrency {
+        let mut client = QueryClient::new(channels[w % channels.len()].clone());
+        let queries = queries.clone();
+        let gt = gt.clone();
+        let next = next.clone();
+        let (count, k, nprobe, allow_partial, version, timeout) = (
+            cmd.count,
+            cmd.k,
+            cmd.nprobe,
+            cmd.allow_partial,
+            cmd.version.clone(),
+            Duration::from_millis(cmd.timeout_ms),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut st = Worker::default();
+            loop {
+                if duration.is_some_and(|d| started.elapsed() >= d) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if count.is_some_and(|c| i >= c) {
+                    break;
+                }
+                let qi = (i % queries.len() as u64) as usize;
+                let mut req = tonic::Request::new(SearchRequest {
+                    vector: queries.row(qi).to_vec(),
+                    k,
+                    nprobe,
+                    allow_partial,
+                    version: version.clone(),
+                });
+                req.set_timeout(timeout);
+                let t = Instant::now();
+                match client.search(req).await {
+                    Ok(resp) => {
+                        st.lat_us.push(t.elapsed().as_micros() as u64);
+                        let r = resp.into_inner();
+                        if !r.missing_shards.is_empty() {
+                            st.partial += 1;
+                        }
+                        let seen = st.versions.entry(r.version.clone()).or_insert(VersionSeen {
+                            answers: 0,
+                            min_id: u64::MAX,
+                            max_id: 0,
+                        });
+                        seen.answers += 1;
+                        for &id in &r.ids {
+                            seen.min_id = seen.min_id.min(id);
+                            seen.max_id = seen.max_id.max(id);
+                        }
+                        if let Some(rc) = recall_of(&gt, qi, k, &r.ids) {
+                            st.recall_sum += rc;
+                            st.recall_n += 1;
+                        }
+                    }
+                    Err(s) => {
+                        *st.errors.entry(format!("{:?}", s.code())).or_default() += 1;
+                        tracing::debug!(code = ?s.code(), message = %s.message(), "query failed");
+                    }
+                }
+            }
+            st
+        }));
+    }
+    let mut workers = Vec::new();
+    for t in tasks {
+        workers.push(t.await?);
+    }
+    Ok(summarize(cmd.k, started, workers))
+}
+
+fn summarize(k: u32, started: Instant, workers: Vec<Worker>) -> Summary {
+    let mut all = Worker::default();
+    for w in workers {
+        all.lat_us.extend(w.lat_us);
+        for (c, n) in w.errors {
+            *all.errors.entry(c).or_default() += n;
+        }
+        for (v, s) in w.versions {
+            let e = all.versions.entry(v).or_insert(VersionSeen {
+                answers: 0,
+                min_id: u64::MAX,
+                max_id: 0,
+            });
+            e.answers += s.answers;
+            e.min_id = e.min_id.min(s.min_id);
+            e.max_id = e.max_id.max(s.max_id);
+        }
+        all.recall_sum += w.recall_sum;
+        all.recall_n += w.recall_n;
+        all.partial += w.partial;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    all.lat_us.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if all.lat_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((all.lat_us.len() as f64 * p).ceil() as usize).clamp(1, all.lat_us.len()) - 1;
+        all.lat_us[i] as f64 / 1000.0
+    };
+    let ok = all.lat_us.len() as u64;
+    let failed: u64 = all.errors.values().sum();
+    Summary {
+        queries: ok + failed,
+        ok,
+        failed,
+        seconds,
+        qps: ok as f64 / seconds.max(1e-9),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        p999_ms: pct(0.999),
+        mean_ms: if ok == 0 {
+            0.0
+        } else {
+            all.lat_us.iter().sum::<u64>() as f64 / ok as f64 / 1000.0
+        },
+        recall: (all.recall_n > 0).then(|| all.recall_sum / all.recall_n as f64),
+        k,
+        errors: all.errors,
+        versions: all.versions,
+        partial_answers: all.partial,
+    }
+}
+
+type Gt = Option<Arc<(Vec<i32>, usize)>>;
+
+fn recall_of(gt: &Gt, qi: usize, k: u32, ids: &[u64]) -> Option<f64> {
+    let (truth, gk) = gt.as_deref().map(|g| (&g.0, g.1))?;
+    let truth = &truth[qi * gk..qi * gk + k as usize];
+    let hit = ids
+        .iter()
+        .filter(|id| truth.iter().any(|t| *t as i64 as u64 == **id))
+        .count();
+    Some(hit as f64 / f64::from(k.max(1)))
+}
+
+/// The in-process baseline: the whole version in one engine, queried on OS threads.
+async fn local(
+    cmd: &LoadtestCmd,
+    storage: &str,
+    version: &str,
+    queries: Arc<crate::vecfile::Vectors>,
+    gt: Gt,
+) -> anyhow::Result<Summary> {
+    let st = crate::storage::Storage::open(storage)?;
+    let (ns, ix) = (&cmd.local_namespace, &cmd.local_index);
+    let m = crate::loader::read_manifest(&st, ns, ix, version).await?;
+    let all: Vec<u32> = (0..m.nlist as u32).collect();
+    let loaded = crate::loader::load_lists(&st, ns, ix, &m, &all).await?;
+    let index = Arc::new(loaded.index);
+    let nprobe = cmd.nprobe.map_or(m.default_nprobe, |n| n as usize);
+    let k = cmd.k;
+    let duration = match (cmd.duration_secs, cmd.count) {
+        (Some(d), _) => Some(Duration::from_secs_f64(d.max(0.0))),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    let count = cmd.count;
+    let concurrency = cmd.concurrency;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let version = version.to_string();
+    let workers = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..concurrency)
+                .map(|_| {
+                    let (index, queries, gt, next, version) =
+                        (&index, &queries, &gt, &next, &version);
+                    scope.spawn(move || {
+                        let mut st = Worker::default();
+                        let p = quiver_ivf::SearchParams::new(k as usize, nprobe);
+                        loop {
+                            if duration.is_some_and(|d| started.elapsed() >= d) {
+                                break;
+                            }
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if count.is_some_and(|c| i >= c) {
+                                break;
+                            }
+                            let qi = (i % queries.len() as u64) as usize;
+                            let t = Instant::now();
+                            match index.search(queries.row(qi), &p) {
+                                Ok(hits) => {
+                                    st.lat_us.push(t.elapsed().as_micros() as u64);
+                                    let ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
+                                    let seen = st.versions.entry(version.clone()).or_default();
+                                    seen.answers += 1;
+                                    if let Some(r) = recall_of(gt, qi, k, &ids) {
+                                        st.recall_sum += r;
+                                        st.recall_n += 1;
+                                    }
+                                }
+                                Err(e) => {
+                                    *st.errors.entry(e.to_string()).or_default() += 1;
+                                }
+                            }
+                        }
+                        st
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect::<Vec<Worker>>()
+        })
+    })
+    .await?;
+    Ok(summarize(k, started, workers))
+}

@@ -1,0 +1,201 @@
+//! Admin/status API for the operator: role, versions and their state, list statistics and
+//! recall evaluation (routers).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use quiver_proto::{
+    EvaluateRequest, EvaluateResponse, ListStat, ListStatsRequest, ListStatsResponse,
+    StatusRequest, StatusResponse, VersionState, VersionStatus,
+};
+use tonic::{Request, Response, Status};
+
+use super::{Node, RoleState, router, shard, validate};
+
+pub struct AdminSvc {
+    pub node: Arc<Node>,
+}
+
+fn imbalance(sizes: &[u64]) -> f64 {
+    let n = sizes.len().max(1) as f64;
+    let mean = sizes.iter().sum::<u64>() as f64 / n;
+    let max = sizes.iter().copied().max().unwrap_or(0) as f64;
+    if mean > 0.0 { max / mean } else { 0.0 }
+}
+
+#[tonic::async_trait]
+impl quiver_proto::admin_server::Admin for AdminSvc {
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let (ready, _) = self.node.readiness();
+        let mut out = StatusResponse {
+            role: 0,
+            shard: 0,
+            node: self.node.name.clone(),
+            versions: Vec::new(),
+            active_version: String::new(),
+            ready,
+        };
+        match &self.node.inner {
+            RoleState::Shard(s) => {
+                out.role = quiver_proto::Role::Shard as i32;
+                out.shard = s.shard;
+                let active = s.active.load();
+                out.active_version = active.as_ref().clone().unwrap_or_default();
+                for (name, slot) in s.versions.load().iter() {
+                    let mut vs = VersionStatus {
+                        version: name.clone(),
+                        ..Default::default()
+                    };
+                    match slot.as_ref() {
+                        shard::Slot::Loading => vs.state = VersionState::Loading as i32,
+                        shard::Slot::Failed(r) => {
+                            vs.state = VersionState::Failed as i32;
+                            vs.reason = r.clone();
+                        }
+                        shard::Slot::Warm(v) => {
+                            vs.state = if active.as_deref() == Some(name.as_str()) {
+                                VersionState::Active as i32
+                            } else {
+                                VersionState::Warm as i32
+                            };
+                            vs.vectors = v.vectors;
+                            vs.bytes = v.bytes;
+                            vs.lists = v.owned.iter().filter(|o| **o).count() as u32;
+                        }
+                    }
+                    out.versions.push(vs);
+                }
+            }
+            RoleState::Router(r) => {
+                out.role = quiver_proto::Role::Router as i32;
+                let active = r.active.load();
+                out.active_version = active.as_ref().map(|v| v.name.clone()).unwrap_or_default();
+                for (name, slot) in r.versions.load().iter() {
+                    let mut vs = VersionStatus {
+                        version: name.clone(),
+                        ..Default::default()
+                    };
+                    match slot.as_ref() {
+                        router::Slot::Loading => vs.state = VersionState::Loading as i32,
+                        router::Slot::Failed(e) => {
+                            vs.state = VersionState::Failed as i32;
+                            vs.reason = e.clone();
+                        }
+                        router::Slot::Ready(v) => {
+                            vs.state = if out.active_version == *name {
+                                VersionState::Active as i32
+                            } else {
+                                VersionState::Warm as i32
+                            };
+                            vs.vectors = v.manifest.ntotal;
+                            vs.lists = v.manifest.nlist as u32;
+                        }
+                    }
+                    out.versions.push(vs);
+                }
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn list_stats(
+        &self,
+        req: Request<ListStatsRequest>,
+    ) -> Result<Response<ListStatsResponse>, Status> {
+        let version = req.into_inner().version;
+        validate::version_name(&version)?;
+        let (lists, imb) = match &self.node.inner {
+            RoleState::Shard(s) => {
+                let v = s
+                    .get(&version)
+                    .map_err(|e| Status::not_found(e.message().to_string()))?;
+                let lists = (0..v.manifest.nlist)
+                    .filter(|&l| v.owned[l])
+                    .map(|l| ListStat {
+                        list: l as u32,
+                        size: v.sizes[l],
+                        probes: v.probes[l].load(Ordering::Relaxed),
+                    })
+                    .collect();
+                (lists, imbalance(&v.manifest.list_sizes))
+            }
+            RoleState::Router(r) => {
+                let v = r.pin(Some(&version))?;
+                let lists = (0..v.manifest.nlist)
+                    .map(|l| ListStat {
+                        list: l as u32,
+                        size: v.manifest.list_sizes[l],
+                        probes: v.probes[l].load(Ordering::Relaxed),
+                    })
+                    .collect();
+                (lists, imbalance(&v.manifest.list_sizes))
+            }
+        };
+        Ok(Response::new(ListStatsResponse {
+            version,
+            lists,
+            imbalance: imb,
+        }))
+    }
+
+    async fn evaluate(
+        &self,
+        req: Request<EvaluateRequest>,
+    ) -> Result<Response<EvaluateResponse>, Status> {
+        let RoleState::Router(r) = &self.node.inner else {
+            return Err(Status::failed_precondition(
+                "Evaluate is served by routers, not shards",
+            ));
+        };
+        let req = req.into_inner();
+        let v = r.pin(Some(&req.version))?;
+        let Some(eval) = &v.eval else {
+            return Err(Status::failed_precondition(format!(
+                "version {} has no evaluation queries",
+                v.name
+            )));
+        };
+        let k = validate::k(req.k, r.ctx.max_k)?;
+        if k > eval.k {
+            return Err(Status::invalid_argument(format!(
+                "k: {k} exceeds the {} stored exact neighbours",
+                eval.k
+            )));
+        }
+        let nprobe = validate::nprobe(req.nprobe, v.manifest.default_nprobe, v.manifest.nlist)?;
+        let mut n = eval.queries.len();
+        if req.max_queries > 0 {
+            n = n.min(req.max_queries as usize);
+        }
+        let started = Instant::now();
+        let mut found = 0usize;
+        for i in 0..n {
+            let ans = r
+                .search_one(&self.node, &v, eval.queries.row(i), k, nprobe, false)
+                .await?;
+            let gt = &eval.gt[i * eval.k..i * eval.k + k];
+            found += ans
+                .ids
+                .iter()
+                .filter(|id| gt.iter().any(|g| *g as i64 as u64 == **id))
+                .count();
+        }
+        let recall = if n == 0 {
+            0.0
+        } else {
+            found as f64 / (n * k) as f64
+        };
+        Ok(Response::new(EvaluateResponse {
+            version: v.name.clone(),
+            k: k as u32,
+            nprobe: nprobe as u32,
+            queries: n as u32,
+            recall,
+            mean_latency_ms: started.elapsed().as_secs_f64() * 1000.0 / n.max(1) as f64,
+        }))
+    }
+}

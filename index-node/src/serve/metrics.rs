@@ -1,0 +1,130 @@
+//! Prometheus metrics: one registry per process.
+//!
+//! Label cardinality is bounded: gRPC code (a fixed set), shard number (the shard count),
+//! version (the few versions a node holds; series of dropped versions are removed). No
+//! per-vector or per-list labels: per-list statistics go through the Admin API instead.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn latency() -> Histogram {
+    // 50 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// End-to-end latency of Search (router) or ShardSearch (shard), per query vector.
+    pub query_seconds: Histogram,
+    pub nprobe: Histogram,
+    pub candidates: Histogram,
+    pub errors: Family<Labels, Counter>,
+    pub inflight: Gauge,
+    /// Router -> shard calls, by shard and outcome (ok, error, retried).
+    pub shard_calls: Family<Labels, Counter>,
+    pub shard_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Per version: 0 loading, 1 warm, 2 active, -1 failed.
+    pub version_state: Family<Labels, Gauge>,
+    pub version_vectors: Family<Labels, Gauge>,
+    pub version_bytes: Family<Labels, Gauge>,
+    pub answers_by_version: Family<Labels, Counter>,
+}
+
+impl Metrics {
+    pub fn new(role: &str) -> Self {
+        let mut registry = Registry::with_prefix_and_labels(
+            "quiver",
+            [(
+                std::borrow::Cow::Borrowed("role"),
+                std::borrow::Cow::Owned(role.to_string()),
+            )]
+            .into_iter(),
+        );
+        let m = Self {
+            query_seconds: latency(),
+            nprobe: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            candidates: Histogram::new(exponential_buckets(16.0, 4.0, 12)),
+            errors: Family::default(),
+            inflight: Gauge::default(),
+            shard_calls: Family::default(),
+            shard_seconds: Family::new_with_constructor(latency as fn() -> Histogram),
+            version_state: Family::default(),
+            version_vectors: Family::default(),
+            version_bytes: Family::default(),
+            answers_by_version: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "query_duration_seconds",
+            "Query latency per query vector",
+            m.query_seconds.clone(),
+        );
+        registry.register("query_nprobe", "Lists probed per query", m.nprobe.clone());
+        registry.register(
+            "query_candidates_scanned",
+            "Candidates scanned per query",
+            m.candidates.clone(),
+        );
+        registry.register("errors", "Failed requests by gRPC code", m.errors.clone());
+        registry.register("inflight_queries", "Queries in flight", m.inflight.clone());
+        registry.register(
+            "shard_calls",
+            "Router calls to shards by shard and outcome",
+            m.shard_calls.clone(),
+        );
+        registry.register(
+            "shard_call_duration_seconds",
+            "Router-to-shard call latency",
+            m.shard_seconds.clone(),
+        );
+        registry.register(
+            "version_state",
+            "Per version: 0 loading, 1 warm, 2 active, -1 failed",
+            m.version_state.clone(),
+        );
+        registry.register(
+            "version_vectors",
+            "Vectors held per version",
+            m.version_vectors.clone(),
+        );
+        registry.register(
+            "version_bytes",
+            "Bytes held per version",
+            m.version_bytes.clone(),
+        );
+        registry.register(
+            "answers",
+            "Answered queries by version",
+            m.answers_by_version.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    pub fn error(&self, code: tonic::Code) {
+        self.errors
+            .get_or_create(&vec![("code", format!("{code:?}"))])
+            .inc();
+    }
+
+    pub fn forget_version(&self, version: &str) {
+        let l = vec![("version", version.to_string())];
+        self.version_state.remove(&l);
+        self.version_vectors.remove(&l);
+        self.version_bytes.remove(&l);
+        self.answers_by_version.remove(&l);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        if let Err(e) = encode(&mut s, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        s
+    }
+}

@@ -1,0 +1,276 @@
+//! `index-node serve --role shard|router`: the gRPC services, the HTTP port, version
+//! convergence and graceful shutdown.
+
+pub mod admin;
+pub mod http;
+pub mod metrics;
+pub mod router;
+pub mod shard;
+pub mod validate;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use quiver_proto::admin_server::AdminServer;
+use quiver_proto::query_server::QueryServer;
+use quiver_proto::shard_server::ShardServer;
+use tokio::sync::watch;
+
+use crate::discovery::{FileReplicas, ReplicaSource, StaticReplicas, parse_static};
+use crate::storage::{Storage, check_name};
+use crate::versions::VersionArgs;
+use metrics::Metrics;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Shard,
+    Router,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeCmd {
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// IP to listen on (a pod's own IP; several nodes can share a machine on different
+    /// loopback addresses with the same ports).
+    #[arg(long, default_value = "0.0.0.0", env = "QUIVER_LISTEN_IP")]
+    pub listen_ip: IpAddr,
+    #[arg(long, default_value_t = 7000)]
+    pub grpc_port: u16,
+    #[arg(long, default_value_t = 7001)]
+    pub http_port: u16,
+    /// Storage root: file:///dir, a directory, or s3://bucket/prefix.
+    #[arg(long, env = "QUIVER_STORAGE")]
+    pub storage: String,
+    #[arg(long, default_value = "default", env = "QUIVER_NAMESPACE")]
+    pub namespace: String,
+    #[arg(long, env = "QUIVER_INDEX")]
+    pub index: String,
+    /// Shard number (shard role).
+    #[arg(long, env = "QUIVER_SHARD")]
+    pub shard: Option<u32>,
+    /// Router: shard replicas, `0=ip:port,ip:port;1=ip:port`.
+    #[arg(long, conflicts_with = "shards_file")]
+    pub shards: Option<String>,
+    /// Router: JSON file `{"0": ["ip:port", ...]}` polled for changes.
+    #[arg(long)]
+    pub shards_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub versions: VersionArgs,
+    /// Largest k a client may ask for.
+    #[arg(long, default_value_t = 1000)]
+    pub max_k: u32,
+    /// Router: deadline of one shard call before trying another replica.
+    #[arg(long, default_value_t = 2000)]
+    pub shard_timeout_ms: u64,
+    /// On SIGTERM: time between failing readiness and closing the listeners, so load
+    /// balancers stop sending new queries first.
+    #[arg(long, default_value_t = 2000)]
+    pub shutdown_delay_ms: u64,
+    /// Node name reported in status (defaults to listen address).
+    #[arg(long, env = "POD_NAME")]
+    pub node_name: Option<String>,
+}
+
+/// State shared by the services of one process.
+pub struct Node {
+    pub name: String,
+    pub metrics: Metrics,
+    pub shutting_down: AtomicBool,
+    pub inner: RoleState,
+}
+
+pub enum RoleState {
+    Shard(Arc<shard::ShardState>),
+    Router(Arc<router::RouterState>),
+}
+
+impl Node {
+    /// (ready, reason) for `/readyz` and gRPC health.
+    pub fn readiness(&self) -> (bool, String) {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return (false, "shutting down".into());
+        }
+        match &self.inner {
+            RoleState::Shard(s) => s.readiness(),
+            RoleState::Router(r) => r.readiness(),
+        }
+    }
+}
+
+/// Common context of both roles.
+#[derive(Clone)]
+pub struct Ctx {
+    pub storage: Storage,
+    pub namespace: String,
+    pub index: String,
+    pub max_k: u32,
+}
+
+pub fn run(cmd: ServeCmd) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cmd))
+}
+
+async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
+    check_name("--namespace", &cmd.namespace)?;
+    check_name("--index", &cmd.index)?;
+    for v in &cmd.versions.versions {
+        check_name("--versions", v)?;
+    }
+    let ctx = Ctx {
+        storage: Storage::open(&cmd.storage)?,
+        namespace: cmd.namespace.clone(),
+        index: cmd.index.clone(),
+        max_k: cmd.max_k.max(1),
+    };
+    let grpc_addr = SocketAddr::new(cmd.listen_ip, cmd.grpc_port);
+    let http_addr = SocketAddr::new(cmd.listen_ip, cmd.http_port);
+    let name = cmd
+        .node_name
+        .clone()
+        .unwrap_or_else(|| grpc_addr.to_string());
+    let desired = cmd.versions.source().watch();
+    let role_name = match cmd.role {
+        Role::Shard => "shard",
+        Role::Router => "router",
+    };
+    let metrics = Metrics::new(role_name);
+
+    let inner = match cmd.role {
+        Role::Shard => {
+            let shard = cmd
+                .shard
+                .ok_or_else(|| anyhow::anyhow!("--shard is required with --role shard"))?;
+            RoleState::Shard(shard::ShardState::new(ctx.clone(), shard))
+        }
+        Role::Router => {
+            let source: Box<dyn ReplicaSource> = match (&cmd.shards, &cmd.shards_file) {
+                (Some(spec), _) => Box::new(StaticReplicas(parse_static(spec)?)),
+                (None, Some(path)) => Box::new(FileReplicas {
+                    path: path.clone(),
+                    interval: Duration::from_millis(200),
+                }),
+                (None, None) => {
+                    anyhow::bail!("--role router needs --shards or --shards-file")
+                }
+            };
+            RoleState::Router(router::RouterState::new(
+                ctx.clone(),
+                source.watch(),
+                Duration::from_millis(cmd.shard_timeout_ms.max(1)),
+            ))
+        }
+    };
+    let node = Arc::new(Node {
+        name,
+        metrics,
+        shutting_down: AtomicBool::new(false),
+        inner,
+    });
+    match &node.inner {
+        RoleState::Shard(s) => s.clone().start(node.clone(), desired.clone()),
+        RoleState::Router(r) => r.clone().start(node.clone(), desired.clone()),
+    }
+
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let health_task = tokio::spawn(health_loop(node.clone(), health, stop_rx.clone()));
+
+    let http_task = tokio::spawn(http::serve(http_addr, node.clone(), wait(stop_rx.clone())));
+
+    let listener = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {grpc_addr} (grpc): {e}"))?;
+    tracing::info!(addr = %grpc_addr, role = role_name, "grpc listening");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let admin = AdminServer::new(admin::AdminSvc { node: node.clone() });
+    let builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_svc)
+        .add_service(admin);
+    let router = match &node.inner {
+        RoleState::Shard(s) => builder.add_service(ShardServer::new(shard::ShardSvc {
+            state: s.clone(),
+            node: node.clone(),
+        })),
+        RoleState::Router(r) => builder.add_service(QueryServer::new(router::QuerySvc {
+            state: r.clone(),
+            node: node.clone(),
+        })),
+    };
+    let grpc = tokio::spawn(router.serve_with_incoming_shutdown(incoming, wait(stop_rx.clone())));
+
+    shutdown_signal().await;
+    // Fail readiness first, give load balancers time to notice, then stop accepting and let
+    // in-flight requests finish (tonic's graceful shutdown waits for them).
+    tracing::info!("shutdown requested: failing readiness");
+    node.shutting_down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(cmd.shutdown_delay_ms)).await;
+    let _ = stop_tx.send(true);
+    match grpc.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "grpc server error"),
+        Err(e) => tracing::error!(error = %e, "grpc task failed"),
+        Ok(Ok(())) => {}
+    }
+    if let Ok(Err(e)) = http_task.await {
+        tracing::error!(error = %e, "http server error");
+    }
+    health_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install SIGTERM handler; only Ctrl-C stops");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Mirrors readiness into the gRPC health service ("" = the whole server).
+async fn health_loop(
+    node: Arc<Node>,
+    health: tonic_health::server::HealthReporter,
+    _stop: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        let (ready, _) = node.readiness();
+        if last != Some(ready) {
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+            last = Some(ready);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,563 @@
+//! Router role: holds the centroids and shard map of each loaded version, pins every query to
+//! one version at its start, fans out only to the shards owning probed lists, retries another
+//! replica on failure and merges the top-k.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use quiver_ivf::IvfIndex;
+use quiver_proto::shard_client::ShardClient;
+use quiver_proto::{
+    BatchSearchRequest, BatchSearchResponse, Counters, SearchRequest, SearchResponse,
+    ShardSearchRequest,
+};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
+
+use super::{Ctx, Node, validate};
+use crate::discovery::Replicas;
+use crate::loader::{self, Eval};
+use crate::manifest::Manifest;
+use crate::versions::Desired;
+
+pub struct RouterVersion {
+    pub name: String,
+    pub manifest: Manifest,
+    pub quantizer: IvfIndex,
+    /// list id -> shard.
+    pub owners: Vec<u32>,
+    pub probes: Vec<AtomicU64>,
+    pub eval: Option<Eval>,
+}
+
+pub enum Slot {
+    Loading,
+    Ready(Arc<RouterVersion>),
+    Failed(String),
+}
+
+struct Replica {
+    addr: String,
+    client: ShardClient<Channel>,
+    /// Milliseconds since `RouterState::epoch` until which the replica is skipped.
+    down_until: AtomicU64,
+}
+
+struct Pool {
+    shards: BTreeMap<u32, Vec<Arc<Replica>>>,
+}
+
+pub struct RouterState {
+    pub ctx: Ctx,
+    pub versions: ArcSwap<BTreeMap<String, Arc<Slot>>>,
+    /// The version new queries pin to: swapped atomically, read once per query.
+    pub active: ArcSwapOption<RouterVersion>,
+    pool: ArcSwap<Pool>,
+    rr: AtomicUsize,
+    epoch: Instant,
+    shard_timeout: Duration,
+    replicas: watch::Receiver<Replicas>,
+}
+
+/// How long a failed replica is skipped before it is tried again.
+const DOWN_FOR: Duration = Duration::from_millis(1000);
+
+impl RouterState {
+    pub fn new(
+        ctx: Ctx,
+        replicas: watch::Receiver<Replicas>,
+        shard_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            versions: ArcSwap::from_pointee(BTreeMap::new()),
+            active: ArcSwapOption::empty(),
+            pool: ArcSwap::from_pointee(Pool {
+                shards: BTreeMap::new(),
+            }),
+            rr: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            shard_timeout,
+            replicas,
+        })
+    }
+
+    pub fn readiness(&self) -> (bool, String) {
+        match self.active.load().as_ref() {
+            Some(v) => (true, format!("serving {}", v.name)),
+            None => (false, "no active version loaded".into()),
+        }
+    }
+
+    pub fn start(self: Arc<Self>, node: Arc<Node>, mut desired: watch::Receiver<Desired>) {
+        let this = self.clone();
+        let mut replicas = self.replicas.clone();
+        tokio::spawn(async move {
+            loop {
+                let r = replicas.borrow_and_update().clone();
+                this.set_replicas(&r);
+                if replicas.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            // Re-reconcile every 100 ms as well as on changes: a version that finishes
+            // loading may be the desired active one.
+            let mut closed = false;
+            loop {
+                let d = desired.borrow_and_update().clone();
+                self.reconcile(&node, &d).await;
+                if closed {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                } else {
+                    tokio::select! {
+                        r = desired.changed() => closed = r.is_err(),
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
+        });
+    }
+
+    fn set_replicas(&self, r: &Replicas) {
+        let old = self.pool.load();
+        let mut shards = BTreeMap::new();
+        for (&shard, addrs) in r {
+            let mut list = Vec::new();
+            for addr in addrs {
+                // Reuse the connection (and health) of replicas we already know.
+                let existing = old
+                    .shards
+                    .get(&shard)
+                    .and_then(|v| v.iter().find(|x| &x.addr == addr).cloned());
+                let rep = match existing {
+                    Some(e) => e,
+                    None => match Endpoint::from_shared(format!("http://{addr}")) {
+                        Ok(ep) => Arc::new(Replica {
+                            addr: addr.clone(),
+                            client: ShardClient::new(
+                                ep.connect_timeout(Duration::from_millis(500))
+                                    .tcp_nodelay(true)
+                                    .connect_lazy(),
+                            ),
+                            down_until: AtomicU64::new(0),
+                        }),
+                        Err(e) => {
+                            tracing::warn!(addr = %addr, error = %e, "bad replica address");
+                            continue;
+                        }
+                    },
+                };
+                list.push(rep);
+            }
+            shards.insert(shard, list);
+        }
+        self.pool.store(Arc::new(Pool { shards }));
+    }
+
+    async fn reconcile(self: &Arc<Self>, node: &Arc<Node>, d: &Desired) {
+        let current = self.versions.load_full();
+        for k in current.keys() {
+            if !d.versions.contains(k) {
+                tracing::info!(version = %k, "dropping version");
+                node.metrics.forget_version(k);
+            }
+        }
+        let to_load: Vec<String> = d
+            .versions
+            .iter()
+            .filter(|v| !current.contains_key(*v))
+            .cloned()
+            .collect();
+        // rcu, not store: a load task may be publishing its result concurrently.
+        self.versions.rcu(|cur| {
+            let mut m: BTreeMap<String, Arc<Slot>> = cur
+                .iter()
+                .filter(|(k, _)| d.versions.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for name in &to_load {
+                m.entry(name.clone())
+                    .or_insert_with(|| Arc::new(Slot::Loading));
+            }
+            m
+        });
+        for name in to_load {
+            let this = self.clone();
+            let node = node.clone();
+            tokio::spawn(async move {
+                let slot = match this.load(&name).await {
+                    Ok(v) => {
+                        tracing::info!(version = %name, "version loaded");
+                        Slot::Ready(Arc::new(v))
+                    }
+                    Err(e) => {
+                        let reason = format!("{e:#}");
+                        tracing::error!(version = %name, reason = %reason, "version failed to load");
+                        Slot::Failed(reason)
+                    }
+                };
+                let slot = Arc::new(slot);
+                this.versions.rcu(|cur| {
+                    let mut m = BTreeMap::clone(cur);
+                    if let Some(s) = m.get_mut(&name) {
+                        if matches!(**s, Slot::Loading) {
+                            *s = slot.clone();
+                        }
+                    }
+                    m
+                });
+                this.publish(&node);
+            });
+        }
+        // Swap only to a version that is loaded; otherwise keep serving the current one.
+        if let Some(want) = &d.active {
+            let cur = self.active.load();
+            if cur.as_ref().map(|v| &v.name) != Some(want) {
+                if let Some(Slot::Ready(v)) = self.versions.load().get(want).map(|s| s.as_ref()) {
+                    tracing::info!(from = ?cur.as_ref().map(|v| v.name.clone()), to = %want, "switching active version");
+                    self.active.store(Some(v.clone()));
+                }
+            }
+        }
+        self.publish(node);
+    }
+
+    async fn load(&self, version: &str) -> anyhow::Result<RouterVersion> {
+        let c = &self.ctx;
+        let manifest = loader::read_manifest(&c.storage, &c.namespace, &c.index, version).await?;
+        let quantizer =
+            loader::read_quantizer(&c.storage, &c.namespace, &c.index, &manifest).await?;
+        let eval = loader::read_eval(&c.storage, &c.namespace, &c.index, &manifest).await?;
+        Ok(RouterVersion {
+            name: version.to_string(),
+            owners: manifest.list_owners(),
+            probes: (0..manifest.nlist).map(|_| AtomicU64::new(0)).collect(),
+            manifest,
+            quantizer,
+            eval,
+        })
+    }
+
+    fn publish(&self, node: &Node) {
+        let active = self.active.load();
+        for (name, slot) in self.versions.load().iter() {
+            let l = vec![("version", name.clone())];
+            let state = match slot.as_ref() {
+                Slot::Loading => 0,
+                Slot::Ready(v) => {
+                    node.metrics
+                        .version_vectors
+                        .get_or_create(&l)
+                        .set(v.manifest.ntotal as i64);
+                    if active.as_ref().map(|a| &a.name) == Some(name) {
+                        2
+                    } else {
+                        1
+                    }
+                }
+                Slot::Failed(_) => -1,
+            };
+            node.metrics.version_state.get_or_create(&l).set(state);
+        }
+    }
+
+    /// Pins a version: the requested one (must be loaded) or the active one, read once.
+    pub fn pin(&self, requested: Option<&str>) -> Result<Arc<RouterVersion>, Status> {
+        match requested {
+            Some(name) => {
+                validate::version_name(name)?;
+                match self.versions.load().get(name).map(|s| s.as_ref()) {
+                    Some(Slot::Ready(v)) => Ok(v.clone()),
+                    Some(Slot::Loading) => Err(Status::unavailable(format!(
+                        "version {name} is still loading"
+                    ))),
+                    Some(Slot::Failed(r)) => Err(Status::unavailable(format!(
+                        "version {name} failed to load: {r}"
+                    ))),
+                    None => Err(Status::not_found(format!(
+                        "version: {name} is not served by this router"
+                    ))),
+                }
+            }
+            None => self
+                .active
+                .load_full()
+                .ok_or_else(|| Status::unavailable("no active version")),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// One query on a pinned version.
+    pub async fn search_one(
+        &self,
+        node: &Node,
+        v: &Arc<RouterVersion>,
+        vector: &[f32],
+        k: usize,
+        nprobe: usize,
+        allow_partial: bool,
+    ) -> Result<SearchResponse, Status> {
+        let lists = v
+            .quantizer
+            .probe(vector, nprobe)
+            .map_err(|e| Status::invalid_argument(format!("vector: {e}")))?;
+        let mut by_shard: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for &l in &lists {
+            if let Some(p) = v.probes.get(l as usize) {
+                p.fetch_add(1, Ordering::Relaxed);
+            }
+            let owner = v.owners.get(l as usize).copied().unwrap_or(0);
+            by_shard.entry(owner).or_default().push(l);
+        }
+        let calls = by_shard
+            .iter()
+            .map(|(&shard, lists)| self.ask_shard(node, &v.name, shard, vector, k, lists.clone()));
+        let answers = futures::future::join_all(calls).await;
+        let mut hits: Vec<(u64, f32)> = Vec::new();
+        let mut candidates = 0u64;
+        let mut missing = Vec::new();
+        for ((&shard, _), a) in by_shard.iter().zip(answers) {
+            match a {
+                Ok(r) => {
+                    candidates += r.candidates_scanned;
+                    hits.extend(r.ids.into_iter().zip(r.distances));
+                }
+                Err(e) if allow_partial => {
+                    tracing::debug!(shard, error = %e.message(), "shard missing from answer");
+                    missing.push(shard);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        hits.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        hits.truncate(k);
+        node.metrics.nprobe.observe(lists.len() as f64);
+        node.metrics.candidates.observe(candidates as f64);
+        Ok(SearchResponse {
+            ids: hits.iter().map(|h| h.0).collect(),
+            distances: hits.iter().map(|h| h.1).collect(),
+            version: v.name.clone(),
+            counters: Some(Counters {
+                lists_probed: lists.len() as u32,
+                candidates_scanned: candidates,
+                shards_asked: by_shard.len() as u32,
+            }),
+            missing_shards: missing,
+        })
+    }
+
+    /// Asks one replica of `shard`, trying the others on failure. Healthy replicas first in
+    /// round-robin order; replicas marked down are tried last rather than never.
+    async fn ask_shard(
+        &self,
+        node: &Node,
+        version: &str,
+        shard: u32,
+        vector: &[f32],
+        k: usize,
+        lists: Vec<u32>,
+    ) -> Result<quiver_proto::ShardSearchResponse, Status> {
+        let pool = self.pool.load_full();
+        let Some(replicas) = pool.shards.get(&shard).filter(|r| !r.is_empty()) else {
+            node.metrics
+                .shard_calls
+                .get_or_create(&vec![
+                    ("shard", shard.to_string()),
+                    ("outcome", "no_replica".into()),
+                ])
+                .inc();
+            return Err(Status::unavailable(format!(
+                "shard {shard}: no replica known"
+            )));
+        };
+        let now = self.now_ms();
+        let start = self.rr.fetch_add(1, Ordering::Relaxed);
+        let mut order: Vec<&Arc<Replica>> = (0..replicas.len())
+            .map(|i| &replicas[(start + i) % replicas.len()])
+            .collect();
+        order.sort_by_key(|r| r.down_until.load(Ordering::Relaxed) > now);
+        let req = ShardSearchRequest {
+            version: version.to_string(),
+            vector: vector.to_vec(),
+            k: k as u32,
+            lists,
+        };
+        let mut last = Status::unavailable(format!("shard {shard}: no replica answered"));
+        for (attempt, rep) in order.into_iter().enumerate() {
+            let started = Instant::now();
+            let mut client = rep.client.clone();
+            let mut r = Request::new(req.clone());
+            r.set_timeout(self.shard_timeout);
+            let res = tokio::time::timeout(self.shard_timeout, client.shard_search(r)).await;
+            let outcome = match res {
+                Ok(Ok(resp)) => {
+                    let resp = resp.into_inner();
+                    if resp.version == version {
+                        Ok(resp)
+                    } else {
+                        // Never merge an answer from another version.
+                        Err(Status::internal(format!(
+                            "replica {} answered version {} for {version}",
+                            rep.addr, resp.version
+                        )))
+                    }
+                }
+                Ok(Err(s)) => Err(s),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "replica {} timed out",
+                    rep.addr
+                ))),
+            };
+            let labels = |o: &str| vec![("shard", shard.to_string()), ("outcome", o.to_string())];
+            match outcome {
+                Ok(resp) => {
+                    node.metrics
+                        .shard_seconds
+                        .get_or_create(&vec![("shard", shard.to_string())])
+                        .observe(started.elapsed().as_secs_f64());
+                    node.metrics
+                        .shard_calls
+                        .get_or_create(&labels(if attempt == 0 { "ok" } else { "ok_after_retry" }))
+                        .inc();
+                    return Ok(resp);
+                }
+                Err(s) if s.code() == Code::InvalidArgument => {
+                    // Our own request was wrong for this shard (shard map mismatch): retrying
+                    // elsewhere would not help and must not be reported as the client's fault.
+                    node.metrics
+                        .shard_calls
+                        .get_or_create(&labels("error"))
+                        .inc();
+                    return Err(Status::internal(format!(
+                        "shard {shard} replica {} rejected the request: {}",
+                        rep.addr,
+                        s.message()
+                    )));
+                }
+                Err(s) => {
+                    node.metrics
+                        .shard_calls
+                        .get_or_create(&labels("error"))
+                        .inc();
+                    tracing::debug!(shard, replica = %rep.addr, code = ?s.code(), error = %s.message(), "shard call failed; trying another replica");
+                    // A replica refusing the version (still loading) is up, but not for this
+                    // version: skip it briefly all the same.
+                    rep.down_until.store(
+                        self.now_ms() + DOWN_FOR.as_millis() as u64,
+                        Ordering::Relaxed,
+                    );
+                    last = Status::unavailable(format!(
+                        "shard {shard}: replica {} failed: {}",
+                        rep.addr,
+                        s.message()
+                    ));
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+pub struct QuerySvc {
+    pub state: Arc<RouterState>,
+    pub node: Arc<Node>,
+}
+
+impl QuerySvc {
+    fn params(
+        &self,
+        v: &RouterVersion,
+        k: u32,
+        nprobe: Option<u32>,
+    ) -> Result<(usize, usize), Status> {
+        let k = validate::k(k, self.state.ctx.max_k)?;
+        let nprobe = validate::nprobe(nprobe, v.manifest.default_nprobe, v.manifest.nlist)?;
+        Ok((k, nprobe))
+    }
+
+    fn record<T>(&self, started: Instant, n: usize, r: &Result<T, Status>, version: Option<&str>) {
+        match r {
+            Ok(_) => {
+                let per = started.elapsed().as_secs_f64() / n.max(1) as f64;
+                for _ in 0..n {
+                    self.node.metrics.query_seconds.observe(per);
+                }
+                if let Some(v) = version {
+                    self.node
+                        .metrics
+                        .answers_by_version
+                        .get_or_create(&vec![("version", v.to_string())])
+                        .inc_by(n as u64);
+                }
+            }
+            Err(s) => self.node.metrics.error(s.code()),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl quiver_proto::query_server::Query for QuerySvc {
+    async fn search(
+        &self,
+        req: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        self.node.metrics.inflight.inc();
+        let r = async {
+            let v = self.state.pin(req.version.as_deref())?;
+            validate::vector("vector", &req.vector, v.manifest.dim)?;
+            let (k, nprobe) = self.params(&v, req.k, req.nprobe)?;
+            self.state
+                .search_one(&self.node, &v, &req.vector, k, nprobe, req.allow_partial)
+                .await
+        }
+        .await;
+        self.node.metrics.inflight.dec();
+        self.record(started, 1, &r, r.as_ref().ok().map(|r| r.version.as_str()));
+        r.map(Response::new)
+    }
+
+    async fn batch_search(
+        &self,
+        req: Request<BatchSearchRequest>,
+    ) -> Result<Response<BatchSearchResponse>, Status> {
+        let started = Instant::now();
+        let req = req.into_inner();
+        let n = req.queries.len();
+        self.node.metrics.inflight.inc();
+        let r = async {
+            if req.queries.is_empty() {
+                return Err(Status::invalid_argument("queries: empty"));
+            }
+            // One pin for the whole batch: every answer comes from the same version.
+            let v = self.state.pin(req.version.as_deref())?;
+            let (k, nprobe) = self.params(&v, req.k, req.nprobe)?;
+            for (i, q) in req.queries.iter().enumerate() {
+                validate::vector(&format!("queries[{i}].values"), &q.values, v.manifest.dim)?;
+            }
+            let all = req.queries.iter().map(|q| {
+                self.state
+                    .search_one(&self.node, &v, &q.values, k, nprobe, req.allow_partial)
+            });
+            let results = futures::future::try_join_all(all).await?;
+            Ok(BatchSearchResponse {
+                results,
+                version: v.name.clone(),
+            })
+        }
+        .await;
+        self.node.metrics.inflight.dec();
+        self.record(started, n, &r, r.as_ref().ok().map(|r| r.version.as_str()));
+        r.map(Response::new)
+    }
+}

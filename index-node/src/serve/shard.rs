@@ -1,0 +1,324 @@
+//! Shard role: holds the lists the shard map gives this shard, per version, and scans them for
+//! routers. A version it does not hold warm is refused with UNAVAILABLE; it never answers from
+//! another version.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use quiver_ivf::IvfIndex;
+use quiver_proto::{ShardSearchRequest, ShardSearchResponse};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use super::{Ctx, Node, validate};
+use crate::loader::{self, LoadedLists};
+use crate::manifest::Manifest;
+use crate::versions::Desired;
+
+pub struct ShardVersion {
+    pub manifest: Manifest,
+    pub index: IvfIndex,
+    /// list id -> served by this shard.
+    pub owned: Vec<bool>,
+    /// list id -> entries held here.
+    pub sizes: Vec<u64>,
+    pub probes: Vec<AtomicU64>,
+    pub vectors: u64,
+    pub bytes: u64,
+}
+
+pub enum Slot {
+    Loading,
+    Warm(Arc<ShardVersion>),
+    Failed(String),
+}
+
+pub struct ShardState {
+    pub ctx: Ctx,
+    pub shard: u32,
+    pub versions: ArcSwap<BTreeMap<String, Arc<Slot>>>,
+    pub active: ArcSwap<Option<String>>,
+}
+
+impl ShardState {
+    pub fn new(ctx: Ctx, shard: u32) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            shard,
+            versions: ArcSwap::from_pointee(BTreeMap::new()),
+            active: ArcSwap::from_pointee(None),
+        })
+    }
+
+    /// Ready when the active version (or, with none, every held version) is loaded.
+    pub fn readiness(&self) -> (bool, String) {
+        let versions = self.versions.load();
+        let active = self.active.load();
+        match active.as_ref() {
+            Some(a) => match versions.get(a).map(|s| s.as_ref()) {
+                Some(Slot::Warm(_)) => (true, format!("serving {a}")),
+                Some(Slot::Loading) => (false, format!("active version {a} is loading")),
+                Some(Slot::Failed(r)) => (false, format!("active version {a} failed: {r}")),
+                None => (false, format!("active version {a} is not held")),
+            },
+            None => {
+                if versions.values().any(|s| matches!(**s, Slot::Loading)) {
+                    (false, "loading".into())
+                } else if versions.values().any(|s| matches!(**s, Slot::Warm(_))) {
+                    (true, "serving".into())
+                } else {
+                    (false, "no version loaded".into())
+                }
+            }
+        }
+    }
+
+    /// Converges to the desired versions: load new ones in the background, drop removed ones.
+    pub fn start(self: Arc<Self>, node: Arc<Node>, mut desired: watch::Receiver<Desired>) {
+        tokio::spawn(async move {
+            loop {
+                let d = desired.borrow_and_update().clone();
+                self.reconcile(&node, &d);
+                if desired.changed().await.is_err() {
+                    // Source gone (static flags): the desired state is final.
+                    return;
+                }
+            }
+        });
+    }
+
+    fn reconcile(self: &Arc<Self>, node: &Arc<Node>, d: &Desired) {
+        self.active.store(Arc::new(d.active.clone()));
+        let current = self.versions.load_full();
+        for name in current.keys() {
+            if !d.versions.contains(name) {
+                tracing::info!(version = %name, "dropping version");
+                node.metrics.forget_version(name);
+            }
+        }
+        let to_load: Vec<String> = d
+            .versions
+            .iter()
+            .filter(|v| !current.contains_key(*v))
+            .cloned()
+            .collect();
+        // rcu, not store: a load task may be publishing its result concurrently.
+        self.versions.rcu(|cur| {
+            let mut m: BTreeMap<String, Arc<Slot>> = cur
+                .iter()
+                .filter(|(k, _)| d.versions.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for name in &to_load {
+                m.entry(name.clone())
+                    .or_insert_with(|| Arc::new(Slot::Loading));
+            }
+            m
+        });
+        for name in to_load {
+            let this = self.clone();
+            let node = node.clone();
+            tokio::spawn(async move { this.load(&node, name).await });
+        }
+        self.publish(node);
+    }
+
+    async fn load(self: Arc<Self>, node: &Arc<Node>, version: String) {
+        tracing::info!(version = %version, shard = self.shard, "loading version");
+        let started = Instant::now();
+        let slot = match self.load_inner(&version).await {
+            Ok(v) => {
+                tracing::info!(version = %version, shard = self.shard, vectors = v.vectors, bytes = v.bytes,
+                    seconds = started.elapsed().as_secs_f64(), "version warm");
+                Slot::Warm(Arc::new(v))
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                tracing::error!(version = %version, shard = self.shard, reason = %reason, "version failed to load");
+                Slot::Failed(reason)
+            }
+        };
+        let slot = Arc::new(slot);
+        // Only replace our own Loading slot: the version may have been dropped meanwhile.
+        self.versions.rcu(|cur| {
+            let mut m = BTreeMap::clone(cur);
+            if let Some(s) = m.get_mut(&version) {
+                if matches!(**s, Slot::Loading) {
+                    *s = slot.clone();
+                }
+            }
+            m
+        });
+        self.publish(node);
+    }
+
+    async fn load_inner(&self, version: &str) -> anyhow::Result<ShardVersion> {
+        let c = &self.ctx;
+        let m = loader::read_manifest(&c.storage, &c.namespace, &c.index, version).await?;
+        let entry = m.shard(self.shard).ok_or_else(|| {
+            anyhow::anyhow!(
+                "shard {} is not in the shard map of version {version} ({} shards)",
+                self.shard,
+                m.shards.len()
+            )
+        })?;
+        let lists = entry.lists.clone();
+        let LoadedLists {
+            index,
+            sizes,
+            bytes,
+        } = loader::load_lists(&c.storage, &c.namespace, &c.index, &m, &lists).await?;
+        let mut owned = vec![false; m.nlist];
+        for &l in &lists {
+            owned[l as usize] = true;
+        }
+        let vectors = sizes.iter().sum();
+        let v = ShardVersion {
+            probes: (0..m.nlist).map(|_| AtomicU64::new(0)).collect(),
+            manifest: m,
+            index,
+            owned,
+            sizes,
+            vectors,
+            bytes,
+        };
+        // Warm: replay the evaluation queries that hit our lists (touches the pages and the
+        // code paths a real query takes) before reporting the version warm.
+        let eval = loader::read_eval(&c.storage, &c.namespace, &c.index, &v.manifest).await?;
+        let v = tokio::task::spawn_blocking(move || {
+            if let Some(eval) = eval {
+                let nprobe = v.manifest.default_nprobe.max(1);
+                for i in 0..eval.queries.len() {
+                    let q = eval.queries.row(i);
+                    let Ok(probed) = v.index.probe(q, nprobe) else {
+                        continue;
+                    };
+                    let mine: Vec<u32> = probed
+                        .into_iter()
+                        .filter(|&l| v.owned[l as usize])
+                        .collect();
+                    if !mine.is_empty() {
+                        let _ = v.index.search_lists(q, 10, &mine, 0);
+                    }
+                }
+            }
+            v
+        })
+        .await?;
+        Ok(v)
+    }
+
+    /// Per-version gauges.
+    fn publish(&self, node: &Node) {
+        let active = self.active.load();
+        for (name, slot) in self.versions.load().iter() {
+            let l = vec![("version", name.clone())];
+            let state = match slot.as_ref() {
+                Slot::Loading => 0,
+                Slot::Warm(v) => {
+                    node.metrics
+                        .version_vectors
+                        .get_or_create(&l)
+                        .set(v.vectors as i64);
+                    node.metrics
+                        .version_bytes
+                        .get_or_create(&l)
+                        .set(v.bytes as i64);
+                    if active.as_deref() == Some(name.as_str()) {
+                        2
+                    } else {
+                        1
+                    }
+                }
+                Slot::Failed(_) => -1,
+            };
+            node.metrics.version_state.get_or_create(&l).set(state);
+        }
+    }
+
+    pub fn get(&self, version: &str) -> Result<Arc<ShardVersion>, Status> {
+        match self.versions.load().get(version).map(|s| s.as_ref()) {
+            Some(Slot::Warm(v)) => Ok(v.clone()),
+            Some(Slot::Loading) => Err(Status::unavailable(format!(
+                "version {version} is still loading on shard {}",
+                self.shard
+            ))),
+            Some(Slot::Failed(r)) => Err(Status::unavailable(format!(
+                "version {version} failed to load on shard {}: {r}",
+                self.shard
+            ))),
+            None => Err(Status::unavailable(format!(
+                "shard {} does not hold version {version}",
+                self.shard
+            ))),
+        }
+    }
+}
+
+pub struct ShardSvc {
+    pub state: Arc<ShardState>,
+    pub node: Arc<Node>,
+}
+
+#[tonic::async_trait]
+impl quiver_proto::shard_server::Shard for ShardSvc {
+    async fn shard_search(
+        &self,
+        req: Request<ShardSearchRequest>,
+    ) -> Result<Response<ShardSearchResponse>, Status> {
+        let started = Instant::now();
+        self.node.metrics.inflight.inc();
+        let r = self.search(req.into_inner());
+        self.node.metrics.inflight.dec();
+        match &r {
+            Ok(_) => self
+                .node
+                .metrics
+                .query_seconds
+                .observe(started.elapsed().as_secs_f64()),
+            Err(s) => self.node.metrics.error(s.code()),
+        }
+        r.map(Response::new)
+    }
+}
+
+impl ShardSvc {
+    fn search(&self, req: ShardSearchRequest) -> Result<ShardSearchResponse, Status> {
+        validate::version_name(&req.version)?;
+        let v = self.state.get(&req.version)?;
+        validate::vector("vector", &req.vector, v.manifest.dim)?;
+        let k = validate::k(req.k, self.state.ctx.max_k)?;
+        if req.lists.is_empty() {
+            return Err(Status::invalid_argument("lists: empty"));
+        }
+        let mut candidates = 0u64;
+        for &l in &req.lists {
+            if !v.owned.get(l as usize).copied().unwrap_or(false) {
+                return Err(Status::invalid_argument(format!(
+                    "lists: list {l} is not served by shard {} in version {}",
+                    self.state.shard, req.version
+                )));
+            }
+            candidates += v.sizes[l as usize];
+            v.probes[l as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        // Scans are short (a few lists) so they run on the request task: a hop to the
+        // blocking pool would cost more than it frees.
+        let (hits, _stats) = v
+            .index
+            .search_lists(&req.vector, k, &req.lists, 0)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.node.metrics.nprobe.observe(req.lists.len() as f64);
+        self.node.metrics.candidates.observe(candidates as f64);
+        Ok(ShardSearchResponse {
+            ids: hits.iter().map(|n| n.id).collect(),
+            distances: hits.iter().map(|n| n.distance).collect(),
+            version: req.version,
+            shard: self.state.shard,
+            candidates_scanned: candidates,
+        })
+    }
+}

@@ -1,0 +1,182 @@
+//! Object storage: where index versions live.
+//!
+//! Layout (DESIGN.md): `<storage>/<namespace>/<index>/versions/<version>/{manifest.json,
+//! centroids.qivf, lists.qivf, eval.fvecs, eval.ivecs}`. Files are immutable once written; the
+//! manifest is written last, so a version without a manifest does not exist for readers.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage URI {uri:?}: {reason}")]
+    BadUri { uri: String, reason: String },
+    #[error("{path}: not found in storage")]
+    NotFound { path: String },
+    #[error("{path}: {source}")]
+    Store {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A storage root: an object store plus the key prefix every path is relative to.
+#[derive(Clone)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    uri: String,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Storage({})", self.uri)
+    }
+}
+
+impl Storage {
+    /// Opens `file:///dir`, a plain directory path, or `s3://bucket/prefix` (credentials,
+    /// region and endpoint from the usual `AWS_*` environment variables).
+    pub fn open(uri: &str) -> Result<Self> {
+        let bad = |reason: &str| StorageError::BadUri {
+            uri: uri.to_string(),
+            reason: reason.to_string(),
+        };
+        let (scheme, rest) = match uri.split_once("://") {
+            Some((s, r)) => (s, r),
+            None => ("file", uri),
+        };
+        match scheme {
+            "file" => {
+                if rest.is_empty() {
+                    return Err(bad("empty directory"));
+                }
+                std::fs::create_dir_all(rest)
+                    .map_err(|e| bad(&format!("cannot create directory: {e}")))?;
+                let store = LocalFileSystem::new_with_prefix(rest)
+                    .map_err(|e| bad(&e.to_string()))?
+                    .with_automatic_cleanup(false);
+                Ok(Self {
+                    store: Arc::new(store),
+                    root: Path::default(),
+                    uri: uri.to_string(),
+                })
+            }
+            "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad("missing bucket"));
+                }
+                let store = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(|e| bad(&e.to_string()))?;
+                Ok(Self {
+                    store: Arc::new(store),
+                    root: Path::from(prefix.trim_matches('/')),
+                    uri: uri.to_string(),
+                })
+            }
+            "gs" | "az" | "abfs" => Err(bad(
+                "this build of index-node supports file:// and s3:// storage only",
+            )),
+            other => Err(bad(&format!("unknown scheme {other:?}"))),
+        }
+    }
+
+    fn path(&self, rel: &str) -> Path {
+        let rel = rel.trim_matches('/');
+        if self.root.as_ref().is_empty() {
+            Path::from(rel)
+        } else {
+            Path::from(format!("{}/{rel}", self.root))
+        }
+    }
+
+    fn err(&self, rel: &str, e: object_store::Error) -> StorageError {
+        let path = format!("{}/{}", self.uri.trim_end_matches('/'), rel);
+        match e {
+            object_store::Error::NotFound { .. } => StorageError::NotFound { path },
+            source => StorageError::Store { path, source },
+        }
+    }
+
+    pub async fn put(&self, rel: &str, data: Bytes) -> Result<()> {
+        self.store
+            .put(&self.path(rel), PutPayload::from_bytes(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(rel, e))
+    }
+
+    pub async fn get(&self, rel: &str) -> Result<Bytes> {
+        let r = self
+            .store
+            .get(&self.path(rel))
+            .await
+            .map_err(|e| self.err(rel, e))?;
+        r.bytes().await.map_err(|e| self.err(rel, e))
+    }
+
+    /// Whole-object size, for range planning and truncation checks.
+    pub async fn size(&self, rel: &str) -> Result<u64> {
+        self.store
+            .head(&self.path(rel))
+            .await
+            .map(|m| m.size)
+            .map_err(|e| self.err(rel, e))
+    }
+
+    pub async fn get_range(&self, rel: &str, range: Range<u64>) -> Result<Bytes> {
+        self.store
+            .get_range(&self.path(rel), range)
+            .await
+            .map_err(|e| self.err(rel, e))
+    }
+
+    /// Several ranges of one object; the store coalesces nearby ranges into fewer requests.
+    pub async fn get_ranges(&self, rel: &str, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
+        self.store
+            .get_ranges(&self.path(rel), ranges)
+            .await
+            .map_err(|e| self.err(rel, e))
+    }
+
+    pub async fn exists(&self, rel: &str) -> Result<bool> {
+        match self.store.head(&self.path(rel)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err(rel, e)),
+        }
+    }
+}
+
+/// Key prefix of one version, relative to the storage root.
+pub fn version_prefix(namespace: &str, index: &str, version: &str) -> String {
+    format!("{namespace}/{index}/versions/{version}")
+}
+
+/// Rejects names that would escape or split the layout (`/`, `..`, empty).
+pub fn check_name(field: &str, value: &str) -> anyhow::Result<()> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value != "."
+        && value != ".."
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    anyhow::ensure!(
+        ok,
+        "{field} {value:?} must be 1-128 characters of [A-Za-z0-9._-]"
+    );
+    Ok(())
+}

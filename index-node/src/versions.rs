@@ -1,0 +1,120 @@
+//! Which versions a node holds and which one is active.
+//!
+//! Until the operator exists this comes from flags or a small JSON file the node polls; the
+//! operator issue backs the same [`VersionSource`] with the `VectorIndex` status.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+/// What the node should converge to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    /// Versions to load (and keep loaded).
+    #[serde(default)]
+    pub versions: Vec<String>,
+    /// Version routers pin new queries to; must be among `versions`.
+    #[serde(default)]
+    pub active: Option<String>,
+}
+
+/// A source of [`Desired`] states. Implementations publish every change on the channel.
+pub trait VersionSource: Send + 'static {
+    fn watch(self: Box<Self>) -> watch::Receiver<Desired>;
+}
+
+/// Fixed by flags.
+pub struct StaticVersions(pub Desired);
+
+impl VersionSource for StaticVersions {
+    fn watch(self: Box<Self>) -> watch::Receiver<Desired> {
+        // The sender is dropped: receivers keep the last value, which never changes.
+        watch::channel(self.0).1
+    }
+}
+
+/// A JSON file `{"versions": [...], "active": "..."}` polled every `interval`. A missing or
+/// unparsable file keeps the last good state (logged), so a half-written file changes nothing.
+pub struct FileVersions {
+    pub path: PathBuf,
+    pub interval: Duration,
+}
+
+impl VersionSource for FileVersions {
+    fn watch(self: Box<Self>) -> watch::Receiver<Desired> {
+        let first = read(&self.path).unwrap_or_default();
+        let (tx, rx) = watch::channel(first);
+        tokio::spawn(async move {
+            let mut last_err = String::new();
+            loop {
+                tokio::time::sleep(self.interval).await;
+                match read(&self.path) {
+                    Ok(d) => {
+                        last_err.clear();
+                        tx.send_if_modified(|cur| {
+                            if *cur == d {
+                                false
+                            } else {
+                                tracing::info!(versions = ?d.versions, active = ?d.active, "desired versions changed");
+                                *cur = d;
+                                true
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        if e != last_err {
+                            tracing::warn!(path = %self.path.display(), error = %e, "cannot read versions file; keeping the last state");
+                            last_err = e;
+                        }
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Desired, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// Flags shared by both roles.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VersionArgs {
+    /// JSON file `{"versions": [..], "active": ".."}` polled for changes.
+    #[arg(long, conflicts_with_all = ["versions", "active"])]
+    pub versions_file: Option<PathBuf>,
+    /// Versions to hold (when no --versions-file).
+    #[arg(long, value_delimiter = ',')]
+    pub versions: Vec<String>,
+    /// Active version (when no --versions-file); defaults to the last of --versions.
+    #[arg(long)]
+    pub active: Option<String>,
+    /// Poll interval of --versions-file, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub versions_poll_ms: u64,
+}
+
+impl VersionArgs {
+    pub fn source(&self) -> Box<dyn VersionSource> {
+        match &self.versions_file {
+            Some(path) => Box::new(FileVersions {
+                path: path.clone(),
+                interval: Duration::from_millis(self.versions_poll_ms.max(10)),
+            }),
+            None => Box::new(StaticVersions(Desired {
+                versions: self.versions.clone(),
+                active: self
+                    .active
+                    .clone()
+                    .or_else(|| self.versions.last().cloned()),
+            })),
+        }
+    }
+}

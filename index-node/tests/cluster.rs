@@ -1,0 +1,321 @@
+//! Two shards × two replicas + a router as real processes on loopback addresses: build two
+//! versions, serve, swap under load, kill a replica under load, feed bad input.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use quiver_proto::admin_client::AdminClient;
+use quiver_proto::query_client::QueryClient;
+use quiver_proto::shard_client::ShardClient;
+use quiver_proto::{
+    EvaluateRequest, SearchRequest, ShardSearchRequest, StatusRequest, VersionState,
+};
+use tonic::Code;
+
+const NET: &str = "127.61.1";
+
+fn ip(host: u8) -> String {
+    format!("{NET}.{host}")
+}
+
+fn loadtest(router: &str, queries: &str, secs: f64, conc: usize) -> std::process::Child {
+    std::process::Command::new(bin())
+        .args([
+            "loadtest",
+            "--target",
+            router,
+            "--queries",
+            queries,
+            "--k",
+            "10",
+            "--concurrency",
+            &conc.to_string(),
+            "--duration-secs",
+            &secs.to_string(),
+            "--json",
+            "--timeout-ms",
+            "5000",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn summary(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "loadtest failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim().lines().last().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_swaps_versions_and_survives_replica_loss() {
+    tokio::time::timeout(Duration::from_secs(240), scenario())
+        .await
+        .expect("scenario timed out");
+}
+
+async fn scenario() {
+    let dir = tmpdir("cluster");
+    let storage = format!("file://{}", dir.join("store").display());
+    // v1: one build part. v2: same data, ids offset by 1e6 (so any answer mixing versions is
+    // visible in the ids), built in two parallel parts.
+    build_version(&storage, "v1", 20_000, 2, 1, 0, &[]);
+    build_version(&storage, "v2", 20_000, 2, 2, 1_000_000, &[]);
+
+    let vfile = dir.join("versions.json");
+    write_versions(&vfile, &["v1", "v2"], "v1");
+    let shard_ips = [(0u32, 2u8), (0, 3), (1, 4), (1, 5)];
+    let mut shards = Vec::new();
+    for &(shard, host) in &shard_ips {
+        let a = serve_args(
+            "shard",
+            &ip(host),
+            &storage,
+            &vfile,
+            &["--shard".into(), shard.to_string()],
+        );
+        shards.push(Proc::spawn(&format!("shard{shard}-{host}"), &dir, &a, &[]));
+    }
+    let spec = format!(
+        "0={}:{GRPC},{}:{GRPC};1={}:{GRPC},{}:{GRPC}",
+        ip(2),
+        ip(3),
+        ip(4),
+        ip(5)
+    );
+    let router_ip = ip(10);
+    let ra = serve_args(
+        "router",
+        &router_ip,
+        &storage,
+        &vfile,
+        &["--shards".into(), spec, "--max-k".into(), "100".into()],
+    );
+    let router = Proc::spawn("router", &dir, &ra, &[]);
+    for (p, &(_, host)) in shards.iter().zip(&shard_ips) {
+        wait_ready(p, &ip(host), Duration::from_secs(60));
+    }
+    wait_ready(&router, &router_ip, Duration::from_secs(60));
+    let raddr = format!("{router_ip}:{GRPC}");
+    let eval_q = dir.join("store/test/idx/versions/v1/eval.fvecs");
+    let eval_q = eval_q.to_str().unwrap();
+
+    // Status: every shard holds both versions warm, v1 active.
+    let mut admin = AdminClient::connect(format!("http://{}:{GRPC}", ip(2)))
+        .await
+        .unwrap();
+    let st = admin.status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.active_version, "v1");
+    let states: Vec<_> = st
+        .versions
+        .iter()
+        .map(|v| (v.version.clone(), v.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("v1".into(), VersionState::Active as i32),
+            ("v2".into(), VersionState::Warm as i32)
+        ],
+        "{st:?}"
+    );
+    assert!(st.versions.iter().all(|v| v.vectors > 0 && v.bytes > 0));
+
+    // Recall gate on the router.
+    let mut radmin = AdminClient::connect(format!("http://{raddr}"))
+        .await
+        .unwrap();
+    for v in ["v1", "v2"] {
+        let e = radmin
+            .evaluate(EvaluateRequest {
+                version: v.into(),
+                k: 10,
+                nprobe: Some(8),
+                max_queries: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(e.queries, 50);
+        assert!(e.recall > 0.8, "recall of {v}: {}", e.recall);
+    }
+
+    // Swap v1 -> v2 under load: no failed query, and no answer mixing versions.
+    let lt = loadtest(&raddr, eval_q, 4.0, 4);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    write_versions(&vfile, &["v1", "v2"], "v2");
+    let s = tokio::task::spawn_blocking(move || summary(lt))
+        .await
+        .unwrap();
+    assert_eq!(s["failed"], 0, "{s}");
+    let v1 = &s["versions"]["v1"];
+    let v2 = &s["versions"]["v2"];
+    assert!(v1["answers"].as_u64().unwrap() > 0, "{s}");
+    assert!(v2["answers"].as_u64().unwrap() > 0, "{s}");
+    assert!(
+        v1["max_id"].as_u64().unwrap() < 1_000_000,
+        "v1 answer with a v2 id: {s}"
+    );
+    assert!(
+        v2["min_id"].as_u64().unwrap() >= 1_000_000,
+        "v2 answer with a v1 id: {s}"
+    );
+    let st = radmin.status(StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(st.active_version, "v2");
+
+    // Kill one replica of shard 0 under load: the other replica answers, nothing fails.
+    let lt = loadtest(&raddr, eval_q, 3.0, 4);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    shards[0].signal("-KILL");
+    let s = tokio::task::spawn_blocking(move || summary(lt))
+        .await
+        .unwrap();
+    assert_eq!(s["failed"], 0, "{s}");
+    assert!(s["ok"].as_u64().unwrap() > 100, "{s}");
+
+    // Bad input: INVALID_ARGUMENT naming the field, NOT_FOUND for an unknown version.
+    let mut q = QueryClient::connect(format!("http://{raddr}"))
+        .await
+        .unwrap();
+    let good = vec![0.1f32; 16];
+    let req =
+        |vector: Vec<f32>, k: u32, nprobe: Option<u32>, version: Option<&str>| SearchRequest {
+            vector,
+            k,
+            nprobe,
+            allow_partial: false,
+            version: version.map(str::to_string),
+        };
+    let cases = [
+        (
+            req(vec![0.1; 15], 10, None, None),
+            Code::InvalidArgument,
+            "vector: dimension 15",
+        ),
+        (
+            req(vec![], 10, None, None),
+            Code::InvalidArgument,
+            "vector: empty",
+        ),
+        (
+            req(
+                {
+                    let mut v = good.clone();
+                    v[3] = f32::NAN;
+                    v
+                },
+                10,
+                None,
+                None,
+            ),
+            Code::InvalidArgument,
+            "vector[3]",
+        ),
+        (
+            req(
+                {
+                    let mut v = good.clone();
+                    v[0] = f32::INFINITY;
+                    v
+                },
+                10,
+                None,
+                None,
+            ),
+            Code::InvalidArgument,
+            "vector[0]",
+        ),
+        (
+            req(good.clone(), 0, None, None),
+            Code::InvalidArgument,
+            "k: must be at least 1",
+        ),
+        (
+            req(good.clone(), 101, None, None),
+            Code::InvalidArgument,
+            "k: 101 exceeds the maximum 100",
+        ),
+        (
+            req(good.clone(), 10, Some(0), None),
+            Code::InvalidArgument,
+            "nprobe",
+        ),
+        (
+            req(good.clone(), 10, Some(33), None),
+            Code::InvalidArgument,
+            "nprobe",
+        ),
+        (
+            req(good.clone(), 10, None, Some("v9")),
+            Code::NotFound,
+            "version: v9",
+        ),
+        (
+            req(good.clone(), 10, None, Some("../x")),
+            Code::InvalidArgument,
+            "version",
+        ),
+    ];
+    for (r, code, msg) in cases {
+        let e = q.search(r).await.expect_err("bad input accepted");
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(
+            e.message().contains(msg),
+            "message {:?} should contain {msg:?}",
+            e.message()
+        );
+    }
+    // Pinning an explicit loaded version still works after the swap.
+    let r = q
+        .search(req(good.clone(), 5, None, Some("v1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.version, "v1");
+    assert_eq!(r.ids.len(), 5);
+    let c = r.counters.unwrap();
+    assert_eq!(c.lists_probed, 8);
+    assert!(c.shards_asked >= 1 && c.candidates_scanned > 0);
+
+    // A shard refuses a version it does not hold, and lists it does not own.
+    let mut sc = ShardClient::connect(format!("http://{}:{GRPC}", ip(4)))
+        .await
+        .unwrap();
+    let e = sc
+        .shard_search(ShardSearchRequest {
+            version: "v9".into(),
+            vector: good.clone(),
+            k: 5,
+            lists: vec![0],
+        })
+        .await
+        .expect_err("unknown version accepted");
+    assert_eq!(e.code(), Code::Unavailable);
+
+    // Metrics.
+    let (code, body) = http_get(&format!("{router_ip}:{HTTP}"), "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("quiver_query_duration_seconds"), "{body}");
+    assert!(body.contains("quiver_answers_total"), "{body}");
+
+    // Graceful shutdown: readiness fails first, then the process exits cleanly.
+    let mut router = router;
+    router.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let (code, _) =
+        http_get(&format!("{router_ip}:{HTTP}"), "/readyz").unwrap_or((503, String::new()));
+    assert_eq!(code, 503);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = router.child.wait().unwrap();
+        drop(router);
+        s
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "router exit: {status:?}");
+}
