@@ -21,11 +21,32 @@ pub struct LocalConfig {
     pub images: HashMap<String, PathBuf>,
     pub node: String,
     pub kubelet: bool,
+    /// Run the controllers (StatefulSet, Deployment, Job, garbage collector).
+    pub controllers: bool,
+    /// Watch history kept by the API server, in events.
+    pub history: usize,
+    pub bookmark_interval: std::time::Duration,
+}
+
+impl LocalConfig {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            port: 0,
+            images: HashMap::new(),
+            node: "quiver-node".into(),
+            kubelet: true,
+            controllers: true,
+            history: 10_000,
+            bookmark_interval: std::time::Duration::from_secs(10),
+        }
+    }
 }
 
 /// A kube client for a kubeconfig file.
 pub async fn client_for(kubeconfig: &std::path::Path) -> Result<kube::Client, LocalError> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| LocalError::Client(e.to_string()))?;
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| LocalError::Client(e.to_string()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
         .map_err(|e| LocalError::Client(e.to_string()))?;
@@ -43,11 +64,21 @@ impl Local {
         let state_dir = std::fs::canonicalize(&cfg.state_dir)?;
         let mut sc = Config::new(state_dir.join("kubeconfig"));
         sc.addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.port));
+        sc.history = cfg.history;
+        sc.bookmark_interval = cfg.bookmark_interval;
         let server = ApiServer::start(sc).await?;
         let client = client_for(&server.kubeconfig).await?;
-        let mut tasks = crate::controllers::spawn_all(client.clone());
+        let mut tasks = if cfg.controllers {
+            crate::controllers::spawn_all(client.clone())
+        } else {
+            Vec::new()
+        };
         if cfg.kubelet {
-            let kcfg = crate::kubelet::KubeletConfig::new(cfg.node.clone(), state_dir.join("pods"), cfg.images.clone());
+            let kcfg = crate::kubelet::KubeletConfig::new(
+                cfg.node.clone(),
+                state_dir.join("pods"),
+                cfg.images.clone(),
+            );
             tasks.push(tokio::spawn(crate::kubelet::run(client, kcfg)));
         }
         Ok(Self { server, tasks })

@@ -93,8 +93,15 @@ pub fn openapi_v3_root(reg: &Registry) -> Value {
     let mut paths = serde_json::Map::new();
     for (g, vs) in reg.groups() {
         for v in vs {
-            let gv = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
-            paths.insert(gv.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={}", reg.all().len())}));
+            let gv = if g.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{g}/{v}")
+            };
+            paths.insert(
+                gv.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash={}", reg.all().len())}),
+            );
         }
     }
     json!({"paths": paths})
@@ -104,8 +111,16 @@ pub fn openapi_v3_root(reg: &Registry) -> Value {
 /// see that PATCH accepts `fieldValidation`, so they validate on the server side.
 pub fn openapi_v3_gv(reg: &Registry, group: &str, version: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
-    let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
-    for r in reg.all().iter().filter(|r| r.group == group && r.versions.iter().any(|v| v == version)) {
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    for r in reg
+        .all()
+        .iter()
+        .filter(|r| r.group == group && r.versions.iter().any(|v| v == version))
+    {
         let gvk = json!({"group": r.group, "version": version, "kind": r.kind});
         let params = json!([
             {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
@@ -124,5 +139,7 @@ pub fn openapi_v3_gv(reg: &Registry, group: &str, version: &str) -> Option<Value
     if paths.is_empty() {
         return None;
     }
-    Some(json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "components": {"schemas": {}}}))
+    Some(
+        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "components": {"schemas": {}}}),
+    )
 }

@@ -9,7 +9,12 @@ use clap::{Parser, Subcommand};
 #[command(about = "Local Kubernetes stand-in: API server, controllers and a process kubelet")]
 struct Cli {
     /// State directory (kubeconfig, pid file, pod volumes and logs).
-    #[arg(long, env = "QUIVER_LOCAL_DIR", default_value = ".quiver-local", global = true)]
+    #[arg(
+        long,
+        env = "QUIVER_LOCAL_DIR",
+        default_value = ".quiver-local",
+        global = true
+    )]
     state_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -47,20 +52,30 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Up { port, images, node, no_kubelet } => {
+        Cmd::Up {
+            port,
+            images,
+            node,
+            no_kubelet,
+        } => {
             tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
                 .with_writer(std::io::stderr)
                 .init();
             let images = quiver_e2e::kubelet::parse_image_table(&images)?;
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(quiver_e2e::local::run_until_signal(quiver_e2e::local::LocalConfig {
-                state_dir: cli.state_dir,
-                port,
-                images,
-                node,
-                kubelet: !no_kubelet,
-            }))
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let mut cfg = quiver_e2e::local::LocalConfig::new(cli.state_dir);
+            cfg.port = port;
+            cfg.images = images;
+            cfg.node = node;
+            cfg.kubelet = !no_kubelet;
+            rt.block_on(quiver_e2e::local::run_until_signal(cfg))
         }
         Cmd::Down => {
             let pid_file = cli.state_dir.join("quiver-local.pid");
@@ -72,7 +87,10 @@ fn main() -> Result<()> {
             // SAFETY: kill(2) with a pid read from our own pid file; no memory is involved.
             let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
             if rc != 0 {
-                bail!("could not signal pid {pid}: {}", std::io::Error::last_os_error());
+                bail!(
+                    "could not signal pid {pid}: {}",
+                    std::io::Error::last_os_error()
+                );
             }
             for _ in 0..100 {
                 if !pid_file.exists() {
@@ -83,8 +101,17 @@ fn main() -> Result<()> {
             }
             bail!("pid {pid} did not stop within 10s")
         }
-        Cmd::Logs { pod, container, namespace } => {
-            let text = quiver_e2e::kubelet::read_logs(&cli.state_dir.join("pods"), &namespace, &pod, container.as_deref())?;
+        Cmd::Logs {
+            pod,
+            container,
+            namespace,
+        } => {
+            let text = quiver_e2e::kubelet::read_logs(
+                &cli.state_dir.join("pods"),
+                &namespace,
+                &pod,
+                container.as_deref(),
+            )?;
             print!("{text}");
             Ok(())
         }

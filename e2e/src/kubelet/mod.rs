@@ -26,11 +26,20 @@ impl KubeletConfig {
 pub fn parse_image_table(entries: &[String]) -> Result<HashMap<String, PathBuf>, KubeletError> {
     entries
         .iter()
-        .map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), PathBuf::from(v))).ok_or_else(|| KubeletError::BadImage(e.clone())))
+        .map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
+                .ok_or_else(|| KubeletError::BadImage(e.clone()))
+        })
         .collect()
 }
 
-pub fn read_logs(_root: &Path, _ns: &str, _pod: &str, _container: Option<&str>) -> Result<String, KubeletError> {
+pub fn read_logs(
+    _root: &Path,
+    _ns: &str,
+    _pod: &str,
+    _container: Option<&str>,
+) -> Result<String, KubeletError> {
     Ok(String::new())
 }
 

@@ -1,0 +1,782 @@
+//! Conformance of the API server stand-in, written only against a kubeconfig.
+//! Set QUIVER_E2E_KUBECONFIG to run the same tests against another cluster.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, api_err, bounded, eventually, names, unique};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch,
+    PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::discovery::Discovery;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+fn cm(name: &str, labels: Value, data: Value) -> ConfigMap {
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": data})).expect("cm")
+}
+
+fn deployment(name: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
+                     {"name": "a", "image": "img-a", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]},
+                     {"name": "b", "image": "img-b"}]}}}
+    }))
+    .expect("deployment")
+}
+
+#[tokio::test]
+async fn discovery_lists_builtin_groups_with_short_names() {
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let d = Discovery::new(c.client.clone())
+            .run()
+            .await
+            .expect("discovery");
+        let groups: Vec<String> = d.groups().map(|g| g.name().to_string()).collect();
+        for g in [
+            "",
+            "apps",
+            "batch",
+            "coordination.k8s.io",
+            "apiextensions.k8s.io",
+            "events.k8s.io",
+            "policy",
+            "rbac.authorization.k8s.io",
+        ] {
+            assert!(
+                groups.iter().any(|x| x == g),
+                "group {g:?} missing from {groups:?}"
+            );
+        }
+        let core: Value = c
+            .client
+            .request(http_get("/api/v1"))
+            .await
+            .expect("core resources");
+        let pods = core["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .find(|r| r["name"] == "pods")
+            .expect("pods")
+            .clone();
+        assert_eq!(pods["kind"], "Pod");
+        assert_eq!(pods["namespaced"], true);
+        assert!(
+            pods["shortNames"]
+                .as_array()
+                .expect("short names")
+                .contains(&json!("po"))
+        );
+        assert!(
+            core["resources"]
+                .as_array()
+                .expect("resources")
+                .iter()
+                .any(|r| r["name"] == "pods/status")
+        );
+        let apps: Value = c
+            .client
+            .request(http_get("/apis/apps/v1"))
+            .await
+            .expect("apps resources");
+        assert!(
+            apps["resources"]
+                .as_array()
+                .expect("resources")
+                .iter()
+                .any(|r| r["name"] == "statefulsets" && r["shortNames"][0] == "sts")
+        );
+        c.stop().await;
+    })
+    .await;
+}
+
+fn http_get(path: &str) -> http::Request<Vec<u8>> {
+    http::Request::get(path).body(Vec::new()).expect("request")
+}
+
+#[tokio::test]
+async fn create_get_metadata_and_errors() {
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("meta").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        let created = api
+            .create(
+                &PostParams::default(),
+                &cm("a", json!({}), json!({"k": "v"})),
+            )
+            .await
+            .expect("create");
+        assert!(created.uid().is_some_and(|u| !u.is_empty()));
+        assert!(created.resource_version().is_some_and(|r| !r.is_empty()));
+        assert!(created.creation_timestamp().is_some());
+        assert_eq!(created.namespace().as_deref(), Some(ns.name.as_str()));
+        let got = api.get("a").await.expect("get");
+        assert_eq!(got.uid(), created.uid());
+        assert_eq!(got.data.expect("data")["k"], "v");
+
+        let (code, reason) = api_err(
+            api.create(&PostParams::default(), &cm("a", json!({}), json!({})))
+                .await
+                .expect_err("duplicate"),
+        );
+        assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+        let (code, reason) = api_err(api.get("missing").await.expect_err("missing"));
+        assert_eq!((code, reason.as_str()), (404, "NotFound"));
+        let (code, reason) = api_err(
+            api.create(
+                &PostParams::default(),
+                &cm("Bad_Name", json!({}), json!({})),
+            )
+            .await
+            .expect_err("invalid"),
+        );
+        assert_eq!((code, reason.as_str()), (422, "Invalid"));
+
+        let mut gen_named = cm("", json!({}), json!({}));
+        gen_named.metadata.name = None;
+        gen_named.metadata.generate_name = Some("gen-".into());
+        let g = api
+            .create(&PostParams::default(), &gen_named)
+            .await
+            .expect("generateName");
+        assert!(g.name_any().starts_with("gen-") && g.name_any().len() > 4);
+
+        let other: Api<ConfigMap> = Api::namespaced(c.client.clone(), &unique("nonexistent"));
+        let (code, _) = api_err(
+            other
+                .create(&PostParams::default(), &cm("x", json!({}), json!({})))
+                .await
+                .expect_err("no namespace"),
+        );
+        assert_eq!(code, 404);
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn generation_bumps_on_spec_changes_only_and_status_is_separate() {
+    bounded(60, async {
+        let c = Cluster::start_with(|cfg| cfg.controllers = false).await;
+        let ns = c.namespace("gen").await;
+        let api: Api<Deployment> = Api::namespaced(c.client.clone(), &ns.name);
+        let d = api
+            .create(&PostParams::default(), &deployment("d"))
+            .await
+            .expect("create");
+        assert_eq!(d.metadata.generation, Some(1));
+        let d = api
+            .patch(
+                "d",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+            )
+            .await
+            .expect("label");
+        assert_eq!(
+            d.metadata.generation,
+            Some(1),
+            "metadata change must not bump generation"
+        );
+        let d = api
+            .patch(
+                "d",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 0, "minReadySeconds": 3}})),
+            )
+            .await
+            .expect("spec");
+        assert_eq!(d.metadata.generation, Some(2));
+
+        // Status written through the main resource is ignored...
+        let mut with_status = d.clone();
+        with_status.status = Some(serde_json::from_value(json!({"replicas": 7})).expect("status"));
+        let d = api
+            .replace("d", &PostParams::default(), &with_status)
+            .await
+            .expect("replace");
+        assert_ne!(d.status.as_ref().and_then(|s| s.replicas), Some(7));
+        // ...and spec written through the status subresource is ignored.
+        let mut st = d.clone();
+        st.status = Some(
+            serde_json::from_value(json!({"replicas": 7, "observedGeneration": 2}))
+                .expect("status"),
+        );
+        st.spec.min_ready_seconds = Some(99);
+        let d = api
+            .replace_status("d", &PostParams::default(), &st)
+            .await
+            .expect("replace status");
+        assert_eq!(d.status.as_ref().and_then(|s| s.replicas), Some(7));
+        assert_eq!(d.spec.min_ready_seconds, Some(3));
+        assert_eq!(
+            d.metadata.generation,
+            Some(2),
+            "status change must not bump generation"
+        );
+        let d = api
+            .patch_status(
+                "d",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"replicas": 8}})),
+            )
+            .await
+            .expect("patch status");
+        assert_eq!(d.status.and_then(|s| s.replicas), Some(8));
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stale_resource_version_conflicts() {
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("conflict").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        let v1 = api.create(&PostParams::default(), &cm("a", json!({}), json!({"k": "1"}))).await.expect("create");
+        let mut v2 = v1.clone();
+        v2.data = Some([("k".to_string(), "2".to_string())].into());
+        let v2 = api.replace("a", &PostParams::default(), &v2).await.expect("replace");
+        assert_ne!(v2.resource_version(), v1.resource_version());
+        let mut stale = v1.clone();
+        stale.data = Some([("k".to_string(), "3".to_string())].into());
+        let (code, reason) = api_err(api.replace("a", &PostParams::default(), &stale).await.expect_err("stale"));
+        assert_eq!((code, reason.as_str()), (409, "Conflict"));
+        let (code, _) = api_err(
+            api.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"resourceVersion": v1.resource_version()}, "data": {"k": "4"}})))
+                .await
+                .expect_err("stale patch"),
+        );
+        assert_eq!(code, 409);
+        assert_eq!(api.get("a").await.expect("get").data.expect("data")["k"], "2");
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn label_and_field_selectors() {
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("sel").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        for (n, l) in [
+            ("a", json!({"tier": "web", "env": "prod"})),
+            ("b", json!({"tier": "db", "env": "prod"})),
+            ("c", json!({"tier": "web"})),
+        ] {
+            api.create(&PostParams::default(), &cm(n, l, json!({})))
+                .await
+                .expect("create");
+        }
+        let q = |sel: &'static str| {
+            let api = api.clone();
+            async move {
+                names(
+                    &api.list(&ListParams::default().labels(sel))
+                        .await
+                        .expect("list")
+                        .items,
+                )
+            }
+        };
+        assert_eq!(q("tier=web").await, ["a", "c"]);
+        assert_eq!(q("tier!=web").await, ["b"]);
+        assert_eq!(q("tier in (web,db),env=prod").await, ["a", "b"]);
+        assert_eq!(q("tier notin (web)").await, ["b"]);
+        assert_eq!(q("env").await, ["a", "b"]);
+        assert_eq!(q("!env").await, ["c"]);
+        let f = api
+            .list(&ListParams::default().fields("metadata.name=b"))
+            .await
+            .expect("field");
+        assert_eq!(names(&f.items), ["b"]);
+        let f = api
+            .list(
+                &ListParams::default()
+                    .fields(&format!("metadata.namespace={},metadata.name!=b", ns.name)),
+            )
+            .await
+            .expect("field");
+        assert_eq!(names(&f.items), ["a", "c"]);
+        let page = api
+            .list(&ListParams::default().limit(2))
+            .await
+            .expect("page");
+        assert_eq!(page.items.len(), 2);
+        let token = page.metadata.continue_.clone().expect("continue token");
+        let rest = api
+            .list(&ListParams::default().limit(2).continue_token(&token))
+            .await
+            .expect("page 2");
+        assert_eq!(names(&rest.items), ["c"]);
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn finalizers_delay_deletion_and_deletecollection() {
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("fin").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        let mut f = cm("held", json!({}), json!({}));
+        f.metadata.finalizers = Some(vec!["quiver.dev/test".into()]);
+        api.create(&PostParams::default(), &f)
+            .await
+            .expect("create");
+        api.delete("held", &DeleteParams::default())
+            .await
+            .expect("delete");
+        let held = api.get("held").await.expect("still there");
+        assert!(held.metadata.deletion_timestamp.is_some());
+        api.patch(
+            "held",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .expect("clear finalizers");
+        eventually(10, "finalized object gone", || async {
+            api.get("held").await.is_err().then_some(())
+        })
+        .await;
+
+        for (n, l) in [("x1", "x"), ("x2", "x"), ("y1", "y")] {
+            api.create(&PostParams::default(), &cm(n, json!({"g": l}), json!({})))
+                .await
+                .expect("create");
+        }
+        api.delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("g=x"),
+        )
+        .await
+        .expect("deletecollection");
+        let left = api.list(&ListParams::default()).await.expect("list");
+        assert_eq!(names(&left.items), ["y1"]);
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn merge_json_and_strategic_patches() {
+    bounded(60, async {
+        let c = Cluster::start_with(|cfg| cfg.controllers = false).await;
+        let ns = c.namespace("patch").await;
+        let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        cms.create(&PostParams::default(), &cm("a", json!({}), json!({"k": "1", "drop": "x"}))).await.expect("create");
+        let p = cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "2", "drop": null}}))).await.expect("merge");
+        assert_eq!(p.data.expect("data"), [("k".to_string(), "2".to_string())].into());
+        let path = format!("/api/v1/namespaces/{}/configmaps/a", ns.name);
+        let p = json_patch(&c.client, &path, json!([{"op": "test", "path": "/data/k", "value": "2"}, {"op": "add", "path": "/data/n", "value": "3"}]))
+            .await
+            .expect("json patch");
+        assert_eq!(p.data.expect("data")["n"], "3");
+        let bad = json!([{"op": "test", "path": "/data/k", "value": "nope"}, {"op": "add", "path": "/data/z", "value": "1"}]);
+        let (code, _) = api_err(json_patch(&c.client, &path, bad).await.expect_err("failed test op"));
+        assert_eq!(code, 422);
+        assert!(cms.get("a").await.expect("get").data.expect("data").get("z").is_none(), "a failed test must apply nothing");
+
+        let deps: Api<Deployment> = Api::namespaced(c.client.clone(), &ns.name);
+        deps.create(&PostParams::default(), &deployment("d")).await.expect("create deployment");
+        let smp = json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "img-b2"}, {"name": "a", "env": [{"name": "Y", "value": "22"}]}]}}}});
+        let d = deps.patch("d", &PatchParams::default(), &Patch::Strategic(smp)).await.expect("strategic");
+        let pod = d.spec.template.spec.expect("pod spec");
+        assert_eq!(pod.containers.len(), 2, "containers merge by name");
+        let a = pod.containers.iter().find(|c| c.name == "a").expect("a");
+        assert_eq!(a.image.as_deref(), Some("img-a"));
+        let env: Vec<(String, Option<String>)> = a.env.clone().expect("env").into_iter().map(|e| (e.name, e.value)).collect();
+        assert_eq!(env, [("X".to_string(), Some("1".to_string())), ("Y".to_string(), Some("22".to_string()))]);
+        assert_eq!(pod.containers.iter().find(|c| c.name == "b").expect("b").image.as_deref(), Some("img-b2"));
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+/// A JSON patch sent as is (kube's typed JSON patch needs an extra crate).
+async fn json_patch(client: &Client, path: &str, ops: Value) -> kube::Result<ConfigMap> {
+    let req = http::Request::patch(path)
+        .header("Content-Type", "application/json-patch+json")
+        .body(serde_json::to_vec(&ops).expect("encode"))
+        .expect("request");
+    client.request::<ConfigMap>(req).await
+}
+
+#[tokio::test]
+async fn server_side_apply_ownership_and_conflicts() {
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("ssa").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        let body = |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": data});
+        let a = api.patch("a", &PatchParams::apply("alice"), &Patch::Apply(body(json!({"x": "1", "y": "2"})))).await.expect("apply creates");
+        assert_eq!(a.data.expect("data").len(), 2);
+        let a = api.patch("a", &PatchParams::apply("alice"), &Patch::Apply(body(json!({"x": "1"})))).await.expect("reapply");
+        assert_eq!(a.data.expect("data"), [("x".to_string(), "1".to_string())].into(), "a field dropped from the apply is removed");
+        let (code, reason) = api_err(api.patch("a", &PatchParams::apply("bob"), &Patch::Apply(body(json!({"x": "9"})))).await.expect_err("conflict"));
+        assert_eq!((code, reason.as_str()), (409, "Conflict"));
+        // Same value is shared ownership, not a conflict.
+        api.patch("a", &PatchParams::apply("carol"), &Patch::Apply(body(json!({"x": "1", "z": "3"})))).await.expect("shared");
+        let a = api.patch("a", &PatchParams::apply("bob").force(), &Patch::Apply(body(json!({"x": "9"})))).await.expect("forced");
+        assert_eq!(a.data.as_ref().expect("data")["x"], "9");
+        let managers: Vec<String> = a.metadata.managed_fields.clone().unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
+        assert!(managers.contains(&"bob".to_string()) && managers.contains(&"carol".to_string()), "{managers:?}");
+        // An update by another writer takes the field; alice's re-apply then conflicts.
+        api.patch("a", &PatchParams { field_manager: Some("editor".into()), ..Default::default() }, &Patch::Merge(json!({"data": {"z": "4"}}))).await.expect("update");
+        let (code, _) = api_err(api.patch("a", &PatchParams::apply("carol"), &Patch::Apply(body(json!({"x": "9", "z": "3"})))).await.expect_err("conflict with editor"));
+        assert_eq!(code, 409);
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+async fn next_event(
+    stream: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<ConfigMap>>> + Unpin),
+) -> WatchEvent<ConfigMap> {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .expect("event in time")
+            .expect("stream ok")
+            .expect("stream open");
+        if !matches!(ev, WatchEvent::Bookmark(_)) {
+            return ev;
+        }
+    }
+}
+
+#[tokio::test]
+async fn watch_events_selectors_and_resource_versions() {
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("watch").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        api.create(
+            &PostParams::default(),
+            &cm("before", json!({"w": "1"}), json!({})),
+        )
+        .await
+        .expect("create");
+        let list = api.list(&ListParams::default()).await.expect("list");
+        let rv = list.metadata.resource_version.clone().expect("list rv");
+        let mut all = api
+            .watch(&WatchParams::default().timeout(20), &rv)
+            .await
+            .expect("watch")
+            .boxed();
+        let mut sel = api
+            .watch(&WatchParams::default().labels("w=1").timeout(20), &rv)
+            .await
+            .expect("watch")
+            .boxed();
+        api.create(
+            &PostParams::default(),
+            &cm("a", json!({"w": "1"}), json!({})),
+        )
+        .await
+        .expect("create a");
+        api.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {"k": "v"}})),
+        )
+        .await
+        .expect("modify");
+        api.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"w": "2"}}})),
+        )
+        .await
+        .expect("relabel");
+        api.delete("a", &DeleteParams::default())
+            .await
+            .expect("delete");
+        let mut last = rv.parse::<u64>().expect("numeric rv");
+        let mut kinds = Vec::new();
+        for _ in 0..4 {
+            let (k, o) = match next_event(&mut all).await {
+                WatchEvent::Added(o) => ("ADDED", o),
+                WatchEvent::Modified(o) => ("MODIFIED", o),
+                WatchEvent::Deleted(o) => ("DELETED", o),
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(o.name_any(), "a");
+            let orv: u64 = o.resource_version().expect("rv").parse().expect("numeric");
+            assert!(orv > last, "resourceVersions increase");
+            last = orv;
+            kinds.push(k);
+        }
+        assert_eq!(kinds, ["ADDED", "MODIFIED", "MODIFIED", "DELETED"]);
+        // Through a selector, leaving the selection looks like a deletion.
+        let mut skinds = Vec::new();
+        for _ in 0..3 {
+            skinds.push(match next_event(&mut sel).await {
+                WatchEvent::Added(_) => "ADDED",
+                WatchEvent::Modified(_) => "MODIFIED",
+                WatchEvent::Deleted(_) => "DELETED",
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+        assert_eq!(skinds, ["ADDED", "MODIFIED", "DELETED"]);
+
+        // Watching from "0" starts with the current objects.
+        let mut from0 = api
+            .watch(&WatchParams::default().timeout(5), "0")
+            .await
+            .expect("watch 0")
+            .boxed();
+        match next_event(&mut from0).await {
+            WatchEvent::Added(o) => assert_eq!(o.name_any(), "before"),
+            other => panic!("expected ADDED, got {other:?}"),
+        }
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn watch_from_compacted_version_is_gone() {
+    bounded(90, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("gone").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        if !c.external {
+            // The in-process server keeps 200 events of history.
+            api.create(&PostParams::default(), &cm("churn", json!({}), json!({})))
+                .await
+                .expect("create");
+            for i in 0..220 {
+                api.patch(
+                    "churn",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"data": {"i": i.to_string()}})),
+                )
+                .await
+                .expect("patch");
+            }
+        }
+        let mut s = api
+            .watch(&WatchParams::default().timeout(10), "1")
+            .await
+            .expect("watch")
+            .boxed();
+        let ev = tokio::time::timeout(Duration::from_secs(10), s.try_next())
+            .await
+            .expect("in time");
+        match ev {
+            Ok(Some(WatchEvent::Error(status))) => assert_eq!(status.code, 410, "{status:?}"),
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 410),
+            other => panic!("expected 410, got {other:?}"),
+        }
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn watch_bookmarks_and_timeout() {
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("bm").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        let rv = api
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .metadata
+            .resource_version
+            .expect("rv");
+        let start = std::time::Instant::now();
+        let events: Vec<WatchEvent<ConfigMap>> = api
+            .watch(&WatchParams::default().timeout(2), &rv)
+            .await
+            .expect("watch")
+            .try_collect()
+            .await
+            .expect("events");
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+            "timeoutSeconds ends the watch: {took:?}"
+        );
+        if !c.external {
+            // Real servers send bookmarks about once a minute; the stand-in's interval is short.
+            assert!(
+                events.iter().any(|e| matches!(e, WatchEvent::Bookmark(_))),
+                "no bookmark"
+            );
+        }
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn namespaces_scope_objects_and_delete_their_contents() {
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns1 = c.namespace("scope").await;
+        let ns2 = c.namespace("scope").await;
+        for ns in [&ns1, &ns2] {
+            let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+            api.create(
+                &PostParams::default(),
+                &cm(
+                    "same",
+                    json!({"scope-test": ns1.name.clone()}),
+                    json!({"ns": ns.name.clone()}),
+                ),
+            )
+            .await
+            .expect("create");
+        }
+        let a1: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns1.name);
+        assert_eq!(
+            a1.get("same").await.expect("get").data.expect("data")["ns"],
+            ns1.name
+        );
+        let all: Api<ConfigMap> = Api::all(c.client.clone());
+        let both = all
+            .list(&ListParams::default().labels(&format!("scope-test={}", ns1.name)))
+            .await
+            .expect("list all");
+        assert_eq!(both.items.len(), 2);
+        let nss: Api<Namespace> = Api::all(c.client.clone());
+        nss.delete(&ns2.name, &DeleteParams::default())
+            .await
+            .expect("delete ns");
+        let a2: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns2.name);
+        eventually(60, "namespace contents deleted", || async {
+            a2.get("same").await.is_err().then_some(())
+        })
+        .await;
+        eventually(60, "namespace gone", || async {
+            nss.get(&ns2.name).await.is_err().then_some(())
+        })
+        .await;
+        drop(ns1);
+        drop(ns2);
+        c.stop().await;
+    })
+    .await;
+}
+
+fn crd(group: &str) -> CustomResourceDefinition {
+    serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("widgets.{group}")},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wdg"], "categories": ["quiver"]},
+            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "required": ["size"], "properties": {
+                        "size": {"type": "integer", "minimum": 1, "maximum": 10},
+                        "mode": {"type": "string", "enum": ["fast", "slow"]},
+                        "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+                    "status": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}}]}
+    }))
+    .expect("crd")
+}
+
+async fn wait_established(client: &Client, name: &str) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    eventually(30, "CRD established", || async {
+        let c = crds.get(name).await.ok()?;
+        let conds = c.status?.conditions?;
+        conds
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn custom_resources_are_served_validated_and_pruned() {
+    bounded(90, async {
+        let c = Cluster::start().await;
+        let group = format!("{}.e2e.quiver.dev", unique("g"));
+        let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
+        crds.create(&PostParams::default(), &crd(&group)).await.expect("create crd");
+        let crd_name = format!("widgets.{group}");
+        wait_established(&c.client, &crd_name).await;
+        let ns = c.namespace("crd").await;
+
+        let found = eventually(30, "CRD in discovery", || async {
+            let d = Discovery::new(c.client.clone()).filter(&[group.as_str()]).run().await.ok()?;
+            d.groups().next().map(|g| g.recommended_resources().iter().any(|(r, _)| r.plural == "widgets"))
+        })
+        .await;
+        assert!(found);
+        let gv: Value = c.client.request(http_get(&format!("/apis/{group}/v1"))).await.expect("group resources");
+        let w = gv["resources"].as_array().expect("resources").iter().find(|r| r["name"] == "widgets").expect("widgets").clone();
+        assert_eq!(w["shortNames"], json!(["wdg"]));
+        assert_eq!(w["categories"], json!(["quiver"]));
+
+        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&group, "v1", "Widget"), "widgets");
+        let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &ns.name, &ar);
+        let obj = |name: &str, spec: Value| -> DynamicObject {
+            serde_json::from_value(json!({"apiVersion": format!("{group}/v1"), "kind": "Widget", "metadata": {"name": name}, "spec": spec})).expect("obj")
+        };
+        let created = api
+            .create(&PostParams::default(), &obj("ok", json!({"size": 3, "mode": "fast", "unknown": 1, "extra": {"free": {"x": 1}}})))
+            .await
+            .expect("valid widget");
+        assert_eq!(created.data["spec"]["size"], 3);
+        assert!(created.data["spec"].get("unknown").is_none(), "unknown fields are pruned");
+        assert_eq!(created.data["spec"]["extra"]["free"]["x"], 1, "preserve-unknown-fields keeps data");
+
+        for (name, spec) in [
+            ("bad-type", json!({"size": "three"})),
+            ("bad-enum", json!({"size": 3, "mode": "medium"})),
+            ("too-big", json!({"size": 11})),
+            ("too-small", json!({"size": 0})),
+            ("missing", json!({"mode": "fast"})),
+        ] {
+            let (code, reason) = api_err(api.create(&PostParams::default(), &obj(name, spec)).await.expect_err(name));
+            assert_eq!((code, reason.as_str()), (422, "Invalid"), "{name}");
+        }
+        let (code, _) = api_err(api.patch("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 100}}))).await.expect_err("update validated"));
+        assert_eq!(code, 422);
+
+        let s = api.patch_status("ok", &PatchParams::default(), &Patch::Merge(json!({"status": {"ready": true}}))).await.expect("status");
+        assert_eq!(s.data["status"]["ready"], true);
+        assert_eq!(s.metadata.generation, Some(1));
+        let s = api.patch("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 4}, "status": {"ready": false}}))).await.expect("spec");
+        assert_eq!(s.data["status"]["ready"], true, "main resource does not write status");
+        assert_eq!(s.metadata.generation, Some(2));
+
+        crds.delete(&crd_name, &DeleteParams::default()).await.expect("delete crd");
+        eventually(60, "CRD gone", || async { crds.get(&crd_name).await.is_err().then_some(()) }).await;
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
