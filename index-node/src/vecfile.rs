@@ -69,7 +69,7 @@ fn parse_xvecs(
     let dim = dim as usize;
     let row = 4 + dim * width;
     ensure!(
-        bytes.len() % row == 0,
+        bytes.len().is_multiple_of(row),
         "{name}: size {} is not a multiple of the row size {row} (dimension {dim}): truncated?",
         bytes.len()
     );

@@ -152,6 +152,7 @@ async fn scenario() {
     let s = tokio::task::spawn_blocking(move || summary(lt))
         .await
         .unwrap();
+    eprintln!("swap under load: {s}");
     assert_eq!(s["failed"], 0, "{s}");
     let v1 = &s["versions"]["v1"];
     let v2 = &s["versions"]["v2"];
@@ -175,6 +176,7 @@ async fn scenario() {
     let s = tokio::task::spawn_blocking(move || summary(lt))
         .await
         .unwrap();
+    eprintln!("replica killed under load: {s}");
     assert_eq!(s["failed"], 0, "{s}");
     assert!(s["ok"].as_u64().unwrap() > 100, "{s}");
 

@@ -205,10 +205,10 @@ impl RouterState {
                 let slot = Arc::new(slot);
                 this.versions.rcu(|cur| {
                     let mut m = BTreeMap::clone(cur);
-                    if let Some(s) = m.get_mut(&name) {
-                        if matches!(**s, Slot::Loading) {
-                            *s = slot.clone();
-                        }
+                    if let Some(s) = m.get_mut(&name)
+                        && matches!(**s, Slot::Loading)
+                    {
+                        *s = slot.clone();
                     }
                     m
                 });
@@ -218,8 +218,10 @@ impl RouterState {
         // Swap only to a version that is loaded; otherwise keep serving the current one.
         if let Some(want) = &d.active {
             let cur = self.active.load();
-            if cur.as_ref().map(|v| &v.name) != Some(want) {
-                if let Some(Slot::Ready(v)) = self.versions.load().get(want).map(|s| s.as_ref()) {
+            if cur.as_ref().map(|v| &v.name) != Some(want)
+                && let Some(Slot::Ready(v)) = self.versions.load().get(want).map(|s| s.as_ref())
+            {
+                {
                     tracing::info!(from = ?cur.as_ref().map(|v| v.name.clone()), to = %want, "switching active version");
                     self.active.store(Some(v.clone()));
                 }

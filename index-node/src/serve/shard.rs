@@ -145,10 +145,10 @@ impl ShardState {
         // Only replace our own Loading slot: the version may have been dropped meanwhile.
         self.versions.rcu(|cur| {
             let mut m = BTreeMap::clone(cur);
-            if let Some(s) = m.get_mut(&version) {
-                if matches!(**s, Slot::Loading) {
-                    *s = slot.clone();
-                }
+            if let Some(s) = m.get_mut(&version)
+                && matches!(**s, Slot::Loading)
+            {
+                *s = slot.clone();
             }
             m
         });
