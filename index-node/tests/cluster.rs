@@ -11,9 +11,13 @@ use quiver_proto::admin_client::AdminClient;
 use quiver_proto::query_client::QueryClient;
 use quiver_proto::shard_client::ShardClient;
 use quiver_proto::{
-    EvaluateRequest, SearchRequest, ShardSearchRequest, StatusRequest, VersionState,
+    BatchSearchRequest, EvaluateRequest, ListStatsRequest, SearchRequest, ShardSearchRequest,
+    StatusRequest, Vector, VersionState,
 };
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 const NET: &str = "127.61.1";
 
@@ -304,6 +308,86 @@ async fn scenario() {
     assert_eq!(code, 200);
     assert!(body.contains("quiver_query_duration_seconds"), "{body}");
     assert!(body.contains("quiver_answers_total"), "{body}");
+
+    // BatchSearch: one pin for the whole batch.
+    let b = q
+        .batch_search(BatchSearchRequest {
+            queries: (0..3)
+                .map(|i| Vector {
+                    values: vec![0.05 * i as f32; 16],
+                })
+                .collect(),
+            k: 4,
+            nprobe: None,
+            allow_partial: false,
+            version: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b.version, "v2");
+    assert_eq!(b.results.len(), 3);
+    assert!(
+        b.results
+            .iter()
+            .all(|r| r.version == "v2" && r.ids.len() == 4)
+    );
+
+    // List statistics: the router sees all lists with probe counts, a shard only its own.
+    let ls = radmin
+        .list_stats(ListStatsRequest {
+            version: "v2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ls.lists.len(), 32);
+    assert!(ls.lists.iter().map(|l| l.probes).sum::<u64>() > 0);
+    assert!(ls.imbalance >= 1.0);
+    let mut sadmin = AdminClient::connect(format!("http://{}:{GRPC}", ip(4)))
+        .await
+        .unwrap();
+    let sl = sadmin
+        .list_stats(ListStatsRequest {
+            version: "v2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!sl.lists.is_empty() && sl.lists.len() < 32);
+
+    // gRPC health.
+    let mut h = HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{raddr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let hs = h
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hs.status, ServingStatus::Serving as i32);
+
+    // Both replicas of shard 1 gone: partial answers only when asked for, naming the shard.
+    shards[2].signal("-KILL");
+    shards[3].signal("-KILL");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut all = req(good.clone(), 10, Some(32), None);
+    let e = q
+        .search(all.clone())
+        .await
+        .expect_err("answered without shard 1");
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("shard 1"), "{}", e.message());
+    all.allow_partial = true;
+    let r = q.search(all).await.unwrap().into_inner();
+    assert_eq!(r.missing_shards, vec![1]);
+    assert_eq!(r.ids.len(), 10);
 
     // Graceful shutdown: readiness fails first, then the process exits cleanly.
     let mut router = router;
