@@ -780,3 +780,81 @@ async fn custom_resources_are_served_validated_and_pruned() {
     })
     .await;
 }
+
+fn owned_cm(name: &str, owner: &ConfigMap) -> ConfigMap {
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "ownerReferences": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": owner.name_any(), "uid": owner.uid().expect("uid"), "blockOwnerDeletion": true}]}}))
+    .expect("cm")
+}
+
+#[tokio::test]
+async fn garbage_collection_background_foreground_orphan() {
+    bounded(120, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("gc").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        let mk = |n: &'static str| {
+            let api = api.clone();
+            async move {
+                let owner = api
+                    .create(
+                        &PostParams::default(),
+                        &cm(&format!("{n}-owner"), json!({}), json!({})),
+                    )
+                    .await
+                    .expect("owner");
+                api.create(
+                    &PostParams::default(),
+                    &owned_cm(&format!("{n}-dep"), &owner),
+                )
+                .await
+                .expect("dependent");
+            }
+        };
+        mk("bg").await;
+        mk("fg").await;
+        mk("or").await;
+
+        api.delete("bg-owner", &DeleteParams::background())
+            .await
+            .expect("delete bg");
+        eventually(30, "background dependent collected", || async {
+            api.get("bg-dep").await.is_err().then_some(())
+        })
+        .await;
+
+        api.delete("fg-owner", &DeleteParams::foreground())
+            .await
+            .expect("delete fg");
+        eventually(30, "foreground owner and dependent gone", || async {
+            let owner = api.get_opt("fg-owner").await.expect("get owner");
+            let dep = api.get_opt("fg-dep").await.expect("get dep");
+            if let Some(o) = &owner {
+                assert!(o.metadata.deletion_timestamp.is_some());
+                assert!(o.finalizers().iter().any(|f| f == "foregroundDeletion"));
+            }
+            assert!(
+                !(owner.is_none() && dep.is_some()),
+                "foreground deletion removed the owner before its dependent"
+            );
+            (owner.is_none() && dep.is_none()).then_some(())
+        })
+        .await;
+
+        api.delete("or-owner", &DeleteParams::orphan())
+            .await
+            .expect("delete orphan");
+        eventually(30, "orphaning owner gone", || async {
+            api.get("or-owner").await.is_err().then_some(())
+        })
+        .await;
+        let dep = api.get("or-dep").await.expect("orphan survives");
+        assert!(
+            dep.owner_references().is_empty(),
+            "orphaned dependent loses its owner reference"
+        );
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
