@@ -30,11 +30,7 @@ impl Panels {
             let norm = if dot { 0.0 } else { (kern.dot)(c, c) };
             offsets[j] = norm + bias.map_or(0.0, |b| b[j]);
         }
-        Panels {
-            dim,
-            data,
-            offsets,
-        }
+        Panels { dim, data, offsets }
     }
 }
 
@@ -125,13 +121,19 @@ mod tests {
                         if dot {
                             -xi.iter().zip(cj).map(|(a, b)| a * b).sum::<f32>()
                         } else {
-                            xi.iter().zip(cj).map(|(a, b)| (a - b) * (a - b)).sum::<f32>()
+                            xi.iter()
+                                .zip(cj)
+                                .map(|(a, b)| (a - b) * (a - b))
+                                .sum::<f32>()
                         }
                     };
                     let best = (0..k).map(cost).fold(f32::INFINITY, f32::min);
                     let got = cost(labels[i] as usize);
                     assert!((got - best).abs() <= 1e-3 * (1.0 + best.abs()), "row {i}");
-                    assert!((costs[i] - best).abs() <= 1e-3 * (1.0 + best.abs()), "row {i}");
+                    assert!(
+                        (costs[i] - best).abs() <= 1e-3 * (1.0 + best.abs()),
+                        "row {i}"
+                    );
                 }
             }
         }

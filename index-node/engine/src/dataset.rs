@@ -23,7 +23,7 @@ pub struct Vectors<T> {
 
 impl<T> Vectors<T> {
     pub fn len(&self) -> usize {
-        if self.dim == 0 { 0 } else { self.data.len() / self.dim }
+        self.data.len().checked_div(self.dim).unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -34,7 +34,10 @@ impl<T> Vectors<T> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| IvfError::Io { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| IvfError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn fmt_err(path: &Path, reason: impl Into<String>) -> IvfError {
@@ -42,23 +45,40 @@ fn fmt_err(path: &Path, reason: impl Into<String>) -> IvfError {
 }
 
 /// Parses the `*vecs` layout with `elem` bytes per value.
-fn parse_vecs<T>(bytes: &[u8], path: &Path, elem: usize, conv: impl Fn(&[u8]) -> T) -> Result<Vectors<T>> {
+fn parse_vecs<T>(
+    bytes: &[u8],
+    path: &Path,
+    elem: usize,
+    conv: impl Fn(&[u8]) -> T,
+) -> Result<Vectors<T>> {
     if bytes.is_empty() {
-        return Ok(Vectors { dim: 0, data: Vec::new() });
+        return Ok(Vectors {
+            dim: 0,
+            data: Vec::new(),
+        });
     }
     if bytes.len() < 4 {
-        return Err(fmt_err(path, "truncated: shorter than one dimension header"));
+        return Err(fmt_err(
+            path,
+            "truncated: shorter than one dimension header",
+        ));
     }
     let dim = i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if dim <= 0 || dim > 1 << 20 {
-        return Err(fmt_err(path, format!("bad dimension {dim} in the first vector header")));
+        return Err(fmt_err(
+            path,
+            format!("bad dimension {dim} in the first vector header"),
+        ));
     }
     let dim = dim as usize;
     let rec = 4 + dim * elem;
-    if bytes.len() % rec != 0 {
+    if !bytes.len().is_multiple_of(rec) {
         return Err(fmt_err(
             path,
-            format!("size {} is not a multiple of the record size {rec} (dimension {dim}): truncated or mixed dimensions", bytes.len()),
+            format!(
+                "size {} is not a multiple of the record size {rec} (dimension {dim}): truncated or mixed dimensions",
+                bytes.len()
+            ),
         ));
     }
     let n = bytes.len() / rec;
@@ -66,7 +86,10 @@ fn parse_vecs<T>(bytes: &[u8], path: &Path, elem: usize, conv: impl Fn(&[u8]) ->
     for (i, r) in bytes.chunks_exact(rec).enumerate() {
         let d = i32::from_le_bytes([r[0], r[1], r[2], r[3]]);
         if d as usize != dim {
-            return Err(fmt_err(path, format!("vector {i} has dimension {d}, the first has {dim}")));
+            return Err(fmt_err(
+                path,
+                format!("vector {i} has dimension {d}, the first has {dim}"),
+            ));
         }
         data.extend(r[4..].chunks_exact(elem).map(&conv));
     }
@@ -74,15 +97,26 @@ fn parse_vecs<T>(bytes: &[u8], path: &Path, elem: usize, conv: impl Fn(&[u8]) ->
 }
 
 pub fn read_fvecs(path: &Path) -> Result<Vectors<f32>> {
-    let v = parse_vecs(&read(path)?, path, 4, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))?;
+    let v = parse_vecs(&read(path)?, path, 4, |c| {
+        f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+    })?;
     if let Some(pos) = v.data.iter().position(|x| !x.is_finite()) {
-        return Err(fmt_err(path, format!("vector {}, component {} is not finite", pos / v.dim, pos % v.dim)));
+        return Err(fmt_err(
+            path,
+            format!(
+                "vector {}, component {} is not finite",
+                pos / v.dim,
+                pos % v.dim
+            ),
+        ));
     }
     Ok(v)
 }
 
 pub fn read_ivecs(path: &Path) -> Result<Vectors<i32>> {
-    parse_vecs(&read(path)?, path, 4, |c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    parse_vecs(&read(path)?, path, 4, |c| {
+        i32::from_le_bytes([c[0], c[1], c[2], c[3]])
+    })
 }
 
 /// Reads `.bvecs` (u8 components), converted to f32.
@@ -107,10 +141,16 @@ pub fn read_npy(path: &Path) -> Result<Vectors<f32>> {
         .ok_or_else(|| fmt_err(path, "truncated or non-text .npy header"))?;
     let compact: String = header.chars().filter(|c| !c.is_whitespace()).collect();
     if !(compact.contains("'descr':'<f4'") || compact.contains("'descr':'=f4'")) {
-        return Err(fmt_err(path, format!("only little-endian float32 ('<f4') is supported; header: {header}")));
+        return Err(fmt_err(
+            path,
+            format!("only little-endian float32 ('<f4') is supported; header: {header}"),
+        ));
     }
     if compact.contains("'fortran_order':True") {
-        return Err(fmt_err(path, "Fortran-order arrays are not supported; save with C order"));
+        return Err(fmt_err(
+            path,
+            "Fortran-order arrays are not supported; save with C order",
+        ));
     }
     let shape = compact
         .split("'shape':(")
@@ -120,20 +160,45 @@ pub fn read_npy(path: &Path) -> Result<Vectors<f32>> {
     let dims: Vec<usize> = shape
         .split(',')
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse().map_err(|_| fmt_err(path, format!("bad shape {shape}"))))
+        .map(|s| {
+            s.parse()
+                .map_err(|_| fmt_err(path, format!("bad shape {shape}")))
+        })
         .collect::<Result<_>>()?;
     let (n, dim) = match dims.as_slice() {
         [n, d] => (*n, *d),
         [d] => (1, *d),
-        _ => return Err(fmt_err(path, format!("expected a 2-D array, shape is ({shape})"))),
+        _ => {
+            return Err(fmt_err(
+                path,
+                format!("expected a 2-D array, shape is ({shape})"),
+            ));
+        }
     };
     let body = &b[hstart + hlen..];
     if body.len() != n * dim * 4 {
-        return Err(fmt_err(path, format!("data is {} bytes, shape ({n}, {dim}) needs {}", body.len(), n * dim * 4)));
+        return Err(fmt_err(
+            path,
+            format!(
+                "data is {} bytes, shape ({n}, {dim}) needs {}",
+                body.len(),
+                n * dim * 4
+            ),
+        ));
     }
-    let data: Vec<f32> = body.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let data: Vec<f32> = body
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
-        return Err(fmt_err(path, format!("vector {}, component {} is not finite", pos / dim.max(1), pos % dim.max(1))));
+        return Err(fmt_err(
+            path,
+            format!(
+                "vector {}, component {} is not finite",
+                pos / dim.max(1),
+                pos % dim.max(1)
+            ),
+        ));
     }
     Ok(Vectors { dim, data })
 }
@@ -144,11 +209,19 @@ pub fn read_vectors(path: &Path) -> Result<Vectors<f32>> {
         "fvecs" => read_fvecs(path),
         "bvecs" => read_bvecs(path),
         "npy" => read_npy(path),
-        other => Err(fmt_err(path, format!("unknown vector file extension {other:?}; expected .fvecs, .bvecs or .npy"))),
+        other => Err(fmt_err(
+            path,
+            format!("unknown vector file extension {other:?}; expected .fvecs, .bvecs or .npy"),
+        )),
     }
 }
 
-fn write_vecs<T: Copy>(path: &Path, dim: usize, data: &[T], bytes: impl Fn(T) -> [u8; 4]) -> Result<()> {
+fn write_vecs<T: Copy>(
+    path: &Path,
+    dim: usize,
+    data: &[T],
+    bytes: impl Fn(T) -> [u8; 4],
+) -> Result<()> {
     let mut out = Vec::with_capacity(data.len() * 4 + data.len() / dim.max(1) * 4);
     for row in data.chunks_exact(dim.max(1)) {
         out.extend_from_slice(&(dim as i32).to_le_bytes());
@@ -156,7 +229,10 @@ fn write_vecs<T: Copy>(path: &Path, dim: usize, data: &[T], bytes: impl Fn(T) ->
             out.extend_from_slice(&bytes(v));
         }
     }
-    std::fs::write(path, out).map_err(|source| IvfError::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, out).map_err(|source| IvfError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 pub fn write_fvecs(path: &Path, dim: usize, data: &[f32]) -> Result<()> {
@@ -188,7 +264,9 @@ impl Synthetic {
         let c = self.clusters.max(1);
         let centers: Vec<f32> = (0..c * dim).map(|_| rng.normal()).collect();
         let spread: Vec<f32> = (0..c).map(|_| 0.15 + 0.35 * rng.unit()).collect();
-        let weights: Vec<f64> = (0..c).map(|i| 1.0 / ((i + 1) as f64).powf(self.skew)).collect();
+        let weights: Vec<f64> = (0..c)
+            .map(|i| 1.0 / ((i + 1) as f64).powf(self.skew))
+            .collect();
         let total: f64 = weights.iter().sum();
         let mut cdf = Vec::with_capacity(c);
         let mut acc = 0.0;
@@ -198,23 +276,31 @@ impl Synthetic {
         }
         let mut out = vec![0f32; count * dim];
         const CHUNK: usize = 4096;
-        out.par_chunks_mut(CHUNK * dim).enumerate().for_each(|(ci, rows)| {
-            let mut r = Rng::new(self.seed ^ (stream.wrapping_add(1) << 40) ^ ci as u64);
-            for row in rows.chunks_exact_mut(dim) {
-                let u = f64::from(r.unit());
-                let j = cdf.partition_point(|&p| p < u).min(c - 1);
-                let s = spread[j];
-                for (d, v) in row.iter_mut().enumerate() {
-                    *v = centers[j * dim + d] + s * r.normal();
+        out.par_chunks_mut(CHUNK * dim)
+            .enumerate()
+            .for_each(|(ci, rows)| {
+                let mut r = Rng::new(self.seed ^ (stream.wrapping_add(1) << 40) ^ ci as u64);
+                for row in rows.chunks_exact_mut(dim) {
+                    let u = f64::from(r.unit());
+                    let j = cdf.partition_point(|&p| p < u).min(c - 1);
+                    let s = spread[j];
+                    for (d, v) in row.iter_mut().enumerate() {
+                        *v = centers[j * dim + d] + s * r.normal();
+                    }
                 }
-            }
-        });
+            });
         out
     }
 }
 
 /// Exact k nearest neighbours (ids = row numbers of `base`) of every query, by brute force.
-pub fn exact_knn(base: &[f32], queries: &[f32], dim: usize, k: usize, metric: Metric) -> Vec<Vec<u32>> {
+pub fn exact_knn(
+    base: &[f32],
+    queries: &[f32],
+    dim: usize,
+    k: usize,
+    metric: Metric,
+) -> Vec<Vec<u32>> {
     let kern = kernels::get();
     let (mut b, mut q) = (None, None);
     if metric == Metric::Cosine {
@@ -259,7 +345,11 @@ pub fn recall_at_k(found: &[Vec<u64>], truth: &[Vec<u32>], k: usize) -> f64 {
     let mut hits = 0usize;
     for (f, t) in found.iter().zip(truth) {
         let t = &t[..k.min(t.len())];
-        hits += f.iter().take(k).filter(|id| t.iter().any(|&x| u64::from(x) == **id)).count();
+        hits += f
+            .iter()
+            .take(k)
+            .filter(|id| t.iter().any(|&x| u64::from(x) == **id))
+            .count();
     }
     hits as f64 / (found.len() * k) as f64
 }

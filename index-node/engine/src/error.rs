@@ -76,7 +76,7 @@ pub(crate) fn check_vectors(what: &'static str, data: &[f32], dim: usize) -> Res
     if dim == 0 {
         return Err(IvfError::param("dim", "must be at least 1"));
     }
-    if data.len() % dim != 0 {
+    if !data.len().is_multiple_of(dim) {
         return Err(IvfError::RaggedInput {
             what,
             len: data.len(),

@@ -56,16 +56,21 @@ pub struct ListDirectory {
 
 impl ListDirectory {
     pub fn entry(&self, list: u32) -> Result<&ListEntry> {
-        self.entries.get(list as usize).ok_or(IvfError::ListOutOfRange {
-            list,
-            nlist: self.entries.len(),
-        })
+        self.entries
+            .get(list as usize)
+            .ok_or(IvfError::ListOutOfRange {
+                list,
+                nlist: self.entries.len(),
+            })
     }
 }
 
 fn check_frame(bytes: &[u8], file: &str, want_kind: u8) -> Result<()> {
     if bytes.len() < 9 {
-        return Err(IvfError::format(file, format!("truncated: {} bytes, not a Quiver index file", bytes.len())));
+        return Err(IvfError::format(
+            file,
+            format!("truncated: {} bytes, not a Quiver index file", bytes.len()),
+        ));
     }
     if &bytes[0..4] != MAGIC {
         return Err(IvfError::format(file, "bad magic: not a Quiver index file"));
@@ -75,7 +80,9 @@ fn check_frame(bytes: &[u8], file: &str, want_kind: u8) -> Result<()> {
     if major != MAJOR || minor > MINOR {
         return Err(IvfError::format(
             file,
-            format!("unsupported format version {major}.{minor}; this build reads {MAJOR}.0 to {MAJOR}.{MINOR}"),
+            format!(
+                "unsupported format version {major}.{minor}; this build reads {MAJOR}.0 to {MAJOR}.{MINOR}"
+            ),
         ));
     }
     if bytes[8] != want_kind {
@@ -87,7 +94,12 @@ fn check_frame(bytes: &[u8], file: &str, want_kind: u8) -> Result<()> {
         };
         return Err(IvfError::format(
             file,
-            format!("is a {} file (kind {}), expected a {} file", name(bytes[8]), bytes[8], name(want_kind)),
+            format!(
+                "is a {} file (kind {}), expected a {} file",
+                name(bytes[8]),
+                bytes[8],
+                name(want_kind)
+            ),
         ));
     }
     Ok(())
@@ -111,9 +123,16 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| {
-            IvfError::format(self.file, format!("truncated while reading {what} at byte {}", self.pos))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| {
+                IvfError::format(
+                    self.file,
+                    format!("truncated while reading {what} at byte {}", self.pos),
+                )
+            })?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -135,14 +154,21 @@ impl<'a> Reader<'a> {
         Ok(f32::from_bits(self.u32(what)?))
     }
     fn f32s(&mut self, n: usize, what: &str) -> Result<Vec<f32>> {
-        let bytes = n.checked_mul(4).ok_or_else(|| IvfError::format(self.file, format!("{what}: size overflow")))?;
+        let bytes = n
+            .checked_mul(4)
+            .ok_or_else(|| IvfError::format(self.file, format!("{what}: size overflow")))?;
         let s = self.take(bytes, what)?;
-        Ok(s.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(s.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
     fn usize(&mut self, what: &str, max: u64) -> Result<usize> {
         let v = u64::from(self.u32(what)?);
         if v > max {
-            return Err(IvfError::format(self.file, format!("{what} = {v} exceeds the limit {max}")));
+            return Err(IvfError::format(
+                self.file,
+                format!("{what} = {v} exceeds the limit {max}"),
+            ));
         }
         Ok(v as usize)
     }
@@ -217,21 +243,37 @@ pub fn read_quantizer(bytes: &[u8], file: &str) -> Result<IvfIndex> {
     if bytes.len() < QUANTIZER_HEADER {
         return Err(IvfError::format(file, "truncated header"));
     }
-    let mut r = Reader { b: bytes, pos: 16, file };
+    let mut r = Reader {
+        b: bytes,
+        pos: 16,
+        file,
+    };
     let len = r.u64("body length")?;
     let crc = r.u32("body checksum")?;
-    let body_end = (QUANTIZER_HEADER as u64).checked_add(len).filter(|&e| e == bytes.len() as u64);
+    let body_end = (QUANTIZER_HEADER as u64)
+        .checked_add(len)
+        .filter(|&e| e == bytes.len() as u64);
     if body_end.is_none() {
         return Err(IvfError::format(
             file,
-            format!("body length {len} does not match file size {} (truncated or trailing bytes)", bytes.len()),
+            format!(
+                "body length {len} does not match file size {} (truncated or trailing bytes)",
+                bytes.len()
+            ),
         ));
     }
     let body = &bytes[QUANTIZER_HEADER..];
     if crc32fast::hash(body) != crc {
-        return Err(IvfError::format(file, "quantizer checksum mismatch: the file is corrupt"));
+        return Err(IvfError::format(
+            file,
+            "quantizer checksum mismatch: the file is corrupt",
+        ));
     }
-    let mut r = Reader { b: body, pos: 0, file };
+    let mut r = Reader {
+        b: body,
+        pos: 0,
+        file,
+    };
     const MAX: u64 = 1 << 31;
     let dim = r.usize("dim", 1 << 20)?;
     let metric = Metric::from_code(r.u8("metric")?)
@@ -245,7 +287,12 @@ pub fn read_quantizer(bytes: &[u8], file: &str) -> Result<IvfIndex> {
     let init = match r.u8("kmeans init")? {
         0 => KMeansInit::Random,
         1 => KMeansInit::KMeansPlusPlus,
-        other => return Err(IvfError::format(file, format!("unknown k-means init code {other}"))),
+        other => {
+            return Err(IvfError::format(
+                file,
+                format!("unknown k-means init code {other}"),
+            ));
+        }
     };
     let mppc = r.usize("max points per centroid", MAX)?;
     let balance = r.f32("balance")?;
@@ -253,7 +300,12 @@ pub fn read_quantizer(bytes: &[u8], file: &str) -> Result<IvfIndex> {
         0 => QuantizerKind::Flat,
         1 => QuantizerKind::Sq8,
         2 => QuantizerKind::Pq { m },
-        other => return Err(IvfError::format(file, format!("unknown quantizer code {other}"))),
+        other => {
+            return Err(IvfError::format(
+                file,
+                format!("unknown quantizer code {other}"),
+            ));
+        }
     };
     let params = IvfParams {
         dim,
@@ -286,7 +338,10 @@ pub fn read_quantizer(bytes: &[u8], file: &str) -> Result<IvfIndex> {
         }),
     };
     if r.pos != body.len() {
-        return Err(IvfError::format(file, format!("{} unexpected trailing bytes", body.len() - r.pos)));
+        return Err(IvfError::format(
+            file,
+            format!("{} unexpected trailing bytes", body.len() - r.pos),
+        ));
     }
     let mut index = IvfIndex {
         lists: vec![InvertedList::default(); nlist],
@@ -350,7 +405,11 @@ pub fn directory_len(first: &[u8], file: &str) -> Result<u64> {
     if first.len() < LISTS_HEADER {
         return Err(IvfError::format(file, "truncated lists header"));
     }
-    let mut r = Reader { b: first, pos: 24, file };
+    let mut r = Reader {
+        b: first,
+        pos: 24,
+        file,
+    };
     let nlist = u64::from(r.u32("nlist")?);
     Ok(LISTS_HEADER as u64 + nlist * DIR_ENTRY as u64)
 }
@@ -360,9 +419,16 @@ pub fn directory_len(first: &[u8], file: &str) -> Result<u64> {
 pub fn read_list_directory(bytes: &[u8], file: &str) -> Result<ListDirectory> {
     let need = directory_len(bytes, file)? as usize;
     if bytes.len() < need {
-        return Err(IvfError::format(file, format!("truncated directory: {} of {need} bytes", bytes.len())));
+        return Err(IvfError::format(
+            file,
+            format!("truncated directory: {} of {need} bytes", bytes.len()),
+        ));
     }
-    let mut r = Reader { b: bytes, pos: 16, file };
+    let mut r = Reader {
+        b: bytes,
+        pos: 16,
+        file,
+    };
     let fingerprint = r.u64("fingerprint")?;
     let nlist = r.u32("nlist")? as usize;
     let code_size = r.u32("code size")? as usize;
@@ -371,9 +437,16 @@ pub fn read_list_directory(bytes: &[u8], file: &str) -> Result<ListDirectory> {
     let dir_crc = r.u32("directory checksum")?;
     let dir = &bytes[LISTS_HEADER..need];
     if crc32fast::hash(dir) != dir_crc {
-        return Err(IvfError::format(file, "list directory checksum mismatch: the file is corrupt"));
+        return Err(IvfError::format(
+            file,
+            "list directory checksum mismatch: the file is corrupt",
+        ));
     }
-    let mut r = Reader { b: dir, pos: 0, file };
+    let mut r = Reader {
+        b: dir,
+        pos: 0,
+        file,
+    };
     let mut entries = Vec::with_capacity(nlist);
     for _ in 0..nlist {
         let offset = r.u64("list offset")?;
@@ -381,7 +454,12 @@ pub fn read_list_directory(bytes: &[u8], file: &str) -> Result<ListDirectory> {
         let count = r.u64("list count")?;
         let crc32 = r.u32("list checksum")?;
         r.u32("padding")?;
-        entries.push(ListEntry { offset, len, count, crc32 });
+        entries.push(ListEntry {
+            offset,
+            len,
+            count,
+            crc32,
+        });
     }
     Ok(ListDirectory {
         fingerprint,
@@ -410,24 +488,48 @@ pub fn decode_list(
             ),
         ));
     }
-    if dir.code_size != index.code_size() || dir.has_aux != index.has_aux() || dir.has_raw != index.has_raw() {
-        return Err(IvfError::format(file, "list encoding does not match the quantizer"));
+    if dir.code_size != index.code_size()
+        || dir.has_aux != index.has_aux()
+        || dir.has_raw != index.has_raw()
+    {
+        return Err(IvfError::format(
+            file,
+            "list encoding does not match the quantizer",
+        ));
     }
     let e = dir.entry(list)?;
     if blob.len() as u64 != e.len {
-        return Err(IvfError::format(file, format!("list {list}: {} bytes, directory says {}", blob.len(), e.len)));
+        return Err(IvfError::format(
+            file,
+            format!(
+                "list {list}: {} bytes, directory says {}",
+                blob.len(),
+                e.len
+            ),
+        ));
     }
     if crc32fast::hash(blob) != e.crc32 {
-        return Err(IvfError::format(file, format!("list {list}: checksum mismatch: the file is corrupt")));
+        return Err(IvfError::format(
+            file,
+            format!("list {list}: checksum mismatch: the file is corrupt"),
+        ));
     }
     let n = usize::try_from(e.count).map_err(|_| IvfError::format(file, "list too large"))?;
     let dim = index.dim();
-    let expect = n
-        .checked_mul(8 + dir.code_size + if dir.has_aux { 4 } else { 0 } + if dir.has_raw { 4 * dim } else { 0 });
+    let expect = n.checked_mul(
+        8 + dir.code_size + if dir.has_aux { 4 } else { 0 } + if dir.has_raw { 4 * dim } else { 0 },
+    );
     if expect != Some(blob.len()) {
-        return Err(IvfError::format(file, format!("list {list}: length does not match {n} entries")));
+        return Err(IvfError::format(
+            file,
+            format!("list {list}: length does not match {n} entries"),
+        ));
     }
-    let mut r = Reader { b: blob, pos: 0, file };
+    let mut r = Reader {
+        b: blob,
+        pos: 0,
+        file,
+    };
     let ids = r
         .take(n * 8, "ids")?
         .chunks_exact(8)
@@ -438,9 +540,22 @@ pub fn decode_list(
         })
         .collect();
     let codes = r.take(n * dir.code_size, "codes")?.to_vec();
-    let aux = if dir.has_aux { r.f32s(n, "norms")? } else { Vec::new() };
-    let raw = if dir.has_raw { r.f32s(n * dim, "raw vectors")? } else { Vec::new() };
-    Ok(InvertedList { ids, codes, aux, raw })
+    let aux = if dir.has_aux {
+        r.f32s(n, "norms")?
+    } else {
+        Vec::new()
+    };
+    let raw = if dir.has_raw {
+        r.f32s(n * dim, "raw vectors")?
+    } else {
+        Vec::new()
+    };
+    Ok(InvertedList {
+        ids,
+        codes,
+        aux,
+        raw,
+    })
 }
 
 /// Reads a whole lists file into `index` (all lists).
@@ -449,7 +564,11 @@ pub fn read_lists_into(index: &mut IvfIndex, bytes: &[u8], file: &str) -> Result
     if dir.entries.len() != index.nlist() {
         return Err(IvfError::format(
             file,
-            format!("has {} lists, the quantizer has {}", dir.entries.len(), index.nlist()),
+            format!(
+                "has {} lists, the quantizer has {}",
+                dir.entries.len(),
+                index.nlist()
+            ),
         ));
     }
     for l in 0..dir.entries.len() as u32 {
@@ -458,7 +577,12 @@ pub fn read_lists_into(index: &mut IvfIndex, bytes: &[u8], file: &str) -> Result
             .ok()
             .zip(usize::try_from(e.offset + e.len).ok())
             .filter(|&(_, end)| end <= bytes.len())
-            .ok_or_else(|| IvfError::format(file, format!("list {l}: byte range beyond end of file (truncated)")))?;
+            .ok_or_else(|| {
+                IvfError::format(
+                    file,
+                    format!("list {l}: byte range beyond end of file (truncated)"),
+                )
+            })?;
         let list = decode_list(index, &dir, l, &bytes[range.0..range.1], file)?;
         index.set_list(l, list)?;
     }
@@ -482,8 +606,13 @@ pub fn to_bytes(index: &IvfIndex) -> Vec<u8> {
 
 pub fn from_bytes(bytes: &[u8], file: &str) -> Result<IvfIndex> {
     check_frame(bytes, file, KIND_BUNDLE)?;
-    let mut r = Reader { b: bytes, pos: 16, file };
-    let qlen = usize::try_from(r.u64("quantizer length")?).map_err(|_| IvfError::format(file, "bad length"))?;
+    let mut r = Reader {
+        b: bytes,
+        pos: 16,
+        file,
+    };
+    let qlen = usize::try_from(r.u64("quantizer length")?)
+        .map_err(|_| IvfError::format(file, "bad length"))?;
     let q = r.take(qlen, "quantizer")?;
     let mut index = read_quantizer(q, file)?;
     read_lists_into(&mut index, &bytes[r.pos..], file)?;
@@ -493,13 +622,19 @@ pub fn from_bytes(bytes: &[u8], file: &str) -> Result<IvfIndex> {
 /// Saves to `path` atomically (write to a temporary file, then rename), so a crash never
 /// leaves a half-written index under the final name.
 pub fn save(index: &IvfIndex, path: &Path) -> Result<()> {
-    let io = |source| IvfError::Io { path: path.to_path_buf(), source };
+    let io = |source| IvfError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, to_bytes(index)).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
 pub fn load(path: &Path) -> Result<IvfIndex> {
-    let bytes = std::fs::read(path).map_err(|source| IvfError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| IvfError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     from_bytes(&bytes, &path.display().to_string())
 }

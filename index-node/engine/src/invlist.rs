@@ -34,7 +34,12 @@ impl InvertedList {
     }
 
     /// Removes entries whose id matches; returns how many were removed.
-    pub fn retain(&mut self, code_size: usize, dim: usize, mut keep: impl FnMut(u64) -> bool) -> usize {
+    pub fn retain(
+        &mut self,
+        code_size: usize,
+        dim: usize,
+        mut keep: impl FnMut(u64) -> bool,
+    ) -> usize {
         let n = self.ids.len();
         let has_aux = !self.aux.is_empty();
         let has_raw = !self.raw.is_empty();
@@ -45,7 +50,8 @@ impl InvertedList {
             }
             if w != r {
                 self.ids[w] = self.ids[r];
-                self.codes.copy_within(r * code_size..(r + 1) * code_size, w * code_size);
+                self.codes
+                    .copy_within(r * code_size..(r + 1) * code_size, w * code_size);
                 if has_aux {
                     self.aux[w] = self.aux[r];
                 }

@@ -123,7 +123,11 @@ pub struct SearchParams {
 
 impl SearchParams {
     pub fn new(k: usize, nprobe: usize) -> Self {
-        SearchParams { k, nprobe, rerank: 0 }
+        SearchParams {
+            k,
+            nprobe,
+            rerank: 0,
+        }
     }
 }
 
@@ -177,7 +181,6 @@ const BLOCK: usize = 256;
 struct Scratch {
     query: Vec<f32>,
     coarse: Vec<(f32, u32)>,
-    lists: Vec<u32>,
     dist: Vec<f32>,
     tmp: Vec<f32>,
     weights: Vec<f32>,
@@ -190,7 +193,6 @@ thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
         query: Vec::new(),
         coarse: Vec::new(),
-        lists: Vec::new(),
         dist: vec![0.0; BLOCK],
         tmp: Vec::new(),
         weights: Vec::new(),
@@ -360,7 +362,12 @@ impl IvfIndex {
     pub fn set_list(&mut self, list: u32, l: InvertedList) -> Result<()> {
         let nlist = self.params.nlist;
         let n = l.len();
-        let bad = |what: &str| IvfError::param("list", format!("list {list}: {what} do not match {n} entries"));
+        let bad = |what: &str| {
+            IvfError::param(
+                "list",
+                format!("list {list}: {what} do not match {n} entries"),
+            )
+        };
         if list as usize >= nlist {
             return Err(IvfError::ListOutOfRange { list, nlist });
         }
@@ -370,7 +377,13 @@ impl IvfIndex {
         if l.aux.len() != if self.has_aux() { n } else { 0 } {
             return Err(bad("norms"));
         }
-        if l.raw.len() != if self.has_raw() { n * self.params.dim } else { 0 } {
+        if l.raw.len()
+            != if self.has_raw() {
+                n * self.params.dim
+            } else {
+                0
+            }
+        {
             return Err(bad("raw vectors"));
         }
         self.lists[list as usize] = l;
@@ -520,7 +533,6 @@ impl IvfIndex {
             let s = &mut *s.borrow_mut();
             self.prepare_query(query, s);
             self.coarse(p.nprobe, s);
-            s.lists.clear();
             let coarse = std::mem::take(&mut s.coarse);
             let out = self.scan(&coarse, p.k, p.rerank, s);
             s.coarse = coarse;
@@ -593,7 +605,11 @@ impl IvfIndex {
         // Per-query PQ table (the query's half of the lookup tables).
         if let Encoder::Pq(pq) = &self.encoder {
             s.qtab.resize(pq.m * KSUB, 0.0);
-            let scale = if self.params.metric == Metric::L2 { -2.0 } else { -1.0 };
+            let scale = if self.params.metric == Metric::L2 {
+                -2.0
+            } else {
+                -1.0
+            };
             pq.dot_table(&s.query, scale, &mut s.qtab);
         }
     }
@@ -717,18 +733,31 @@ impl IvfIndex {
                 let cst = if dot {
                     // -(<q,c> + Σ q·vmin) - Σ (q·step)·code
                     let mut c0 = -coarse_dist; // <q, c>
-                    for d in 0..dim {
-                        s.weights[d] = s.query[d] * sq.step[d];
-                        c0 += s.query[d] * sq.vmin[d];
+                    for (((w, &q), &step), &vmin) in s
+                        .weights
+                        .iter_mut()
+                        .zip(&s.query)
+                        .zip(&sq.step)
+                        .zip(&sq.vmin)
+                    {
+                        *w = q * step;
+                        c0 += q * vmin;
                     }
                     -c0
                 } else {
                     // ‖t‖² − 2Σ t·vmin − 2Σ (t·step)·code + ‖r̂‖², t = q − c
                     let mut c0 = 0.0;
-                    for d in 0..dim {
-                        let t = s.query[d] - centroid[d];
-                        s.weights[d] = t * sq.step[d];
-                        c0 += t * t - 2.0 * t * sq.vmin[d];
+                    for ((((w, &q), &c), &step), &vmin) in s
+                        .weights
+                        .iter_mut()
+                        .zip(&s.query)
+                        .zip(centroid)
+                        .zip(&sq.step)
+                        .zip(&sq.vmin)
+                    {
+                        let t = q - c;
+                        *w = t * step;
+                        c0 += t * t - 2.0 * t * vmin;
                     }
                     c0
                 };
@@ -754,10 +783,9 @@ impl IvfIndex {
                     }
                     coarse_dist // ‖q − c‖²
                 } else {
-                    s.tmp.resize(dim, 0.0);
-                    for d in 0..dim {
-                        s.tmp[d] = s.query[d] - centroid[d];
-                    }
+                    s.tmp.clear();
+                    s.tmp
+                        .extend(s.query.iter().zip(centroid).map(|(q, c)| q - c));
                     pq.l2_table(&s.tmp, &mut s.lut);
                     0.0
                 };
@@ -815,4 +843,74 @@ fn residuals(data: &[f32], labels: &[u32], centroids: &[f32], dim: usize) -> Vec
             r.iter_mut().zip(c).for_each(|(v, c)| *v -= c);
         });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::Synthetic;
+
+    /// The distance a search reports for an SQ8/PQ entry must be the exact distance between
+    /// the query and the entry's reconstruction `centroid + decode(code)`: this pins down
+    /// the table and weight algebra of every metric.
+    #[test]
+    fn reported_distances_equal_distance_to_reconstruction() {
+        let dim = 16;
+        let syn = Synthetic {
+            n: 3000,
+            dim,
+            clusters: 20,
+            skew: 0.5,
+            seed: 3,
+        };
+        let base = syn.generate(3000, 0);
+        let queries = syn.generate(5, 1);
+        let ids: Vec<u64> = (0..3000).collect();
+        for metric in [Metric::L2, Metric::InnerProduct, Metric::Cosine] {
+            for q in [QuantizerKind::Sq8, QuantizerKind::Pq { m: 4 }] {
+                let mut p = IvfParams::new(dim, metric, 16, q);
+                p.kmeans.iters = 5;
+                let mut index = IvfIndex::train(p, &base).expect("train");
+                index.add(&ids, &base).expect("add");
+                for query in queries.chunks_exact(dim) {
+                    let mut qn = query.to_vec();
+                    if metric == Metric::Cosine {
+                        normalize_rows(&mut qn, dim);
+                    }
+                    let res = index
+                        .search(query, &SearchParams::new(5, 4))
+                        .expect("search");
+                    assert_eq!(res.len(), 5);
+                    for n in res {
+                        let (l, i) = index
+                            .lists
+                            .iter()
+                            .enumerate()
+                            .find_map(|(l, list)| {
+                                list.ids.iter().position(|&x| x == n.id).map(|i| (l, i))
+                            })
+                            .expect("entry");
+                        let c = &index.centroids[l * dim..(l + 1) * dim];
+                        let mut rec = vec![0f32; dim];
+                        match &index.encoder {
+                            Encoder::Sq8(sq) => {
+                                sq.decode(&index.lists[l].codes[i * dim..(i + 1) * dim], &mut rec)
+                            }
+                            Encoder::Pq(pq) => {
+                                pq.decode(&index.lists[l].codes[i * pq.m..(i + 1) * pq.m], &mut rec)
+                            }
+                            Encoder::Flat => unreachable!(),
+                        }
+                        rec.iter_mut().zip(c).for_each(|(r, c)| *r += c);
+                        let want = metric.distance(&qn, &rec);
+                        assert!(
+                            (want - n.distance).abs() <= 1e-3 * (1.0 + want.abs()),
+                            "{metric} {q}: reported {} exact {want}",
+                            n.distance
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

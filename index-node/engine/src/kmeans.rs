@@ -2,8 +2,9 @@
 //!
 //! As in FAISS: subsample to at most `max_points_per_centroid` points per centroid, a fixed
 //! number of Lloyd iterations, empty clusters repaired by splitting a large one. Beyond FAISS:
-//! an optional size penalty (`balance`) that steers centroids into dense regions, because
-//! oversized "hot" lists are what makes IVF slow and uneven in production.
+//! optional balancing (`balance`) that splits oversized clusters with centroids taken from the
+//! smallest ones, because oversized "hot" lists are what makes IVF slow and uneven in
+//! production: a query that probes a hot list scans many entries.
 
 use rayon::prelude::*;
 
@@ -27,8 +28,10 @@ pub struct KMeansParams {
     pub init: KMeansInit,
     /// Subsample the training set to at most this many points per centroid (0 = no limit).
     pub max_points_per_centroid: usize,
-    /// Strength of the cluster-size penalty: 0 is plain Lloyd. At 1, joining a cluster twice
-    /// the mean size costs about one mean assignment distance more than joining an average one.
+    /// Cluster-size balancing: 0 is plain Lloyd (FAISS). Above 0, clusters larger than
+    /// `(1 + 1/balance) × mean` are split during training by moving the centroids of the
+    /// smallest clusters into them (at 1: above twice the mean size), which puts more
+    /// centroids where the data is dense and so shrinks the hot lists.
     pub balance: f32,
 }
 
@@ -111,37 +114,28 @@ pub fn train(
         crate::metric::normalize_rows(&mut centroids, dim);
     }
 
-    let mut counts = vec![0usize; k];
     let mut objective = 0.0;
+    // Balancing moves stop a few iterations before the end so Lloyd can settle.
+    let last_move = params.iters.saturating_sub(3);
     for iter in 0..params.iters {
-        // The penalty uses the previous iteration's sizes and mean cost, so assignment stays a
-        // parallel map; it is off in the last iteration's objective bookkeeping only by scale.
-        let bias = if params.balance > 0.0 && iter > 0 {
-            let mean_size = n as f32 / k as f32;
-            let scale = params.balance * (objective as f32).abs().max(1e-12);
-            Some(
-                counts
-                    .iter()
-                    .map(|&c| scale * (c as f32 / mean_size))
-                    .collect::<Vec<f32>>(),
-            )
-        } else {
-            None
-        };
-        let panels = Panels::new(&centroids, dim, dot, bias.as_deref());
+        let panels = Panels::new(&centroids, dim, dot, None);
         let (labels, costs) = assign::nearest(x, &panels, dot);
-        objective = if dot {
-            // For dot metrics the cost is negative similarity; its spread, not its sign,
-            // scales the penalty, so use the mean distance to the centroid instead.
-            mean_l2_to_assigned(x, &centroids, &labels, dim)
-        } else {
-            let pen: f64 = bias
-                .as_ref()
-                .map_or(0.0, |b| labels.iter().map(|&l| f64::from(b[l as usize])).sum());
-            (costs.iter().map(|&c| f64::from(c)).sum::<f64>() - pen) / n as f64
-        };
-        counts = update(x, dim, k, &labels, &mut centroids);
+        objective = costs.iter().map(|&c| f64::from(c)).sum::<f64>() / n as f64;
+        let buckets = Buckets::new(&labels, k);
+        update(x, dim, &buckets, &mut centroids);
+        let mut counts = buckets.counts();
         split_empty(&mut centroids, &mut counts, dim, &mut rng);
+        if params.balance > 0.0 && iter < last_move {
+            split_oversized(
+                x,
+                dim,
+                &buckets,
+                &counts,
+                params.balance,
+                &mut centroids,
+                &mut rng,
+            );
+        }
         if spherical {
             crate::metric::normalize_rows(&mut centroids, dim);
         }
@@ -154,42 +148,47 @@ pub fn train(
     })
 }
 
-fn mean_l2_to_assigned(x: &[f32], c: &[f32], labels: &[u32], dim: usize) -> f64 {
-    let kern = kernels::get();
-    let sum: f64 = x
-        .par_chunks_exact(dim)
-        .zip(labels.par_iter())
-        .map(|(row, &l)| {
-            let l = l as usize;
-            f64::from((kern.l2)(row, &c[l * dim..(l + 1) * dim]))
-        })
-        .sum();
-    sum / labels.len().max(1) as f64
+/// Point indices grouped by cluster (a counting sort of the labels).
+struct Buckets {
+    order: Vec<usize>,
+    starts: Vec<usize>,
 }
 
-/// Recomputes each centroid as the mean of its points; returns the cluster sizes. Clusters
-/// left empty keep their old centroid until `split_empty` moves them.
-fn update(x: &[f32], dim: usize, k: usize, labels: &[u32], centroids: &mut [f32]) -> Vec<usize> {
-    // Bucket point indices by label (counting sort), then average each bucket in parallel.
-    let mut counts = vec![0usize; k];
-    for &l in labels {
-        counts[l as usize] += 1;
+impl Buckets {
+    fn new(labels: &[u32], k: usize) -> Self {
+        let mut starts = vec![0usize; k + 1];
+        for &l in labels {
+            starts[l as usize + 1] += 1;
+        }
+        for j in 0..k {
+            starts[j + 1] += starts[j];
+        }
+        let mut order = vec![0usize; labels.len()];
+        let mut fill = starts.clone();
+        for (i, &l) in labels.iter().enumerate() {
+            order[fill[l as usize]] = i;
+            fill[l as usize] += 1;
+        }
+        Buckets { order, starts }
     }
-    let mut starts = vec![0usize; k + 1];
-    for j in 0..k {
-        starts[j + 1] = starts[j] + counts[j];
+
+    fn members(&self, j: usize) -> &[usize] {
+        &self.order[self.starts[j]..self.starts[j + 1]]
     }
-    let mut order = vec![0usize; labels.len()];
-    let mut fill = starts.clone();
-    for (i, &l) in labels.iter().enumerate() {
-        order[fill[l as usize]] = i;
-        fill[l as usize] += 1;
+
+    fn counts(&self) -> Vec<usize> {
+        self.starts.windows(2).map(|w| w[1] - w[0]).collect()
     }
+}
+
+/// Recomputes each centroid as the mean of its points. Clusters left empty keep their old
+/// centroid until `split_empty` moves them.
+fn update(x: &[f32], dim: usize, buckets: &Buckets, centroids: &mut [f32]) {
     centroids
         .par_chunks_exact_mut(dim)
         .enumerate()
         .for_each(|(j, c)| {
-            let members = &order[starts[j]..starts[j + 1]];
+            let members = buckets.members(j);
             if members.is_empty() {
                 return;
             }
@@ -204,7 +203,42 @@ fn update(x: &[f32], dim: usize, k: usize, labels: &[u32], centroids: &mut [f32]
                 *cv = (a * inv) as f32;
             }
         });
-    counts
+}
+
+/// Splits clusters above `(1 + 1/balance) × mean` size: the centroid of one of the smallest
+/// clusters moves onto a random member of the oversized one, and the next Lloyd step divides
+/// the oversized cluster between the two. The small cluster's points join their neighbours.
+fn split_oversized(
+    x: &[f32],
+    dim: usize,
+    buckets: &Buckets,
+    counts: &[usize],
+    balance: f32,
+    centroids: &mut [f32],
+    rng: &mut Rng,
+) {
+    let k = counts.len();
+    let mean = counts.iter().sum::<usize>() as f64 / k as f64;
+    let limit = mean * (1.0 + 1.0 / f64::from(balance));
+    let mut big: Vec<usize> = (0..k).filter(|&j| counts[j] as f64 > limit).collect();
+    if big.is_empty() {
+        return;
+    }
+    big.sort_unstable_by_key(|&j| std::cmp::Reverse(counts[j]));
+    let mut small: Vec<usize> = (0..k)
+        .filter(|&j| (counts[j] as f64) < mean * 0.5)
+        .collect();
+    small.sort_unstable_by_key(|&j| counts[j]);
+    // A bounded number of moves per iteration keeps the objective from jumping.
+    let moves = big.len().min(small.len()).min((k / 16).max(1));
+    for (&b, &s) in big.iter().zip(&small).take(moves) {
+        let members = buckets.members(b);
+        if members.is_empty() {
+            continue;
+        }
+        let pick = members[rng.below(members.len())];
+        centroids[s * dim..(s + 1) * dim].copy_from_slice(&x[pick * dim..(pick + 1) * dim]);
+    }
 }
 
 /// Moves each empty centroid next to a large cluster's centroid and splits that cluster in
@@ -350,7 +384,7 @@ mod tests {
         let km = train(&data, 2, 16, &KMeansParams::default(), false, false).expect("train");
         let panels = Panels::new(&km.centroids, 2, false, None);
         let (labels, _) = assign::nearest(&data, &panels, false);
-        let mut used = vec![false; 16];
+        let mut used = [false; 16];
         labels.iter().for_each(|&l| used[l as usize] = true);
         // Identical points can only fill one cluster each, so count distinct used centroids
         // among the non-degenerate part: at least the 50 blob points must spread out.
@@ -363,7 +397,11 @@ mod tests {
         let mut rng = Rng::new(9);
         let mut data = Vec::new();
         for i in 0..4000 {
-            let (cx, s) = if i < 3400 { (0.0, 1.0) } else { (20.0 * (i % 6) as f32, 3.0) };
+            let (cx, s) = if i < 3400 {
+                (0.0, 1.0)
+            } else {
+                (20.0 * (i % 6) as f32, 3.0)
+            };
             data.push(cx + s * rng.normal());
             data.push(s * rng.normal());
         }
@@ -387,8 +425,11 @@ mod tests {
             false,
         )
         .expect("balanced");
-        let (ip, ib) = (imbalance_factor(&sizes(&plain)), imbalance_factor(&sizes(&balanced)));
-        assert!(ib < ip, "balanced {ib} not below plain {ip}");
+        let (ip, ib) = (
+            imbalance_factor(&sizes(&plain)),
+            imbalance_factor(&sizes(&balanced)),
+        );
+        assert!(ib < ip * 0.95, "balanced {ib} not below plain {ip}");
     }
 
     #[test]
@@ -396,7 +437,11 @@ mod tests {
         let data = vec![0.0f32; 10];
         assert!(matches!(
             train(&data, 2, 8, &KMeansParams::default(), false, false),
-            Err(IvfError::TooFewTrainingPoints { got: 5, need: 8, .. })
+            Err(IvfError::TooFewTrainingPoints {
+                got: 5,
+                need: 8,
+                ..
+            })
         ));
         let mut bad = vec![0.0f32; 40];
         bad[7] = f32::NAN;

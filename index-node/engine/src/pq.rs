@@ -20,7 +20,7 @@ pub struct Pq {
 
 impl Pq {
     pub fn check(dim: usize, m: usize) -> Result<()> {
-        if m == 0 || dim % m != 0 {
+        if m == 0 || !dim.is_multiple_of(m) {
             return Err(IvfError::param(
                 "pq_m",
                 format!("must be at least 1 and divide the dimension {dim}, got {m}"),
@@ -89,7 +89,8 @@ impl Pq {
     #[cfg(test)]
     pub fn decode(&self, code: &[u8], out: &mut [f32]) {
         for (j, &c) in code.iter().enumerate() {
-            out[j * self.dsub..(j + 1) * self.dsub].copy_from_slice(self.codeword(j, usize::from(c)));
+            out[j * self.dsub..(j + 1) * self.dsub]
+                .copy_from_slice(self.codeword(j, usize::from(c)));
         }
     }
 

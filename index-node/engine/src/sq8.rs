@@ -36,7 +36,9 @@ impl Sq8 {
     pub fn encode(&self, x: &[f32], out: &mut [u8]) -> f32 {
         let mut norm = 0.0;
         for d in 0..x.len() {
-            let c = ((x[d] - self.vmin[d]) / self.step[d]).round().clamp(0.0, 255.0);
+            let c = ((x[d] - self.vmin[d]) / self.step[d])
+                .round()
+                .clamp(0.0, 255.0);
             out[d] = c as u8;
             let r = self.vmin[d] + c * self.step[d];
             norm += r * r;

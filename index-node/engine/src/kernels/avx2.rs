@@ -13,64 +13,35 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
+/// One pair, summed in exactly the order of one row of `batch_impl`, so that a distance is
+/// bit-identical whichever path computed it (shards and routers must agree on ties).
 #[target_feature(enable = "avx2,fma")]
-unsafe fn l2_impl(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
+unsafe fn pair_impl<const L2: bool>(q: &[f32], x: &[f32]) -> f32 {
+    let n = q.len().min(x.len());
+    let (pq, px) = (q.as_ptr(), x.as_ptr());
+    let mut acc = _mm256_setzero_ps();
     let mut i = 0;
-    // SAFETY: every load reads 8 floats at an offset below n - 7 of slices of length >= n.
+    // SAFETY: loads of 8 floats at offsets below n - 7.
     unsafe {
-        while i + 16 <= n {
-            let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
-            let d1 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)));
-            acc0 = _mm256_fmadd_ps(d0, d0, acc0);
-            acc1 = _mm256_fmadd_ps(d1, d1, acc1);
-            i += 16;
-        }
-        if i + 8 <= n {
-            let d0 = _mm256_sub_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
-            acc0 = _mm256_fmadd_ps(d0, d0, acc0);
+        while i + 8 <= n {
+            let qv = _mm256_loadu_ps(pq.add(i));
+            let xv = _mm256_loadu_ps(px.add(i));
+            acc = if L2 {
+                let diff = _mm256_sub_ps(xv, qv);
+                _mm256_fmadd_ps(diff, diff, acc)
+            } else {
+                _mm256_fmadd_ps(xv, qv, acc)
+            };
             i += 8;
         }
     }
-    let mut s = unsafe { hsum(_mm256_add_ps(acc0, acc1)) };
-    while i < n {
-        let d = a[i] - b[i];
-        s += d * d;
-        i += 1;
-    }
-    s
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let mut i = 0;
-    // SAFETY: as in l2_impl.
-    unsafe {
-        while i + 16 <= n {
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i + 8)),
-                _mm256_loadu_ps(pb.add(i + 8)),
-                acc1,
-            );
-            i += 16;
-        }
-        if i + 8 <= n {
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
-            i += 8;
-        }
-    }
-    let mut s = unsafe { hsum(_mm256_add_ps(acc0, acc1)) };
-    while i < n {
-        s += a[i] * b[i];
-        i += 1;
+    let mut s = unsafe { hsum(acc) };
+    for j in i..n {
+        s += if L2 {
+            (x[j] - q[j]) * (x[j] - q[j])
+        } else {
+            x[j] * q[j]
+        };
     }
     s
 }
@@ -88,13 +59,26 @@ unsafe fn batch_impl<const L2: bool>(q: &[f32], rows: &[f32], out: &mut [f32]) {
     let mut r = 0;
     while r + 4 <= n {
         let row = |k: usize| &rows[(r + k) * d..(r + k + 1) * d];
-        let p = [row(0).as_ptr(), row(1).as_ptr(), row(2).as_ptr(), row(3).as_ptr()];
+        let p = [
+            row(0).as_ptr(),
+            row(1).as_ptr(),
+            row(2).as_ptr(),
+            row(3).as_ptr(),
+        ];
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
-        // SAFETY: loads of 8 floats at offsets below d - 7 of rows of length d.
+        // Prefetch 8 rows ahead: hardware prefetchers stop at page boundaries.
+        let ahead = p[0].wrapping_add(8 * d);
+        // SAFETY: loads of 8 floats at offsets below d - 7 of rows of length d; prefetches
+        // never fault.
         unsafe {
             while i + 8 <= d {
                 let qv = _mm256_loadu_ps(pq.add(i));
+                if i % 16 == 0 {
+                    for k in 0..4 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(k * d + i).cast());
+                    }
+                }
                 for k in 0..4 {
                     let x = _mm256_loadu_ps(p[k].add(i));
                     acc[k] = if L2 {
@@ -123,7 +107,7 @@ unsafe fn batch_impl<const L2: bool>(q: &[f32], rows: &[f32], out: &mut [f32]) {
     }
     while r < n {
         let row = &rows[r * d..(r + 1) * d];
-        out[r] = unsafe { if L2 { l2_impl(q, row) } else { dot_impl(q, row) } };
+        out[r] = unsafe { pair_impl::<L2>(q, row) };
         r += 1;
     }
 }
@@ -176,10 +160,10 @@ unsafe fn pq_impl(lut: &[f32], codes: &[u8], out: &mut [f32]) {
 // SAFETY (all wrappers): the dispatch table holding them is only handed out after
 // `is_x86_feature_detected!` confirmed AVX2 and FMA.
 pub(super) fn l2(a: &[f32], b: &[f32]) -> f32 {
-    unsafe { l2_impl(a, b) }
+    unsafe { pair_impl::<true>(a, b) }
 }
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    unsafe { dot_impl(a, b) }
+    unsafe { pair_impl::<false>(a, b) }
 }
 pub(super) fn l2_batch(q: &[f32], rows: &[f32], out: &mut [f32]) {
     unsafe { batch_impl::<true>(q, rows, out) }
@@ -194,13 +178,39 @@ pub(super) fn pq_scan(lut: &[f32], codes: &[u8], out: &mut [f32]) {
     unsafe { pq_impl(lut, codes, out) }
 }
 
+/// 8 points x 32 centroids in four passes of 4 points x 16 centroids (8 accumulators each;
+/// AVX2 has only 16 vector registers).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_impl(
     xt: &[f32],
     panel: &[f32],
-    acc: &mut [[f32; super::tile::TILE_C]; super::tile::TILE_P],
+    acc_out: &mut [[f32; super::tile::TILE_C]; super::tile::TILE_P],
 ) {
-    super::tile::tile_body(xt, panel, acc)
+    use super::tile::{TILE_C, TILE_P};
+    let steps = (xt.len() / TILE_P).min(panel.len() / TILE_C);
+    let (px, pc) = (xt.as_ptr(), panel.as_ptr());
+    for p0 in [0usize, 4] {
+        for j0 in [0usize, 16] {
+            let mut a = [[_mm256_setzero_ps(); 2]; 4];
+            // SAFETY: step d reads xt[d*8 + p0..+4] and panel[d*32 + j0..+16].
+            unsafe {
+                for d in 0..steps {
+                    let c0 = _mm256_loadu_ps(pc.add(d * TILE_C + j0));
+                    let c1 = _mm256_loadu_ps(pc.add(d * TILE_C + j0 + 8));
+                    for (p, ap) in a.iter_mut().enumerate() {
+                        let x = _mm256_set1_ps(*px.add(d * TILE_P + p0 + p));
+                        ap[0] = _mm256_fmadd_ps(x, c0, ap[0]);
+                        ap[1] = _mm256_fmadd_ps(x, c1, ap[1]);
+                    }
+                }
+                for (p, ap) in a.iter().enumerate() {
+                    let row = acc_out[p0 + p].as_mut_ptr().add(j0);
+                    _mm256_storeu_ps(row, ap[0]);
+                    _mm256_storeu_ps(row.add(8), ap[1]);
+                }
+            }
+        }
+    }
 }
 
 pub(super) fn dot_tile(

@@ -5,45 +5,48 @@ use std::arch::x86_64::*;
 
 #[inline(always)]
 fn tail_mask(rem: usize) -> __mmask16 {
-    if rem >= 16 { 0xffff } else { ((1u32 << rem) - 1) as __mmask16 }
+    if rem >= 16 {
+        0xffff
+    } else {
+        ((1u32 << rem) - 1) as __mmask16
+    }
 }
 
+/// One pair, summed in exactly the order of one row of `batch_impl`, so that a distance is
+/// bit-identical whichever path computed it (shards and routers must agree on ties).
 #[target_feature(enable = "avx512f")]
 unsafe fn pair_impl<const L2: bool>(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc0 = _mm512_setzero_ps();
-    let mut acc1 = _mm512_setzero_ps();
+    let mut acc = _mm512_setzero_ps();
     let mut i = 0;
     // SAFETY: full loads stay below n; the masked tail load touches only lanes below n.
     unsafe {
-        while i + 32 <= n {
-            let (x0, y0) = (_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
-            let (x1, y1) = (_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)));
-            if L2 {
-                let (d0, d1) = (_mm512_sub_ps(x0, y0), _mm512_sub_ps(x1, y1));
-                acc0 = _mm512_fmadd_ps(d0, d0, acc0);
-                acc1 = _mm512_fmadd_ps(d1, d1, acc1);
-            } else {
-                acc0 = _mm512_fmadd_ps(x0, y0, acc0);
-                acc1 = _mm512_fmadd_ps(x1, y1, acc1);
-            }
-            i += 32;
-        }
-        while i < n {
-            let m = tail_mask(n - i);
-            let x = _mm512_maskz_loadu_ps(m, pa.add(i));
-            let y = _mm512_maskz_loadu_ps(m, pb.add(i));
-            if L2 {
+        while i + 16 <= n {
+            let (x, y) = (_mm512_loadu_ps(pb.add(i)), _mm512_loadu_ps(pa.add(i)));
+            acc = if L2 {
                 let d = _mm512_sub_ps(x, y);
-                acc0 = _mm512_fmadd_ps(d, d, acc0);
+                _mm512_fmadd_ps(d, d, acc)
             } else {
-                acc0 = _mm512_fmadd_ps(x, y, acc0);
-            }
+                _mm512_fmadd_ps(x, y, acc)
+            };
             i += 16;
         }
+        if i < n {
+            let m = tail_mask(n - i);
+            let (x, y) = (
+                _mm512_maskz_loadu_ps(m, pb.add(i)),
+                _mm512_maskz_loadu_ps(m, pa.add(i)),
+            );
+            acc = if L2 {
+                let d = _mm512_sub_ps(x, y);
+                _mm512_fmadd_ps(d, d, acc)
+            } else {
+                _mm512_fmadd_ps(x, y, acc)
+            };
+        }
     }
-    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    _mm512_reduce_add_ps(acc)
 }
 
 /// Four rows at a time share each load of the query.
@@ -61,10 +64,27 @@ unsafe fn batch_impl<const L2: bool>(q: &[f32], rows: &[f32], out: &mut [f32]) {
         let base = rows[r * d..(r + 4) * d].as_ptr();
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
-        // SAFETY: row k spans base + k*d .. base + (k+1)*d; loads stay below d per row,
-        // masked lanes beyond it are not read.
+        // Rows of a list are contiguous: fetch 8 rows ahead, because hardware prefetchers
+        // stop at 4 KiB page boundaries (every 8 rows at d = 128) and the scan is memory bound.
+        let ahead = base.wrapping_add(8 * d);
+        // SAFETY: row k spans base + k*d .. base + (k+1)*d; full loads stay below d per row,
+        // masked lanes beyond it are not read; prefetches never fault.
         unsafe {
-            while i < d {
+            while i + 16 <= d {
+                let qv = _mm512_loadu_ps(pq.add(i));
+                for (k, a) in acc.iter_mut().enumerate() {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(k * d + i).cast());
+                    let x = _mm512_loadu_ps(base.add(k * d + i));
+                    *a = if L2 {
+                        let diff = _mm512_sub_ps(x, qv);
+                        _mm512_fmadd_ps(diff, diff, *a)
+                    } else {
+                        _mm512_fmadd_ps(x, qv, *a)
+                    };
+                }
+                i += 16;
+            }
+            if i < d {
                 let m = tail_mask(d - i);
                 let qv = _mm512_maskz_loadu_ps(m, pq.add(i));
                 for (k, a) in acc.iter_mut().enumerate() {
@@ -76,7 +96,6 @@ unsafe fn batch_impl<const L2: bool>(q: &[f32], rows: &[f32], out: &mut [f32]) {
                         _mm512_fmadd_ps(x, qv, *a)
                     };
                 }
-                i += 16;
             }
         }
         for (k, a) in acc.iter().enumerate() {
@@ -107,12 +126,19 @@ unsafe fn sq8_impl(w: &[f32], codes: &[u8], out: &mut [f32]) {
         let mut a0 = _mm512_setzero_ps();
         let mut a1 = _mm512_setzero_ps();
         let mut i = 0;
-        // SAFETY: 16-byte code loads and 16-float weight loads stay below d.
+        // SAFETY: 16-byte code loads and 16-float weight loads stay below d; prefetches
+        // (16 rows ahead, one cache line per 64 bytes) never fault.
         unsafe {
             while i + 16 <= d {
+                if i % 64 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(16 * d + i).cast());
+                    _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(16 * d + i).cast());
+                }
                 let wv = _mm512_loadu_ps(pw.add(i));
-                let c0 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p0.add(i).cast())));
-                let c1 = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p1.add(i).cast())));
+                let c0 =
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p0.add(i).cast())));
+                let c1 =
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(p1.add(i).cast())));
                 a0 = _mm512_fmadd_ps(c0, wv, a0);
                 a1 = _mm512_fmadd_ps(c1, wv, a1);
                 i += 16;
@@ -158,13 +184,33 @@ pub(super) fn pq_scan(lut: &[f32], codes: &[u8], out: &mut [f32]) {
     unsafe { pq_impl(lut, codes, out) }
 }
 
-#[target_feature(enable = "avx512f,fma")]
+/// 8 points x 32 centroids: 16 accumulators, 2 panel loads and 8 broadcasts per step.
+#[target_feature(enable = "avx512f")]
 unsafe fn tile_impl(
     xt: &[f32],
     panel: &[f32],
-    acc: &mut [[f32; super::tile::TILE_C]; super::tile::TILE_P],
+    acc_out: &mut [[f32; super::tile::TILE_C]; super::tile::TILE_P],
 ) {
-    super::tile::tile_body(xt, panel, acc)
+    use super::tile::{TILE_C, TILE_P};
+    let steps = (xt.len() / TILE_P).min(panel.len() / TILE_C);
+    let (px, pc) = (xt.as_ptr(), panel.as_ptr());
+    let mut a = [[_mm512_setzero_ps(); 2]; TILE_P];
+    // SAFETY: step d reads xt[d*8..d*8+8] and panel[d*32..d*32+32], within `steps`.
+    unsafe {
+        for d in 0..steps {
+            let c0 = _mm512_loadu_ps(pc.add(d * TILE_C));
+            let c1 = _mm512_loadu_ps(pc.add(d * TILE_C + 16));
+            for (p, ap) in a.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*px.add(d * TILE_P + p));
+                ap[0] = _mm512_fmadd_ps(x, c0, ap[0]);
+                ap[1] = _mm512_fmadd_ps(x, c1, ap[1]);
+            }
+        }
+        for (p, ap) in a.iter().enumerate() {
+            _mm512_storeu_ps(acc_out[p].as_mut_ptr(), ap[0]);
+            _mm512_storeu_ps(acc_out[p].as_mut_ptr().add(16), ap[1]);
+        }
+    }
 }
 
 pub(super) fn dot_tile(

@@ -6,12 +6,12 @@
 
 use std::sync::OnceLock;
 
-mod scalar;
-pub mod tile;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod scalar;
+pub mod tile;
 
 /// One set of kernels for one instruction set.
 ///

@@ -1,0 +1,146 @@
+//! Recall@10 against brute force, for every quantizer and metric, at several nprobe.
+
+mod common;
+
+use common::*;
+use quiver_ivf::{Metric, QuantizerKind, SearchParams};
+
+const METRICS: [Metric; 3] = [Metric::L2, Metric::InnerProduct, Metric::Cosine];
+
+/// Recall must grow with nprobe and reach the floor given for the full probe.
+fn check(q: QuantizerKind, keep_raw: bool, rerank: usize, floor_all: f64, floor_8: f64) {
+    let d = data(11);
+    for metric in METRICS {
+        let index = build(&d, metric, q, keep_raw);
+        let mut last = 0.0;
+        for nprobe in [1, 8, 64] {
+            let r = recall(
+                &index,
+                &d,
+                metric,
+                SearchParams {
+                    k: K,
+                    nprobe,
+                    rerank,
+                },
+            );
+            assert!(
+                r + 1e-9 >= last,
+                "{q} {metric}: recall fell from {last} to {r} at nprobe {nprobe}"
+            );
+            if nprobe == 8 {
+                assert!(
+                    r >= floor_8,
+                    "{q} {metric} nprobe 8: recall {r} < {floor_8}"
+                );
+            }
+            if nprobe == 64 {
+                assert!(
+                    r >= floor_all,
+                    "{q} {metric} all lists: recall {r} < {floor_all}"
+                );
+            }
+            last = r;
+        }
+    }
+}
+
+#[test]
+fn flat_is_exact_when_probing_all_lists() {
+    check(QuantizerKind::Flat, false, 0, 0.999, 0.8);
+}
+
+#[test]
+fn sq8_recall() {
+    check(QuantizerKind::Sq8, false, 0, 0.93, 0.75);
+}
+
+#[test]
+fn pq_recall() {
+    // 16 bytes for 32 dimensions: 2 dimensions per sub-quantizer. Normalised (cosine)
+    // synthetic clusters have near-tied neighbours, hence a floor below L2's ~0.8.
+    check(QuantizerKind::Pq { m: 16 }, false, 0, 0.65, 0.55);
+}
+
+#[test]
+fn pq_with_rerank_recovers_exact_order() {
+    check(QuantizerKind::Pq { m: 8 }, true, 100, 0.95, 0.8);
+}
+
+#[test]
+fn search_lists_matches_search_over_the_same_lists() {
+    let d = data(5);
+    for q in [
+        QuantizerKind::Flat,
+        QuantizerKind::Sq8,
+        QuantizerKind::Pq { m: 8 },
+    ] {
+        let index = build(&d, Metric::L2, q, false);
+        for query in d.queries.chunks_exact(DIM).take(20) {
+            let lists = index.probe(query, 6).expect("probe");
+            assert_eq!(lists.len(), 6);
+            let (a, sa) = index
+                .search_with_stats(query, &SearchParams::new(K, 6))
+                .expect("search");
+            // Shards get the lists in any order, possibly twice.
+            let mut shuffled = lists.clone();
+            shuffled.reverse();
+            shuffled.push(lists[0]);
+            let (b, sb) = index
+                .search_lists(query, K, &shuffled, 0)
+                .expect("search_lists");
+            assert_eq!(a, b, "{q}");
+            assert_eq!(sa.scanned, sb.scanned);
+            // Split across two "shards" and merged: the same answer.
+            let (h1, h2) = lists.split_at(3);
+            let (r1, _) = index.search_lists(query, K, h1, 0).expect("shard 1");
+            let (r2, _) = index.search_lists(query, K, h2, 0).expect("shard 2");
+            let merged = quiver_ivf::topk::merge(K, r1.into_iter().chain(r2));
+            assert_eq!(merged, a, "{q}");
+        }
+    }
+}
+
+#[test]
+fn flat_distances_are_exact() {
+    let d = data(3);
+    let index = build(&d, Metric::L2, QuantizerKind::Flat, false);
+    let q = &d.queries[..DIM];
+    let res = index.search(q, &SearchParams::new(5, 64)).expect("search");
+    for n in res {
+        let v = &d.base[n.id as usize * DIM..(n.id as usize + 1) * DIM];
+        let exact: f32 = q.iter().zip(v).map(|(a, b)| (a - b) * (a - b)).sum();
+        assert!(
+            (exact - n.distance).abs() <= 1e-3 * exact.max(1.0),
+            "{exact} vs {}",
+            n.distance
+        );
+    }
+}
+
+#[test]
+fn remove_and_add_again() {
+    let d = data(8);
+    let mut index = build(&d, Metric::L2, QuantizerKind::Sq8, false);
+    let q = &d.base[..DIM]; // vector 0 itself
+    let top = index.search(q, &SearchParams::new(1, 64)).expect("search");
+    assert_eq!(top[0].id, 0);
+    assert_eq!(index.remove(&[0, 999_999]), 1);
+    assert_eq!(index.ntotal(), N - 1);
+    let top = index.search(q, &SearchParams::new(1, 64)).expect("search");
+    assert_ne!(top[0].id, 0);
+    index.add(&[0], q).expect("re-add");
+    let top = index.search(q, &SearchParams::new(1, 64)).expect("search");
+    assert_eq!(top[0].id, 0);
+}
+
+#[test]
+fn list_stats_count_every_vector() {
+    let d = data(4);
+    let index = build(&d, Metric::L2, QuantizerKind::Flat, false);
+    let s = index.list_stats();
+    assert_eq!(s.sizes.iter().sum::<usize>(), N);
+    assert_eq!(s.sizes.len(), 64);
+    assert!(s.imbalance >= 1.0);
+    assert_eq!(s.max, *s.sizes.iter().max().expect("sizes"));
+}
