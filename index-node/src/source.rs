@@ -10,7 +10,8 @@ use crate::vecfile::{Vectors, parse_vectors};
 #[derive(clap::Args, Debug, Clone)]
 pub struct SourceArgs {
     /// Vector file URIs (.fvecs/.bvecs/.npy; file path, file:// or s3://), concatenated in
-    /// the order given. Conflicts with --synthetic.
+    /// the order given; a URI ending in `/` means every vector file under it, by name.
+    /// Conflicts with --synthetic.
     #[arg(long = "source", value_delimiter = ',', conflicts_with = "synthetic")]
     pub files: Vec<String>,
     /// Generate this many synthetic clustered vectors instead of reading files.
@@ -47,7 +48,11 @@ impl SourceArgs {
             "give --source FILE[,FILE...] or --synthetic N"
         );
         let mut all: Option<Vectors> = None;
+        let mut files = Vec::new();
         for uri in &self.files {
+            files.extend(expand(uri).await?);
+        }
+        for uri in &files {
             let bytes = read_uri(uri).await?;
             let v = parse_vectors(uri, &bytes)?;
             match &mut all {
@@ -67,6 +72,29 @@ impl SourceArgs {
         anyhow::ensure!(all.len() > 0, "source files hold no vectors");
         Ok(all)
     }
+}
+
+/// A URI ending in `/` names every vector file under it (sorted by name); others name one file.
+async fn expand(uri: &str) -> anyhow::Result<Vec<String>> {
+    if !uri.ends_with('/') {
+        return Ok(vec![uri.to_string()]);
+    }
+    let store = Storage::open(uri.trim_end_matches('/'))?;
+    let names: Vec<String> = store
+        .list("")
+        .await?
+        .into_iter()
+        .filter(|n| {
+            let l = n.to_ascii_lowercase();
+            l.ends_with(".fvecs") || l.ends_with(".bvecs") || l.ends_with(".npy")
+        })
+        .map(|n| format!("{uri}{n}"))
+        .collect();
+    anyhow::ensure!(
+        !names.is_empty(),
+        "{uri}: no .fvecs, .bvecs or .npy files under it"
+    );
+    Ok(names)
 }
 
 /// Reads one object given as a full URI (the storage root is its parent).

@@ -151,6 +151,31 @@ impl Storage {
             .map_err(|e| self.err(rel, e))
     }
 
+    /// Names (relative to `rel`) of every object under the prefix `rel`, sorted.
+    pub async fn list(&self, rel: &str) -> Result<Vec<String>> {
+        use futures::TryStreamExt;
+        let prefix = self.path(rel);
+        let base = prefix.as_ref().to_string();
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(rel, e))?;
+        let mut names: Vec<String> = metas
+            .into_iter()
+            .map(|m| {
+                let full = m.location.as_ref().to_string();
+                full.strip_prefix(&base)
+                    .unwrap_or(&full)
+                    .trim_start_matches('/')
+                    .to_string()
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     pub async fn exists(&self, rel: &str) -> Result<bool> {
         match self.store.head(&self.path(rel)).await {
             Ok(_) => Ok(true),

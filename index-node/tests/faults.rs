@@ -220,3 +220,70 @@ fn train_and_build_refuse_bad_input() {
     let e = run_err(&b.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(e.contains("part 0 of 2 has not finished"), "{e}");
 }
+
+/// A source URI ending in `/` reads every vector file under it; .npy works too.
+#[test]
+fn build_from_vector_files_under_a_prefix() {
+    let dir = tmpdir("files");
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let dim = 8usize;
+    let row = |i: usize| -> Vec<f32> {
+        (0..dim)
+            .map(|d| ((i * 31 + d * 7) % 97) as f32 / 97.0 + (i % 5) as f32)
+            .collect()
+    };
+    // a.fvecs: rows 0..600; b.npy: rows 600..1000.
+    let mut fv = Vec::new();
+    for i in 0..600 {
+        fv.extend_from_slice(&(dim as i32).to_le_bytes());
+        for x in row(i) {
+            fv.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    std::fs::write(src.join("a.fvecs"), fv).unwrap();
+    let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': (400, {dim}), }}");
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let pad = 64 - (10 + header.len() + 1) % 64;
+    let h = format!("{header}{}\n", " ".repeat(pad));
+    npy.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    npy.extend_from_slice(h.as_bytes());
+    for i in 600..1000 {
+        for x in row(i) {
+            npy.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    std::fs::write(src.join("b.npy"), npy).unwrap();
+    std::fs::write(src.join("README.txt"), b"ignored").unwrap();
+
+    let storage = format!("file://{}", dir.join("store").display());
+    let source = format!("file://{}/", src.display());
+    let mut t: Vec<String> = vec!["train".into()];
+    t.extend(storage_args(&storage, "v1"));
+    t.extend(["--source", &source, "--nlist", "8"].map(String::from));
+    run_ok(&t.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let mut b: Vec<String> = vec!["build".into()];
+    b.extend(storage_args(&storage, "v1"));
+    b.extend(
+        [
+            "--source",
+            &source,
+            "--shards",
+            "3",
+            "--eval-queries",
+            "20",
+            "--eval-k",
+            "5",
+        ]
+        .map(String::from),
+    );
+    run_ok(&b.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let m: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("store/test/idx/versions/v1/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["ntotal"], 980, "{m}");
+    assert_eq!(m["dim"], 8);
+    assert_eq!(m["shards"].as_array().unwrap().len(), 3);
+    assert_eq!(m["eval"]["count"], 20);
+}

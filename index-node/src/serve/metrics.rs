@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Router -> shard calls, by shard and outcome (ok, error, retried).
     pub shard_calls: Family<Labels, Counter>,
     pub shard_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Router: replicas per shard by state (up, down = skipped after a failure).
+    pub shard_replicas: Family<Labels, Gauge>,
     /// Per version: 0 loading, 1 warm, 2 active, -1 failed.
     pub version_state: Family<Labels, Gauge>,
     pub version_vectors: Family<Labels, Gauge>,
@@ -54,6 +56,7 @@ impl Metrics {
             inflight: Gauge::default(),
             shard_calls: Family::default(),
             shard_seconds: Family::new_with_constructor(latency as fn() -> Histogram),
+            shard_replicas: Family::default(),
             version_state: Family::default(),
             version_vectors: Family::default(),
             version_bytes: Family::default(),
@@ -82,6 +85,11 @@ impl Metrics {
             "shard_call_duration_seconds",
             "Router-to-shard call latency",
             m.shard_seconds.clone(),
+        );
+        registry.register(
+            "shard_replicas",
+            "Router: shard replicas by state (down = skipped after a failure)",
+            m.shard_replicas.clone(),
         );
         registry.register(
             "version_state",

@@ -63,6 +63,9 @@ pub struct ServeCmd {
     /// Largest k a client may ask for.
     #[arg(long, default_value_t = 1000)]
     pub max_k: u32,
+    /// Most queries in one BatchSearch.
+    #[arg(long, default_value_t = 1024)]
+    pub max_batch: usize,
     /// Router: deadline of one shard call before trying another replica.
     #[arg(long, default_value_t = 2000)]
     pub shard_timeout_ms: u64,
@@ -108,6 +111,7 @@ pub struct Ctx {
     pub namespace: String,
     pub index: String,
     pub max_k: u32,
+    pub max_batch: usize,
 }
 
 pub fn run(cmd: ServeCmd) -> anyhow::Result<()> {
@@ -128,6 +132,7 @@ async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
         namespace: cmd.namespace.clone(),
         index: cmd.index.clone(),
         max_k: cmd.max_k.max(1),
+        max_batch: cmd.max_batch.max(1),
     };
     let grpc_addr = SocketAddr::new(cmd.listen_ip, cmd.grpc_port);
     let http_addr = SocketAddr::new(cmd.listen_ip, cmd.http_port);

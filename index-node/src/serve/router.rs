@@ -247,6 +247,22 @@ impl RouterState {
     }
 
     fn publish(&self, node: &Node) {
+        let now = self.now_ms();
+        for (shard, reps) in &self.pool.load().shards {
+            let up = reps
+                .iter()
+                .filter(|r| r.down_until.load(Ordering::Relaxed) <= now)
+                .count();
+            let l = |s: &str| vec![("shard", shard.to_string()), ("state", s.to_string())];
+            node.metrics
+                .shard_replicas
+                .get_or_create(&l("up"))
+                .set(up as i64);
+            node.metrics
+                .shard_replicas
+                .get_or_create(&l("down"))
+                .set((reps.len() - up) as i64);
+        }
         let active = self.active.load();
         for (name, slot) in self.versions.load().iter() {
             let l = vec![("version", name.clone())];
@@ -540,6 +556,13 @@ impl quiver_proto::query_server::Query for QuerySvc {
         let r = async {
             if req.queries.is_empty() {
                 return Err(Status::invalid_argument("queries: empty"));
+            }
+            if req.queries.len() > self.state.ctx.max_batch {
+                return Err(Status::invalid_argument(format!(
+                    "queries: {} exceeds the maximum batch of {}",
+                    req.queries.len(),
+                    self.state.ctx.max_batch
+                )));
             }
             // One pin for the whole batch: every answer comes from the same version.
             let v = self.state.pin(req.version.as_deref())?;
