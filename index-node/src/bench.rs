@@ -9,7 +9,6 @@ use anyhow::{Context, bail, ensure};
 use clap::{Args, Subcommand};
 use quiver_ivf::dataset::{self, Synthetic};
 use quiver_ivf::{IvfIndex, IvfParams, KMeansInit, Metric, QuantizerKind, SearchParams, kernels};
-use rayon::prelude::*;
 use serde_json::json;
 
 #[derive(Args)]
@@ -297,13 +296,7 @@ fn bench(a: &RunArgs) -> anyhow::Result<()> {
         let mut results = Vec::new();
         for _ in 0..a.repeat.max(1) {
             let t = Instant::now();
-            results = pool.install(|| {
-                queries
-                    .data
-                    .par_chunks_exact(dim)
-                    .map(|q| index.search_with_stats(q, &sp))
-                    .collect::<Result<Vec<_>, _>>()
-            })?;
+            results = pool.install(|| index.search_batch_with_stats(&queries.data, &sp))?;
             batch_s = batch_s.min(t.elapsed().as_secs_f64());
         }
         let found: Vec<Vec<u64>> = results

@@ -7,8 +7,10 @@ use rayon::prelude::*;
 use crate::kernels::{self, tile::TILE_C, tile::TILE_P};
 
 /// Centroids re-laid as dimension-major panels of 32, padded with zero centroids.
+#[derive(Debug, Clone)]
 pub struct Panels {
     dim: usize,
+    k: usize,
     data: Vec<f32>,
     /// ‖c‖² for L2 (0 for dot), plus the bias; +inf on padding so it never wins.
     offsets: Vec<f32>,
@@ -30,7 +32,12 @@ impl Panels {
             let norm = if dot { 0.0 } else { (kern.dot)(c, c) };
             offsets[j] = norm + bias.map_or(0.0, |b| b[j]);
         }
-        Panels { dim, data, offsets }
+        Panels {
+            dim,
+            k,
+            data,
+            offsets,
+        }
     }
 }
 
@@ -52,6 +59,44 @@ pub fn nearest(x: &[f32], panels: &Panels, dot: bool) -> (Vec<u32>, Vec<f32>) {
             nearest_chunk(rows, panels, dot, lab, cost);
         });
     (labels, costs)
+}
+
+/// Full cost matrix of a block of rows: `out[i*k + j] = cost(x_i, c_j)` with `k` the number
+/// of centroids; for L2 the true squared distance (‖x‖² included). Used for the coarse step
+/// of batch search, where one matrix product for many queries beats one pass per query.
+pub fn costs(x: &[f32], panels: &Panels, dot: bool, out: &mut [f32]) {
+    let kern = kernels::get();
+    let dim = panels.dim;
+    let k = panels.k;
+    let mut xt = vec![0f32; dim * TILE_P];
+    let mut acc = [[0f32; TILE_C]; TILE_P];
+    let npanels = panels.offsets.len() / TILE_C;
+    for (t, tile) in x.chunks(dim * TILE_P).enumerate() {
+        xt.fill(0.0);
+        let mut xnorm = [0f32; TILE_P];
+        for (p, row) in tile.chunks_exact(dim).enumerate() {
+            for (d, &v) in row.iter().enumerate() {
+                xt[d * TILE_P + p] = v;
+            }
+            if !dot {
+                xnorm[p] = (kern.dot)(row, row);
+            }
+        }
+        let scale = if dot { -1.0 } else { -2.0 };
+        for p_i in 0..npanels {
+            let panel = &panels.data[p_i * dim * TILE_C..(p_i + 1) * dim * TILE_C];
+            (kern.dot_tile)(&xt, panel, &mut acc);
+            let j0 = p_i * TILE_C;
+            let width = TILE_C.min(k - j0);
+            for p in 0..tile.len() / dim {
+                let o = &mut out[(t * TILE_P + p) * k + j0..(t * TILE_P + p) * k + j0 + width];
+                for (j, v) in o.iter_mut().enumerate() {
+                    let c = scale * acc[p][j] + panels.offsets[j0 + j] + xnorm[p];
+                    *v = if dot { c } else { c.max(0.0) };
+                }
+            }
+        }
+    }
 }
 
 fn nearest_chunk(rows: &[f32], panels: &Panels, dot: bool, labels: &mut [u32], costs: &mut [f32]) {
@@ -114,6 +159,8 @@ mod tests {
             for dot in [false, true] {
                 let panels = Panels::new(&c, dim, dot, None);
                 let (labels, costs) = nearest(&x, &panels, dot);
+                let mut full = vec![0f32; n * k];
+                super::costs(&x, &panels, dot, &mut full);
                 for i in 0..n {
                     let xi = &x[i * dim..(i + 1) * dim];
                     let cost = |j: usize| {
@@ -128,6 +175,14 @@ mod tests {
                         }
                     };
                     let best = (0..k).map(cost).fold(f32::INFINITY, f32::min);
+                    for j in 0..k {
+                        let want = cost(j).max(if dot { f32::NEG_INFINITY } else { 0.0 });
+                        let got = full[i * k + j];
+                        assert!(
+                            (got - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                            "cost {i},{j}"
+                        );
+                    }
                     let got = cost(labels[i] as usize);
                     assert!((got - best).abs() <= 1e-3 * (1.0 + best.abs()), "row {i}");
                     assert!(

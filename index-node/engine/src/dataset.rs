@@ -243,7 +243,9 @@ pub fn write_ivecs(path: &Path, dim: usize, data: &[i32]) -> Result<()> {
     write_vecs(path, dim, data, i32::to_le_bytes)
 }
 
-/// Parameters of a synthetic dataset: a mixture of Gaussian clusters whose sizes follow a
+/// Parameters of a synthetic dataset shaped like real embeddings: points lie near a
+/// low-dimensional subspace (`intrinsic` dimensions, mapped into `dim` by a fixed random
+/// matrix, plus a little isotropic noise), grouped in Gaussian clusters whose sizes follow a
 /// Zipf law (`skew` = 0: equal sizes; 1 and above: a few very large clusters, the case that
 /// makes hot lists), each cluster with its own spread.
 #[derive(Debug, Clone)]
@@ -256,14 +258,23 @@ pub struct Synthetic {
 }
 
 impl Synthetic {
+    /// Dimensions of the latent space (capped by `dim`).
+    pub fn intrinsic(&self) -> usize {
+        self.dim.min(24)
+    }
+
     /// `count` vectors; `stream` selects an independent stream (base 0, queries 1, ...) over
     /// the same clusters.
     pub fn generate(&self, count: usize, stream: u64) -> Vec<f32> {
         let mut rng = Rng::new(self.seed);
         let dim = self.dim;
+        let lat = self.intrinsic();
         let c = self.clusters.max(1);
-        let centers: Vec<f32> = (0..c * dim).map(|_| rng.normal()).collect();
-        let spread: Vec<f32> = (0..c).map(|_| 0.15 + 0.35 * rng.unit()).collect();
+        let centers: Vec<f32> = (0..c * lat).map(|_| rng.normal()).collect();
+        let spread: Vec<f32> = (0..c).map(|_| 0.1 + 0.3 * rng.unit()).collect();
+        // Random projection latent -> ambient, scaled to keep norms comparable.
+        let scale = 1.0 / (lat as f32).sqrt();
+        let proj: Vec<f32> = (0..dim * lat).map(|_| rng.normal() * scale).collect();
         let weights: Vec<f64> = (0..c)
             .map(|i| 1.0 / ((i + 1) as f64).powf(self.skew))
             .collect();
@@ -280,12 +291,16 @@ impl Synthetic {
             .enumerate()
             .for_each(|(ci, rows)| {
                 let mut r = Rng::new(self.seed ^ (stream.wrapping_add(1) << 40) ^ ci as u64);
+                let mut z = vec![0f32; lat];
                 for row in rows.chunks_exact_mut(dim) {
                     let u = f64::from(r.unit());
                     let j = cdf.partition_point(|&p| p < u).min(c - 1);
-                    let s = spread[j];
+                    for (l, zl) in z.iter_mut().enumerate() {
+                        *zl = centers[j * lat + l] + spread[j] * r.normal();
+                    }
                     for (d, v) in row.iter_mut().enumerate() {
-                        *v = centers[j * dim + d] + s * r.normal();
+                        let p = &proj[d * lat..(d + 1) * lat];
+                        *v = p.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>() + 0.02 * r.normal();
                     }
                 }
             });

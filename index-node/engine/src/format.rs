@@ -350,6 +350,7 @@ pub fn read_quantizer(bytes: &[u8], file: &str) -> Result<IvfIndex> {
         encoder,
         pq_terms: None,
         fingerprint: 0,
+        panels: crate::assign::Panels::new(&[], 1, false, None),
     };
     index.finish_quantizer();
     Ok(index)

@@ -167,6 +167,8 @@ pub struct IvfIndex {
     /// PQ with L2: query-independent table terms per list (`nlist × m × 256`).
     pub(crate) pq_terms: Option<Vec<f32>>,
     pub(crate) fingerprint: u64,
+    /// Centroids laid out for the blocked matrix-product kernels (bulk add, batch search).
+    pub(crate) panels: Panels,
 }
 
 /// Above this, PQ list terms are computed per query instead of stored.
@@ -219,15 +221,10 @@ impl IvfIndex {
         if params.metric == Metric::Cosine {
             normalize_rows(&mut data, dim);
         }
-        let dot = params.metric.is_dot();
-        let km = kmeans::train(
-            &data,
-            dim,
-            params.nlist,
-            &params.kmeans,
-            dot,
-            params.metric == Metric::Cosine,
-        )?;
+        // Cosine runs as L2 on normalised vectors (same ranking): mean centroids leave
+        // smaller residuals than spherical ones, so SQ8/PQ codes lose less.
+        let dot = params.metric == Metric::InnerProduct;
+        let km = kmeans::train(&data, dim, params.nlist, &params.kmeans, dot, false)?;
         let centroids = km.centroids;
 
         let encoder = match params.quantizer {
@@ -261,6 +258,7 @@ impl IvfIndex {
             encoder,
             pq_terms: None,
             fingerprint: 0,
+            panels: Panels::new(&[], 1, false, None),
         };
         index.finish_quantizer();
         Ok(index)
@@ -270,8 +268,7 @@ impl IvfIndex {
     pub(crate) fn finish_quantizer(&mut self) {
         self.pq_terms = match &self.encoder {
             Encoder::Pq(pq)
-                if self.params.metric == Metric::L2
-                    && self.params.nlist * pq.m * KSUB * 4 <= PQ_TERMS_MAX_BYTES =>
+                if !self.dot() && self.params.nlist * pq.m * KSUB * 4 <= PQ_TERMS_MAX_BYTES =>
             {
                 let mut t = vec![0f32; self.params.nlist * pq.m * KSUB];
                 t.par_chunks_exact_mut(pq.m * KSUB)
@@ -282,6 +279,7 @@ impl IvfIndex {
             _ => None,
         };
         self.fingerprint = crate::format::quantizer_fingerprint(self);
+        self.panels = Panels::new(&self.centroids, self.params.dim, self.dot(), None);
     }
 
     pub fn params(&self) -> &IvfParams {
@@ -292,6 +290,11 @@ impl IvfIndex {
     }
     pub fn metric(&self) -> Metric {
         self.params.metric
+    }
+    /// Whether the engine compares by inner product internally. Cosine compares normalised
+    /// vectors by L2 and converts at the end (`−cos = ‖q − x‖² / 2 − 1`).
+    fn dot(&self) -> bool {
+        self.params.metric == Metric::InnerProduct
     }
     pub fn nlist(&self) -> usize {
         self.params.nlist
@@ -321,7 +324,7 @@ impl IvfIndex {
         }
     }
     pub(crate) fn has_aux(&self) -> bool {
-        matches!(self.encoder, Encoder::Sq8(_)) && self.params.metric == Metric::L2
+        matches!(self.encoder, Encoder::Sq8(_)) && !self.dot()
     }
     pub(crate) fn has_raw(&self) -> bool {
         matches!(self.encoder, Encoder::Flat) || self.params.keep_raw
@@ -354,6 +357,7 @@ impl IvfIndex {
             lists: Vec::new(),
             pq_terms: self.pq_terms.clone(),
             fingerprint: self.fingerprint,
+            panels: self.panels.clone(),
         }
     }
 
@@ -403,9 +407,7 @@ impl IvfIndex {
         } else {
             vectors
         };
-        let dot = self.params.metric.is_dot();
-        let panels = Panels::new(&self.centroids, dim, dot, None);
-        Ok(assign::nearest(data, &panels, dot).0)
+        Ok(assign::nearest(data, &self.panels, self.dot()).0)
     }
 
     /// Adds vectors with their ids. Ids need not be unique; `remove` removes every copy.
@@ -419,15 +421,14 @@ impl IvfIndex {
                 vectors: n,
             });
         }
-        let dot = self.params.metric.is_dot();
-        let panels = Panels::new(&self.centroids, dim, dot, None);
+        let dot = self.dot();
         for start in (0..n).step_by(ADD_CHUNK) {
             let end = (start + ADD_CHUNK).min(n);
             let mut data = vectors[start * dim..end * dim].to_vec();
             if self.params.metric == Metric::Cosine {
                 normalize_rows(&mut data, dim);
             }
-            let (labels, _) = assign::nearest(&data, &panels, dot);
+            let (labels, _) = assign::nearest(&data, &self.panels, dot);
             self.add_assigned(&ids[start..end], &data, &labels);
         }
         Ok(())
@@ -563,7 +564,7 @@ impl IvfIndex {
             let dim = self.params.dim;
             for &l in lists {
                 let c = &self.centroids[l as usize * dim..(l as usize + 1) * dim];
-                let d = if self.params.metric.is_dot() {
+                let d = if self.dot() {
                     -(k_.dot)(&s.query, c)
                 } else {
                     (k_.l2)(&s.query, c)
@@ -579,14 +580,70 @@ impl IvfIndex {
         })
     }
 
-    /// Searches many queries in parallel (one rayon task per query).
+    /// Searches many queries in parallel.
     pub fn search_batch(&self, queries: &[f32], p: &SearchParams) -> Result<Vec<Vec<Neighbor>>> {
+        Ok(self
+            .search_batch_with_stats(queries, p)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    /// Searches many queries in parallel: blocks of queries get their coarse distances from
+    /// one matrix product (much cheaper than one pass over the centroids per query), then
+    /// each query scans its lists. Results match [`IvfIndex::search`] up to the rounding of
+    /// the coarse distances.
+    pub fn search_batch_with_stats(
+        &self,
+        queries: &[f32],
+        p: &SearchParams,
+    ) -> Result<Vec<(Vec<Neighbor>, SearchStats)>> {
         let dim = self.params.dim;
         check_vectors("queries", queries, dim)?;
-        queries
-            .par_chunks_exact(dim)
-            .map(|q| self.search(q, p))
-            .collect()
+        if p.k == 0 {
+            return Err(IvfError::param("k", "must be at least 1"));
+        }
+        if p.nprobe == 0 {
+            return Err(IvfError::param("nprobe", "must be at least 1"));
+        }
+        self.check_rerank(p.rerank)?;
+        const BQ: usize = 32;
+        let nlist = self.params.nlist;
+        let dot = self.dot();
+        let blocks: Vec<Vec<(Vec<Neighbor>, SearchStats)>> = queries
+            .par_chunks(BQ * dim)
+            .map(|block| {
+                let mut normed;
+                let block = if self.params.metric == Metric::Cosine {
+                    normed = block.to_vec();
+                    normalize_rows(&mut normed, dim);
+                    &normed[..]
+                } else {
+                    block
+                };
+                let nb = block.len() / dim;
+                let mut dist = vec![0f32; nb * nlist];
+                assign::costs(block, &self.panels, dot, &mut dist);
+                SCRATCH.with(|s| {
+                    let s = &mut *s.borrow_mut();
+                    let mut coarse = std::mem::take(&mut s.coarse);
+                    let out = (0..nb)
+                        .map(|i| {
+                            self.prepare_query(&block[i * dim..(i + 1) * dim], s);
+                            select_nearest(
+                                &dist[i * nlist..(i + 1) * nlist],
+                                p.nprobe,
+                                &mut coarse,
+                            );
+                            self.scan(&coarse, p.k, p.rerank, s)
+                        })
+                        .collect();
+                    s.coarse = coarse;
+                    out
+                })
+            })
+            .collect();
+        Ok(blocks.into_iter().flatten().collect())
     }
 
     fn check_rerank(&self, rerank: usize) -> Result<()> {
@@ -605,11 +662,7 @@ impl IvfIndex {
         // Per-query PQ table (the query's half of the lookup tables).
         if let Encoder::Pq(pq) = &self.encoder {
             s.qtab.resize(pq.m * KSUB, 0.0);
-            let scale = if self.params.metric == Metric::L2 {
-                -2.0
-            } else {
-                -1.0
-            };
+            let scale = if !self.dot() { -2.0 } else { -1.0 };
             pq.dot_table(&s.query, scale, &mut s.qtab);
         }
     }
@@ -619,22 +672,15 @@ impl IvfIndex {
         let nlist = self.params.nlist;
         let k = kernels::get();
         s.tmp.resize(nlist, 0.0);
-        if self.params.metric.is_dot() {
+        if self.dot() {
             (k.dot_batch)(&s.query, &self.centroids, &mut s.tmp);
             s.tmp.iter_mut().for_each(|d| *d = -*d);
         } else {
             (k.l2_batch)(&s.query, &self.centroids, &mut s.tmp);
         }
-        s.coarse.clear();
-        s.coarse
-            .extend(s.tmp.iter().enumerate().map(|(l, &d)| (d, l as u32)));
-        let nprobe = nprobe.min(nlist);
-        if nprobe < nlist {
-            s.coarse
-                .select_nth_unstable_by(nprobe, |a, b| a.0.total_cmp(&b.0));
-            s.coarse.truncate(nprobe);
-        }
-        s.coarse.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+        let mut coarse = std::mem::take(&mut s.coarse);
+        select_nearest(&s.tmp, nprobe, &mut coarse);
+        s.coarse = coarse;
     }
 
     /// Scans the given lists; `coarse` holds (coarse distance, list) pairs.
@@ -673,7 +719,7 @@ impl IvfIndex {
                 let (l, i) = ((c.id >> 32) as usize, (c.id & 0xffff_ffff) as usize);
                 let list = &self.lists[l];
                 let v = &list.raw[i * dim..(i + 1) * dim];
-                let d = if self.params.metric.is_dot() {
+                let d = if self.dot() {
                     -(kern.dot)(&s.query, v)
                 } else {
                     (kern.l2)(&s.query, v)
@@ -685,6 +731,11 @@ impl IvfIndex {
             top.sorted()
         };
         s.top = top;
+        let mut out = out;
+        if self.params.metric == Metric::Cosine {
+            out.iter_mut()
+                .for_each(|n| n.distance = 0.5 * n.distance - 1.0);
+        }
         (out, stats)
     }
 
@@ -701,7 +752,7 @@ impl IvfIndex {
     ) {
         let kern = kernels::get();
         let dim = self.params.dim;
-        let dot = self.params.metric.is_dot();
+        let dot = self.dot();
         let centroid = &self.centroids[l as usize * dim..(l as usize + 1) * dim];
         let n = list.len();
         let label = |i: usize| {
@@ -831,6 +882,18 @@ fn push_block(
             }
         }
     }
+}
+
+/// The `nprobe` smallest of `dist` as (distance, list), nearest first.
+fn select_nearest(dist: &[f32], nprobe: usize, out: &mut Vec<(f32, u32)>) {
+    out.clear();
+    out.extend(dist.iter().enumerate().map(|(l, &d)| (d, l as u32)));
+    let nprobe = nprobe.min(dist.len());
+    if nprobe < dist.len() {
+        out.select_nth_unstable_by(nprobe, |a, b| a.0.total_cmp(&b.0));
+        out.truncate(nprobe);
+    }
+    out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
 }
 
 /// `x_i − c_{label_i}` for every row.

@@ -56,7 +56,9 @@ impl Metric {
         let k = crate::kernels::get();
         match self {
             Metric::L2 => (k.l2)(a, b),
-            Metric::InnerProduct | Metric::Cosine => -(k.dot)(a, b),
+            Metric::InnerProduct => -(k.dot)(a, b),
+            // Equals −cos for unit vectors; the engine computes cosine this way.
+            Metric::Cosine => 0.5 * (k.l2)(a, b) - 1.0,
         }
     }
 

@@ -24,6 +24,7 @@ fn check(q: QuantizerKind, keep_raw: bool, rerank: usize, floor_all: f64, floor_
                     rerank,
                 },
             );
+            eprintln!("{q} {metric} nprobe {nprobe}: recall {r}");
             assert!(
                 r + 1e-9 >= last,
                 "{q} {metric}: recall fell from {last} to {r} at nprobe {nprobe}"
@@ -52,19 +53,18 @@ fn flat_is_exact_when_probing_all_lists() {
 
 #[test]
 fn sq8_recall() {
-    check(QuantizerKind::Sq8, false, 0, 0.93, 0.75);
+    check(QuantizerKind::Sq8, false, 0, 0.95, 0.9);
 }
 
 #[test]
 fn pq_recall() {
-    // 16 bytes for 32 dimensions: 2 dimensions per sub-quantizer. Normalised (cosine)
-    // synthetic clusters have near-tied neighbours, hence a floor below L2's ~0.8.
-    check(QuantizerKind::Pq { m: 16 }, false, 0, 0.65, 0.55);
+    // 16 bytes for 32 dimensions: 2 dimensions per sub-quantizer.
+    check(QuantizerKind::Pq { m: 16 }, false, 0, 0.85, 0.8);
 }
 
 #[test]
 fn pq_with_rerank_recovers_exact_order() {
-    check(QuantizerKind::Pq { m: 8 }, true, 100, 0.95, 0.8);
+    check(QuantizerKind::Pq { m: 8 }, true, 100, 0.99, 0.9);
 }
 
 #[test]
