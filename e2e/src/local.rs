@@ -26,6 +26,8 @@ pub struct LocalConfig {
     /// Watch history kept by the API server, in events.
     pub history: usize,
     pub bookmark_interval: std::time::Duration,
+    /// First container restart back-off (the real kubelet uses 10s).
+    pub restart_backoff: std::time::Duration,
 }
 
 impl LocalConfig {
@@ -39,6 +41,7 @@ impl LocalConfig {
             controllers: true,
             history: 10_000,
             bookmark_interval: std::time::Duration::from_secs(10),
+            restart_backoff: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -74,11 +77,12 @@ impl Local {
             Vec::new()
         };
         if cfg.kubelet {
-            let kcfg = crate::kubelet::KubeletConfig::new(
+            let mut kcfg = crate::kubelet::KubeletConfig::new(
                 cfg.node.clone(),
                 state_dir.join("pods"),
                 cfg.images.clone(),
             );
+            kcfg.backoff_base = cfg.restart_backoff;
             tasks.push(tokio::spawn(crate::kubelet::run(client, kcfg)));
         }
         Ok(Self { server, tasks })

@@ -1,0 +1,409 @@
+//! Controllers and the process kubelet, end to end, with `quiver-testpod` as the container.
+//! These need a kubelet that can run the test binary, so they always use the in-process
+//! stand-in (QUIVER_E2E_KUBECONFIG is ignored here).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{bounded, eventually};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use quiver_e2e::local::{Local, LocalConfig};
+use serde_json::{Value, json};
+
+struct Env {
+    local: Local,
+    client: Client,
+    ns: String,
+    dir: std::path::PathBuf,
+}
+
+async fn start() -> Env {
+    let dir = std::env::temp_dir().join(common::unique(&format!(
+        "quiver-cluster-{}",
+        std::process::id()
+    )));
+    let mut cfg = LocalConfig::new(dir.clone());
+    cfg.images.insert(
+        "testpod".into(),
+        env!("CARGO_BIN_EXE_quiver-testpod").into(),
+    );
+    cfg.restart_backoff = Duration::from_millis(500);
+    let local = Local::start(cfg).await.expect("start");
+    let client = quiver_e2e::local::client_for(&local.server.kubeconfig)
+        .await
+        .expect("client");
+    let ns = common::unique("t");
+    let nsobj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &nsobj)
+        .await
+        .expect("namespace");
+    Env {
+        local,
+        client,
+        ns,
+        dir,
+    }
+}
+
+impl Env {
+    async fn stop(self) {
+        self.local.stop().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+}
+
+fn serving_container(ready_after_ms: u64) -> Value {
+    json!({"name": "web", "image": "registry.example/testpod:1", "args": ["serve", "8080", ready_after_ms.to_string()],
+           "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                   {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+           "ports": [{"name": "http", "containerPort": 8080}],
+           "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1},
+           "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1, "failureThreshold": 3}})
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::test]
+async fn pod_serves_readiness_then_terminates_on_delete() {
+    bounded(90, async {
+        let env = start().await;
+        let pods: Api<Pod> = env.api();
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"terminationGracePeriodSeconds": 5, "containers": [serving_container(1500)]}})).expect("pod");
+        pods.create(&PostParams::default(), &pod).await.expect("create");
+        let p = eventually(30, "pod running", || async {
+            let p = pods.get("web").await.ok()?;
+            (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
+        })
+        .await;
+        assert!(!ready(&p) || p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).is_some(), "status written");
+        assert_eq!(p.spec.as_ref().and_then(|s| s.node_name.clone()).as_deref(), Some("quiver-node"), "bound to the kubelet's node");
+        let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod ip");
+        assert!(ip.starts_with("127.") && ip != "127.0.0.1", "pod IP {ip}");
+        let p = eventually(30, "pod ready", || async {
+            let p = pods.get("web").await.ok()?;
+            ready(&p).then_some(p)
+        })
+        .await;
+        let cs = &p.status.as_ref().and_then(|s| s.container_statuses.clone()).expect("container statuses")[0];
+        assert!(cs.ready && cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
+        let resp = tokio::net::TcpStream::connect((ip.as_str(), 8080)).await;
+        assert!(resp.is_ok(), "the container listens on its pod IP");
+        let log = quiver_e2e::kubelet::read_logs(&env.dir.join("pods"), &env.ns, "web", None).expect("log");
+        assert!(log.contains(&format!("listening on {ip}:8080")), "log: {log}");
+
+        pods.delete("web", &DeleteParams::default()).await.expect("delete");
+        eventually(30, "pod removed after graceful stop", || async { pods.get_opt("web").await.ok()?.is_none().then_some(()) }).await;
+        env.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn killed_container_is_restarted() {
+    bounded(90, async {
+        let env = start().await;
+        let pods: Api<Pod> = env.api();
+        let pod: Pod = serde_json::from_value(
+            json!({"metadata": {"name": "victim"}, "spec": {"containers": [serving_container(0)]}}),
+        )
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create");
+        let pid = eventually(30, "pod ready", || async {
+            let p = pods.get("victim").await.ok()?;
+            let id = p.status.as_ref()?.container_statuses.as_ref()?[0]
+                .container_id
+                .clone()?;
+            ready(&p)
+                .then(|| {
+                    id.trim_start_matches("quiver-process://")
+                        .parse::<i32>()
+                        .ok()
+                })
+                .flatten()
+        })
+        .await;
+        // SAFETY: kill(2) on the test's own child process.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let cs = eventually(30, "container restarted", || async {
+            let p = pods.get("victim").await.ok()?;
+            let cs = p.status.as_ref()?.container_statuses.as_ref()?[0].clone();
+            (cs.restart_count >= 1 && cs.state.as_ref()?.running.is_some()).then_some(cs)
+        })
+        .await;
+        let last = cs
+            .last_state
+            .and_then(|s| s.terminated)
+            .expect("last state");
+        assert_eq!(last.exit_code, 137, "killed by SIGKILL");
+        eventually(30, "ready again", || async {
+            ready(&pods.get("victim").await.ok()?).then_some(())
+        })
+        .await;
+        env.stop().await;
+    })
+    .await;
+}
+
+fn job(
+    name: &str,
+    code: i32,
+    completions: i32,
+    parallelism: i32,
+    backoff: i32,
+    indexed: bool,
+) -> Job {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
+        "completions": completions, "parallelism": parallelism, "backoffLimit": backoff,
+        "completionMode": if indexed { "Indexed" } else { "NonIndexed" },
+        "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "testpod", "args": ["exit", code.to_string(), "100"],
+            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}}}}))
+    .expect("job")
+}
+
+fn condition(j: &Job, ty: &str) -> bool {
+    j.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == ty && c.status == "True"))
+}
+
+#[tokio::test]
+async fn jobs_complete_fail_and_index() {
+    bounded(120, async {
+        let env = start().await;
+        let jobs: Api<Job> = env.api();
+        jobs.create(&PostParams::default(), &job("ok", 0, 3, 2, 2, false))
+            .await
+            .expect("ok job");
+        jobs.create(&PostParams::default(), &job("bad", 1, 1, 1, 1, false))
+            .await
+            .expect("bad job");
+        jobs.create(&PostParams::default(), &job("idx", 0, 3, 3, 1, true))
+            .await
+            .expect("indexed job");
+        let ok = eventually(60, "job ok complete", || async {
+            jobs.get("ok")
+                .await
+                .ok()
+                .filter(|j| condition(j, "Complete"))
+        })
+        .await;
+        assert_eq!(ok.status.as_ref().and_then(|s| s.succeeded), Some(3));
+        let bad = eventually(60, "job bad failed", || async {
+            jobs.get("bad")
+                .await
+                .ok()
+                .filter(|j| condition(j, "Failed"))
+        })
+        .await;
+        assert!(
+            bad.status.as_ref().and_then(|s| s.failed).unwrap_or(0) >= 2,
+            "backoffLimit 1 allows two failures"
+        );
+        assert!(!condition(&bad, "Complete"));
+        let idx = eventually(60, "indexed job complete", || async {
+            jobs.get("idx")
+                .await
+                .ok()
+                .filter(|j| condition(j, "Complete"))
+        })
+        .await;
+        assert_eq!(
+            idx.status
+                .as_ref()
+                .and_then(|s| s.completed_indexes.clone())
+                .as_deref(),
+            Some("0-2")
+        );
+        let pods: Api<Pod> = env.api();
+        let mut seen = Vec::new();
+        for p in pods
+            .list(&ListParams::default().labels("batch.kubernetes.io/job-name=idx"))
+            .await
+            .expect("pods")
+            .items
+        {
+            let i = p
+                .annotations()
+                .get("batch.kubernetes.io/job-completion-index")
+                .cloned()
+                .expect("index annotation");
+            let log =
+                quiver_e2e::kubelet::read_logs(&env.dir.join("pods"), &env.ns, &p.name_any(), None)
+                    .expect("log");
+            assert!(log.contains(&format!("JOB_COMPLETION_INDEX={i}")), "{log}");
+            seen.push(i);
+        }
+        seen.sort();
+        assert_eq!(seen, ["0", "1", "2"]);
+        env.stop().await;
+    })
+    .await;
+}
+
+fn sts(replicas: i32, policy: &str) -> StatefulSet {
+    serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
+        "replicas": replicas, "serviceName": "db", "podManagementPolicy": policy,
+        "selector": {"matchLabels": {"app": "db"}},
+        "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"terminationGracePeriodSeconds": 2, "containers": [
+            {"volumeMounts": [{"name": "data", "mountPath": "/data"}], "name": "web", "image": "testpod", "args": ["serve", "8080"],
+             "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+             "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1}}]}},
+        "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}))
+    .expect("sts")
+}
+
+async fn ready_pods(pods: &Api<Pod>) -> Vec<String> {
+    let mut v: Vec<String> = pods
+        .list(&ListParams::default().labels("app=db"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| ready(p) && p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn statefulset_scales_up_and_down_in_order() {
+    bounded(150, async {
+        let env = start().await;
+        let sets: Api<StatefulSet> = env.api();
+        let pods: Api<Pod> = env.api();
+        sets.create(&PostParams::default(), &sts(2, "OrderedReady"))
+            .await
+            .expect("sts");
+        eventually(60, "two ready pods", || async {
+            (ready_pods(&pods).await == ["db-0", "db-1"]).then_some(())
+        })
+        .await;
+        let pvcs: Api<PersistentVolumeClaim> = env.api();
+        assert!(
+            pvcs.get_opt("data-db-0").await.expect("pvc").is_some()
+                && pvcs.get_opt("data-db-1").await.expect("pvc").is_some()
+        );
+        let s = eventually(30, "status counts", || async {
+            sets.get("db")
+                .await
+                .ok()
+                .filter(|s| s.status.as_ref().and_then(|s| s.ready_replicas) == Some(2))
+        })
+        .await;
+        assert_eq!(s.status.map(|s| s.replicas), Some(2));
+
+        // A deleted pod comes back under the same name, with the same PVC directory.
+        let marker = env
+            .dir
+            .join("pods")
+            .join("pvc")
+            .join(&env.ns)
+            .join("data-db-1")
+            .join("marker");
+        std::fs::write(&marker, "kept").expect("write into the PVC directory");
+        pods.delete("db-1", &DeleteParams::default())
+            .await
+            .expect("delete pod");
+        eventually(60, "db-1 recreated", || async {
+            let p = pods.get_opt("db-1").await.ok()??;
+            (ready(&p) && p.metadata.deletion_timestamp.is_none()).then_some(())
+        })
+        .await;
+        assert_eq!(std::fs::read_to_string(&marker).expect("marker"), "kept");
+
+        sets.patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .expect("scale up");
+        eventually(60, "three ready pods", || async {
+            (ready_pods(&pods).await == ["db-0", "db-1", "db-2"]).then_some(())
+        })
+        .await;
+        sets.patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .expect("scale down");
+        eventually(60, "one pod left", || async {
+            let all = pods
+                .list(&ListParams::default().labels("app=db"))
+                .await
+                .ok()?;
+            (all.items.len() == 1 && all.items[0].name_any() == "db-0").then_some(())
+        })
+        .await;
+        eventually(30, "status scaled down", || async {
+            sets.get("db")
+                .await
+                .ok()
+                .filter(|s| s.status.as_ref().map(|s| s.replicas) == Some(1))
+        })
+        .await;
+        env.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deployment_rolls_to_a_new_template() {
+    bounded(150, async {
+        let env = start().await;
+        let deps: Api<Deployment> = env.api();
+        let pods: Api<Pod> = env.api();
+        let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"terminationGracePeriodSeconds": 2, "containers": [serving_container(0)]}}}}))
+        .expect("deployment");
+        deps.create(&PostParams::default(), &d).await.expect("create");
+        let first_hash = eventually(60, "deployment available", || async {
+            let d = deps.get("web").await.ok()?;
+            let s = d.status.as_ref()?;
+            (s.ready_replicas == Some(2) && s.updated_replicas == Some(2)).then_some(())?;
+            let p = pods.list(&ListParams::default().labels("app=web")).await.ok()?;
+            p.items.first()?.labels().get("pod-template-hash").cloned()
+        })
+        .await;
+        deps.patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"rev": "2"}}}}}))).await.expect("new template");
+        eventually(90, "rolled out", || async {
+            let d = deps.get("web").await.ok()?;
+            let s = d.status.as_ref()?;
+            let live: Vec<Pod> = pods.list(&ListParams::default().labels("app=web")).await.ok()?.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+            let all_new = live.len() == 2 && live.iter().all(|p| p.labels().get("pod-template-hash") != Some(&first_hash) && ready(p));
+            (all_new && s.updated_replicas == Some(2) && s.ready_replicas == Some(2) && s.replicas == Some(2)).then_some(())
+        })
+        .await;
+        let sets: Api<ReplicaSet> = env.api();
+        let rs = sets.list(&ListParams::default()).await.expect("replicasets").items;
+        assert_eq!(rs.len(), 2);
+        let old = rs.iter().find(|r| r.labels().get("pod-template-hash") == Some(&first_hash)).expect("old rs");
+        assert_eq!(old.spec.replicas, Some(0));
+        env.stop().await;
+    })
+    .await;
+}
