@@ -293,11 +293,16 @@ fn bench(a: &RunArgs) -> anyhow::Result<()> {
             index.search(q, &sp)?;
         }
         let mut batch_s = f64::INFINITY;
+        let mut cpu_s = f64::INFINITY;
         let mut results = Vec::new();
         for _ in 0..a.repeat.max(1) {
+            let cpu0 = process_cpu_seconds();
             let t = Instant::now();
             results = pool.install(|| index.search_batch_with_stats(&queries.data, &sp))?;
             batch_s = batch_s.min(t.elapsed().as_secs_f64());
+            if let (Some(c0), Some(c1)) = (cpu0, process_cpu_seconds()) {
+                cpu_s = cpu_s.min(c1 - c0);
+            }
         }
         let found: Vec<Vec<u64>> = results
             .iter()
@@ -337,6 +342,7 @@ fn bench(a: &RunArgs) -> anyhow::Result<()> {
                     "nprobe": nprobe,
                     "recall_at_k": round(recall, 4),
                     "qps": round(qps, 1),
+                    "cpu_qps": if cpu_s.is_finite() { round(nq as f64 / cpu_s, 1) } else { 0.0 },
                     "p50_us": round(pct(0.5), 1),
                     "p99_us": round(pct(0.99), 1),
                     "scanned": round(scanned, 1),
@@ -351,6 +357,19 @@ fn bench(a: &RunArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// CPU time of the whole process (all threads) in seconds, from the scheduler's own
+/// nanosecond counters: unlike wall time, it does not count time the machine spent on other
+/// work, which makes figures comparable on a shared machine. Linux only.
+fn process_cpu_seconds() -> Option<f64> {
+    let mut ns: u64 = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let text = std::fs::read_to_string(path).ok()?;
+        ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(ns as f64 / 1e9)
 }
 
 fn round(x: f64, digits: i32) -> f64 {

@@ -331,11 +331,11 @@ pub fn read_quantizer(bytes: &[u8], file: &str) -> Result<IvfIndex> {
             vmin: r.f32s(dim, "SQ8 minimums")?,
             step: r.f32s(dim, "SQ8 steps")?,
         }),
-        QuantizerKind::Pq { m } => Encoder::Pq(Pq {
+        QuantizerKind::Pq { m } => Encoder::Pq(Pq::new(
             m,
-            dsub: dim / m,
-            codebooks: r.f32s(m * KSUB * (dim / m), "PQ codebooks")?,
-        }),
+            dim / m,
+            r.f32s(m * KSUB * (dim / m), "PQ codebooks")?,
+        )),
     };
     if r.pos != body.len() {
         return Err(IvfError::format(

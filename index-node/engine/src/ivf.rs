@@ -829,9 +829,8 @@ impl IvfIndex {
                     coarse_dist // −<q, c>
                 } else if let Some(terms) = &self.pq_terms {
                     let t = &terms[l as usize * m * KSUB..(l as usize + 1) * m * KSUB];
-                    for ((o, a), b) in s.lut.iter_mut().zip(t).zip(&s.qtab) {
-                        *o = a + b;
-                    }
+                    s.lut.copy_from_slice(t);
+                    (kern.axpy)(1.0, &s.qtab, &mut s.lut);
                     coarse_dist // ‖q − c‖²
                 } else {
                     s.tmp.clear();
@@ -887,13 +886,48 @@ fn push_block(
 /// The `nprobe` smallest of `dist` as (distance, list), nearest first.
 fn select_nearest(dist: &[f32], nprobe: usize, out: &mut Vec<(f32, u32)>) {
     out.clear();
-    out.extend(dist.iter().enumerate().map(|(l, &d)| (d, l as u32)));
-    let nprobe = nprobe.min(dist.len());
-    if nprobe < dist.len() {
-        out.select_nth_unstable_by(nprobe, |a, b| a.0.total_cmp(&b.0));
-        out.truncate(nprobe);
+    let n = nprobe.min(dist.len());
+    if n == 0 {
+        return;
     }
-    out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    if n * 8 >= dist.len() {
+        out.extend(dist.iter().enumerate().map(|(l, &d)| (d, l as u32)));
+        if n < dist.len() {
+            out.select_nth_unstable_by(n, |a, b| a.0.total_cmp(&b.0));
+            out.truncate(n);
+        }
+    } else {
+        // Few lists of many: a bounded max-heap rejects most candidates with one compare.
+        for (l, &d) in dist.iter().enumerate() {
+            if out.len() < n {
+                out.push((d, l as u32));
+                let mut i = out.len() - 1;
+                while i > 0 && out[(i - 1) / 2].0 < out[i].0 {
+                    out.swap(i, (i - 1) / 2);
+                    i = (i - 1) / 2;
+                }
+            } else if d < out[0].0 {
+                out[0] = (d, l as u32);
+                let mut i = 0;
+                loop {
+                    let (a, b) = (2 * i + 1, 2 * i + 2);
+                    let mut top = i;
+                    if a < n && out[a].0 > out[top].0 {
+                        top = a;
+                    }
+                    if b < n && out[b].0 > out[top].0 {
+                        top = b;
+                    }
+                    if top == i {
+                        break;
+                    }
+                    out.swap(i, top);
+                    i = top;
+                }
+            }
+        }
+    }
+    out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
 }
 
 /// `x_i − c_{label_i}` for every row.

@@ -16,6 +16,10 @@ pub struct Pq {
     pub dsub: usize,
     /// `m × 256 × dsub` codewords.
     pub codebooks: Vec<f32>,
+    /// The same codewords as `m × dsub × 256` (dimension-major), so that a query's table
+    /// is `dsub` contiguous multiply-adds of 256 lanes per sub-quantizer, not 256 short dot
+    /// products with a horizontal sum each.
+    pub codebooks_t: Vec<f32>,
 }
 
 impl Pq {
@@ -55,11 +59,24 @@ impl Pq {
                 kmeans::train(&sub, dsub, KSUB, &p, false, false).map(|k| k.centroids)
             })
             .collect();
-        Ok(Pq {
+        Ok(Pq::new(m, dsub, books?.concat()))
+    }
+
+    pub fn new(m: usize, dsub: usize, codebooks: Vec<f32>) -> Pq {
+        let mut codebooks_t = vec![0f32; codebooks.len()];
+        for j in 0..m {
+            for i in 0..KSUB {
+                for d in 0..dsub {
+                    codebooks_t[(j * dsub + d) * KSUB + i] = codebooks[(j * KSUB + i) * dsub + d];
+                }
+            }
+        }
+        Pq {
             m,
             dsub,
-            codebooks: books?.concat(),
-        })
+            codebooks,
+            codebooks_t,
+        }
     }
 
     pub fn codeword(&self, j: usize, i: usize) -> &[f32] {
@@ -97,13 +114,13 @@ impl Pq {
     /// `out[j*256 + i] = scale * <q_j, codeword(j, i)>`.
     pub fn dot_table(&self, q: &[f32], scale: f32, out: &mut [f32]) {
         let k = kernels::get();
+        out.fill(0.0);
         for j in 0..self.m {
-            let qj = &q[j * self.dsub..(j + 1) * self.dsub];
-            let book = &self.codebooks[j * KSUB * self.dsub..(j + 1) * KSUB * self.dsub];
             let o = &mut out[j * KSUB..(j + 1) * KSUB];
-            (k.dot_batch)(qj, book, o);
-            if scale != 1.0 {
-                o.iter_mut().for_each(|v| *v *= scale);
+            for d in 0..self.dsub {
+                let col =
+                    &self.codebooks_t[(j * self.dsub + d) * KSUB..(j * self.dsub + d + 1) * KSUB];
+                (k.axpy)(scale * q[j * self.dsub + d], col, o);
             }
         }
     }

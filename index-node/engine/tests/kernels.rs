@@ -101,6 +101,24 @@ fn code_kernels_match_scalar() {
 }
 
 #[test]
+fn axpy_matches_scalar() {
+    let reference = kernels::scalar();
+    let mut rng = Rng::new(4);
+    for k in kernels::available() {
+        for &d in &DIMS {
+            let x = vecs(&mut rng, d);
+            let y0 = vecs(&mut rng, d);
+            let (mut got, mut want) = (y0.clone(), y0);
+            (k.axpy)(0.75, &x, &mut got);
+            (reference.axpy)(0.75, &x, &mut want);
+            for i in 0..d {
+                close(got[i], want[i], &format!("{} axpy d={d}", k.name));
+            }
+        }
+    }
+}
+
+#[test]
 fn tile_kernels_match_scalar() {
     let reference = kernels::scalar();
     let mut rng = Rng::new(3);

@@ -220,3 +220,12 @@ pub(super) fn dot_tile(
 ) {
     unsafe { tile_impl(xt, panel, acc) }
 }
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn axpy_impl(a: f32, x: &[f32], y: &mut [f32]) {
+    super::scalar::axpy_fma(a, x, y)
+}
+
+pub(super) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    unsafe { axpy_impl(a, x, y) }
+}

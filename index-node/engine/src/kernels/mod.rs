@@ -31,6 +31,8 @@ pub struct Kernels {
     pub sq8_dot_batch: fn(&[f32], &[u8], &mut [f32]),
     /// PQ table scan: `out[i] = sum_j lut[j*256 + codes[i*m + j]]`, `m = lut.len() / 256`.
     pub pq_scan: fn(&[f32], &[u8], &mut [f32]),
+    /// `y[i] += a * x[i]` (builds PQ tables from transposed codebooks).
+    pub axpy: fn(f32, &[f32], &mut [f32]),
     /// Dot products of a tile of 8 points with a panel of 32 centroids (see [`tile`]).
     pub dot_tile: fn(&[f32], &[f32], &mut [[f32; tile::TILE_C]; tile::TILE_P]),
 }
@@ -43,6 +45,7 @@ static SCALAR: Kernels = Kernels {
     dot_batch: scalar::dot_batch,
     sq8_dot_batch: scalar::sq8_dot_batch,
     pq_scan: scalar::pq_scan,
+    axpy: scalar::axpy,
     dot_tile: tile::tile_scalar,
 };
 
@@ -55,6 +58,7 @@ static AVX2: Kernels = Kernels {
     dot_batch: avx2::dot_batch,
     sq8_dot_batch: avx2::sq8_dot_batch,
     pq_scan: avx2::pq_scan,
+    axpy: avx2::axpy,
     dot_tile: avx2::dot_tile,
 };
 
@@ -67,6 +71,7 @@ static AVX512: Kernels = Kernels {
     dot_batch: avx512::dot_batch,
     sq8_dot_batch: avx512::sq8_dot_batch,
     pq_scan: avx512::pq_scan,
+    axpy: avx512::axpy,
     dot_tile: avx512::dot_tile,
 };
 

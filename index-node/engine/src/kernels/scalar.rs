@@ -64,3 +64,18 @@ pub(super) fn pq_scan_unrolled(lut: &[f32], codes: &[u8], out: &mut [f32]) {
         *o = (s[0] + s[1]) + (s[2] + s[3]);
     }
 }
+
+pub(super) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// The same loop with fused multiply-add, compiled inside the SIMD tables' target features
+/// where it vectorises fully (no reduction, so no reassociation is needed).
+#[inline(always)]
+pub(super) fn axpy_fma(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y = a.mul_add(*x, *y);
+    }
+}
