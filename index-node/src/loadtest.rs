@@ -109,32 +109,47 @@ pub fn run(cmd: LoadtestCmd) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let s = rt.block_on(loadtest(&cmd))?;
-    if cmd.json {
-        println!("{}", serde_json::to_string(&s)?);
-    } else {
-        println!(
-            "queries {} ok {} failed {} in {:.2}s: {:.0} QPS",
-            s.queries, s.ok, s.failed, s.seconds, s.qps
-        );
-        println!(
-            "latency ms: p50 {:.3} p99 {:.3} p999 {:.3} mean {:.3}",
-            s.p50_ms, s.p99_ms, s.p999_ms, s.mean_ms
-        );
-        if let Some(r) = s.recall {
-            println!("recall@{}: {r:.4}", s.k);
-        }
-        for (code, n) in &s.errors {
-            println!("errors {code}: {n}");
-        }
-        for (v, seen) in &s.versions {
-            println!(
-                "version {v}: {} answers (ids {}..={})",
-                seen.answers, seen.min_id, seen.max_id
-            );
+    // A closed stdout (e.g. piped into `head`) is not worth a panic.
+    if let Err(e) = print_summary(&s, cmd.json) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e.into());
         }
     }
     if cmd.fail_on_error && s.failed > 0 {
         anyhow::bail!("{} queries failed", s.failed);
+    }
+    Ok(())
+}
+
+fn print_summary(s: &Summary, json: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let text = serde_json::to_string(s).map_err(std::io::Error::other)?;
+        return writeln!(out, "{text}");
+    }
+    writeln!(
+        out,
+        "queries {} ok {} failed {} in {:.2}s: {:.0} QPS",
+        s.queries, s.ok, s.failed, s.seconds, s.qps
+    )?;
+    writeln!(
+        out,
+        "latency ms: p50 {:.3} p99 {:.3} p999 {:.3} mean {:.3}",
+        s.p50_ms, s.p99_ms, s.p999_ms, s.mean_ms
+    )?;
+    if let Some(r) = s.recall {
+        writeln!(out, "recall@{}: {r:.4}", s.k)?;
+    }
+    for (code, n) in &s.errors {
+        writeln!(out, "errors {code}: {n}")?;
+    }
+    for (v, seen) in &s.versions {
+        writeln!(
+            out,
+            "version {v}: {} answers (ids {}..={})",
+            seen.answers, seen.min_id, seen.max_id
+        )?;
     }
     Ok(())
 }
@@ -377,8 +392,17 @@ async fn local(
                                 Ok(hits) => {
                                     st.lat_us.push(t.elapsed().as_micros() as u64);
                                     let ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
-                                    let seen = st.versions.entry(version.clone()).or_default();
+                                    let seen =
+                                        st.versions.entry(version.clone()).or_insert(VersionSeen {
+                                            answers: 0,
+                                            min_id: u64::MAX,
+                                            max_id: 0,
+                                        });
                                     seen.answers += 1;
+                                    for &id in &ids {
+                                        seen.min_id = seen.min_id.min(id);
+                                        seen.max_id = seen.max_id.max(id);
+                                    }
                                     if let Some(r) = recall_of(gt, qi, k, &ids) {
                                         st.recall_sum += r;
                                         st.recall_n += 1;
