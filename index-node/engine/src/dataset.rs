@@ -271,7 +271,9 @@ impl Synthetic {
         let lat = self.intrinsic();
         let c = self.clusters.max(1);
         let centers: Vec<f32> = (0..c * lat).map(|_| rng.normal()).collect();
-        let spread: Vec<f32> = (0..c).map(|_| 0.1 + 0.3 * rng.unit()).collect();
+        // Log-uniform spreads (0.02 to 0.4): tight, crowded clusters (near-duplicates) are
+        // what k-means leaves as oversized lists in real embeddings.
+        let spread: Vec<f32> = (0..c).map(|_| 0.02 * 20f32.powf(rng.unit())).collect();
         // Random projection latent -> ambient, scaled to keep norms comparable.
         let scale = 1.0 / (lat as f32).sqrt();
         let proj: Vec<f32> = (0..dim * lat).map(|_| rng.normal() * scale).collect();
