@@ -72,16 +72,7 @@ pub fn costs(x: &[f32], panels: &Panels, dot: bool, out: &mut [f32]) {
     let mut acc = [[0f32; TILE_C]; TILE_P];
     let npanels = panels.offsets.len() / TILE_C;
     for (t, tile) in x.chunks(dim * TILE_P).enumerate() {
-        xt.fill(0.0);
-        let mut xnorm = [0f32; TILE_P];
-        for (p, row) in tile.chunks_exact(dim).enumerate() {
-            for (d, &v) in row.iter().enumerate() {
-                xt[d * TILE_P + p] = v;
-            }
-            if !dot {
-                xnorm[p] = (kern.dot)(row, row);
-            }
-        }
+        let xnorm = load_tile(tile, dim, dot, &mut xt);
         let scale = if dot { -1.0 } else { -2.0 };
         for p_i in 0..npanels {
             let panel = &panels.data[p_i * dim * TILE_C..(p_i + 1) * dim * TILE_C];
@@ -99,6 +90,23 @@ pub fn costs(x: &[f32], panels: &Panels, dot: bool, out: &mut [f32]) {
     }
 }
 
+/// Transposes up to 8 rows into `xt` (dimension-major, zero-padded) and returns their squared
+/// norms (zeros for dot metrics, which do not need them).
+fn load_tile(tile: &[f32], dim: usize, dot: bool, xt: &mut [f32]) -> [f32; TILE_P] {
+    let kern = kernels::get();
+    xt.fill(0.0);
+    let mut xnorm = [0f32; TILE_P];
+    for (p, row) in tile.chunks_exact(dim).enumerate() {
+        for (d, &v) in row.iter().enumerate() {
+            xt[d * TILE_P + p] = v;
+        }
+        if !dot {
+            xnorm[p] = (kern.dot)(row, row);
+        }
+    }
+    xnorm
+}
+
 fn nearest_chunk(rows: &[f32], panels: &Panels, dot: bool, labels: &mut [u32], costs: &mut [f32]) {
     let kern = kernels::get();
     let dim = panels.dim;
@@ -107,16 +115,7 @@ fn nearest_chunk(rows: &[f32], panels: &Panels, dot: bool, labels: &mut [u32], c
     let npanels = panels.offsets.len() / TILE_C;
     for (t, tile) in rows.chunks(dim * TILE_P).enumerate() {
         let np = tile.len() / dim;
-        xt.fill(0.0);
-        let mut xnorm = [0f32; TILE_P];
-        for (p, row) in tile.chunks_exact(dim).enumerate() {
-            for (d, &v) in row.iter().enumerate() {
-                xt[d * TILE_P + p] = v;
-            }
-            if !dot {
-                xnorm[p] = (kern.dot)(row, row);
-            }
-        }
+        let xnorm = load_tile(tile, dim, dot, &mut xt);
         let mut best = [(f32::INFINITY, 0u32); TILE_P];
         for p_i in 0..npanels {
             let panel = &panels.data[p_i * dim * TILE_C..(p_i + 1) * dim * TILE_C];
