@@ -173,16 +173,30 @@ async fn scenario() {
     let st = radmin.status(StatusRequest {}).await.unwrap().into_inner();
     assert_eq!(st.active_version, "v2");
 
-    // Kill one replica of shard 0 under load: the other replica answers, nothing fails.
+    // Kill one replica of shard 0 under load: the other replica answers, nothing fails...
     let lt = loadtest(&raddr, eval_q, 3.0, 4);
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    // ... and stop one replica of shard 1 gracefully (SIGTERM) at the same time.
     shards[0].signal("-KILL");
+    shards[3].signal("-TERM");
     let s = tokio::task::spawn_blocking(move || summary(lt))
         .await
         .unwrap();
-    eprintln!("replica killed under load: {s}");
+    eprintln!("replicas killed / stopped under load: {s}");
     assert_eq!(s["failed"], 0, "{s}");
     assert!(s["ok"].as_u64().unwrap() > 100, "{s}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stopped = loop {
+        if let Some(st) = shards[3].child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shard did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(stopped.success(), "shard exit on SIGTERM: {stopped:?}");
 
     // Bad input: INVALID_ARGUMENT naming the field, NOT_FOUND for an unknown version.
     let mut q = QueryClient::connect(format!("http://{raddr}"))

@@ -87,6 +87,7 @@ impl Proc {
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status();
     }
 }
