@@ -289,6 +289,8 @@ async fn finalize(cmd: &BuildCmd, storage: &Storage, started: Instant) -> anyhow
     ensure!(
         parts.iter().all(|p| p.source == first.source
             && p.source_rows == first.source_rows
+            && p.id_offset == first.id_offset
+            && p.eval_topk.len() == first.eval_topk.len()
             && p.list_sizes.len() == first.list_sizes.len()),
         "parts were built from different sources or quantizers"
     );
@@ -344,8 +346,7 @@ async fn finalize(cmd: &BuildCmd, storage: &Storage, started: Instant) -> anyhow
         None
     };
     let ntotal: u64 = parts.iter().map(|p| p.vectors).sum();
-    let mean = ntotal as f64 / nlist.max(1) as f64;
-    let max = list_sizes.iter().copied().max().unwrap_or(0) as f64;
+    let list_imbalance = manifest::imbalance(&list_sizes);
     let m = Manifest {
         format: manifest::FORMAT,
         namespace: cmd.loc.namespace.clone(),
@@ -376,7 +377,7 @@ async fn finalize(cmd: &BuildCmd, storage: &Storage, started: Instant) -> anyhow
             source: first.source.clone(),
             build_seconds: started.elapsed().as_secs_f64()
                 + parts.iter().map(|p| p.seconds).fold(0.0, f64::max),
-            list_imbalance: if mean > 0.0 { max / mean } else { 0.0 },
+            list_imbalance,
         },
     };
     // Last write: from here on the version exists for readers.

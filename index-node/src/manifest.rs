@@ -159,6 +159,16 @@ pub fn balance(list_sizes: &[u64], shards: u32) -> Vec<ShardEntry> {
     out
 }
 
+/// `nlist · Σ size² / (Σ size)²`: 1 when balanced (the engine's and FAISS's definition).
+pub fn imbalance(sizes: &[u64]) -> f64 {
+    let total: f64 = sizes.iter().map(|&s| s as f64).sum();
+    if total == 0.0 {
+        return 0.0;
+    }
+    let sq: f64 = sizes.iter().map(|&s| (s as f64) * (s as f64)).sum();
+    sizes.len() as f64 * sq / (total * total)
+}
+
 pub fn crc32(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }

@@ -12,16 +12,10 @@ use quiver_proto::{
 use tonic::{Request, Response, Status};
 
 use super::{Node, RoleState, router, shard, validate};
+use crate::manifest::imbalance;
 
 pub struct AdminSvc {
     pub node: Arc<Node>,
-}
-
-fn imbalance(sizes: &[u64]) -> f64 {
-    let n = sizes.len().max(1) as f64;
-    let mean = sizes.iter().sum::<u64>() as f64 / n;
-    let max = sizes.iter().copied().max().unwrap_or(0) as f64;
-    if mean > 0.0 { max / mean } else { 0.0 }
 }
 
 #[tonic::async_trait]
