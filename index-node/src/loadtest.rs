@@ -110,10 +110,10 @@ pub fn run(cmd: LoadtestCmd) -> anyhow::Result<()> {
         .build()?;
     let s = rt.block_on(loadtest(&cmd))?;
     // A closed stdout (e.g. piped into `head`) is not worth a panic.
-    if let Err(e) = print_summary(&s, cmd.json) {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(e.into());
-        }
+    if let Err(e) = print_summary(&s, cmd.json)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e.into());
     }
     if cmd.fail_on_error && s.failed > 0 {
         anyhow::bail!("{} queries failed", s.failed);
