@@ -28,6 +28,8 @@ pub struct LocalConfig {
     pub bookmark_interval: std::time::Duration,
     /// First container restart back-off (the real kubelet uses 10s).
     pub restart_backoff: std::time::Duration,
+    /// First loopback block for pod IPs (127.0.<block>.1 onwards).
+    pub pod_ip_block: u32,
 }
 
 impl LocalConfig {
@@ -42,6 +44,7 @@ impl LocalConfig {
             history: 10_000,
             bookmark_interval: std::time::Duration::from_secs(10),
             restart_backoff: std::time::Duration::from_secs(10),
+            pod_ip_block: 1,
         }
     }
 }
@@ -83,6 +86,7 @@ impl Local {
                 cfg.images.clone(),
             );
             kcfg.backoff_base = cfg.restart_backoff;
+            kcfg.ip_block = cfg.pod_ip_block;
             tasks.push(tokio::spawn(crate::kubelet::run(client, kcfg)));
         }
         Ok(Self { server, tasks })

@@ -33,6 +33,9 @@ async fn start() -> Env {
         env!("CARGO_BIN_EXE_quiver-testpod").into(),
     );
     cfg.restart_backoff = Duration::from_millis(500);
+    // Tests in this binary run at once; each kubelet gets its own pod IP range.
+    static BLOCK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(10);
+    cfg.pod_ip_block = BLOCK.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
     let local = Local::start(cfg).await.expect("start");
     let client = quiver_e2e::local::client_for(&local.server.kubeconfig)
         .await

@@ -46,6 +46,9 @@ pub struct KubeletConfig {
     /// First restart back-off; doubles up to `backoff_max` (the real kubelet: 10s, 5min).
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Pod IPs come from 127.<block>.x / 127.x.<block+n>…; separate kubelets on one host
+    /// need separate blocks.
+    pub ip_block: u32,
 }
 
 impl KubeletConfig {
@@ -56,6 +59,7 @@ impl KubeletConfig {
             images,
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
+            ip_block: 1,
         }
     }
 }
@@ -97,16 +101,23 @@ pub fn read_logs(
 }
 
 /// Hands out loopback addresses; 127.0.0.1 stays with the API server.
-#[derive(Default)]
 pub struct IpPool {
+    first_block: u32,
     next: AtomicU32,
 }
 
 impl IpPool {
+    pub fn new(first_block: u32) -> Self {
+        Self {
+            first_block: first_block.max(1),
+            next: AtomicU32::new(0),
+        }
+    }
+
     pub fn allocate(&self) -> Ipv4Addr {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // Hosts .1 to .254 of 127.0.1.0/24, then 127.0.2.0/24 and so on.
-        let block = n / 254 + 1;
+        // Hosts .1 to .254 of 127.0.<block>.0/24, then the next block and so on.
+        let block = n / 254 + self.first_block;
         let x = (block << 8) | (n % 254 + 1);
         Ipv4Addr::new(
             127,
@@ -150,7 +161,7 @@ struct Worker {
 /// Runs until aborted; aborting drops the workers, which kills their processes.
 pub async fn run(client: Client, cfg: KubeletConfig) {
     let cfg = Arc::new(cfg);
-    let ips = Arc::new(IpPool::default());
+    let ips = Arc::new(IpPool::new(cfg.ip_block));
     while let Err(e) = register_node(&client, &cfg.node).await {
         tracing::warn!(error = %e, "registering node failed; retrying");
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -240,7 +251,7 @@ async fn sync(
 mod tests {
     #[test]
     fn pod_ips_skip_the_api_server_address() {
-        let pool = super::IpPool::default();
+        let pool = super::IpPool::new(1);
         let ips: Vec<String> = (0..300).map(|_| pool.allocate().to_string()).collect();
         assert_eq!(ips[0], "127.0.1.1");
         assert!(
