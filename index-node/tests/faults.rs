@@ -30,7 +30,8 @@ async fn corrupt_list_file_fails_that_version_only() {
         std::fs::write(&short, &b[..b.len() / 2]).unwrap();
 
         let vfile = dir.join("versions.json");
-        write_versions(&vfile, &["good", "bad", "short"], "good");
+        // "late" is not built yet: it fails, then loads on a retry once it exists.
+        write_versions(&vfile, &["good", "bad", "short", "late"], "good");
         let host = "127.61.2.2";
         let a = serve_args(
             "shard",
@@ -88,6 +89,29 @@ async fn corrupt_list_file_fails_that_version_only() {
             .expect_err("failed version answered");
         assert_eq!(e.code(), tonic::Code::Unavailable);
         assert!(e.message().contains("failed to load"), "{}", e.message());
+
+        // A version that failed because it did not exist yet is retried with backoff.
+        let late = get("late");
+        assert_eq!(late.state, VersionState::Failed as i32, "{st:?}");
+        assert!(
+            late.reason.contains("no manifest"),
+            "reason: {}",
+            late.reason
+        );
+        build_version(&storage, "late", 4_000, 1, 1, 0, &[]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = admin.status(StatusRequest {}).await.unwrap().into_inner();
+            let late = st.versions.iter().find(|v| v.version == "late").unwrap();
+            if late.state == VersionState::Warm as i32 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "late version never loaded: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await
     .expect("timed out");

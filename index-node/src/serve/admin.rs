@@ -46,9 +46,9 @@ impl quiver_proto::admin_server::Admin for AdminSvc {
                     };
                     match slot.as_ref() {
                         shard::Slot::Loading => vs.state = VersionState::Loading as i32,
-                        shard::Slot::Failed(r) => {
+                        shard::Slot::Failed(f) => {
                             vs.state = VersionState::Failed as i32;
-                            vs.reason = r.clone();
+                            vs.reason = f.reason.clone();
                         }
                         shard::Slot::Warm(v) => {
                             vs.state = if active.as_deref() == Some(name.as_str()) {
@@ -75,9 +75,9 @@ impl quiver_proto::admin_server::Admin for AdminSvc {
                     };
                     match slot.as_ref() {
                         router::Slot::Loading => vs.state = VersionState::Loading as i32,
-                        router::Slot::Failed(e) => {
+                        router::Slot::Failed(f) => {
                             vs.state = VersionState::Failed as i32;
-                            vs.reason = e.clone();
+                            vs.reason = f.reason.clone();
                         }
                         router::Slot::Ready(v) => {
                             vs.state = if out.active_version == *name {

@@ -78,6 +78,57 @@ pub struct ServeCmd {
     pub node_name: Option<String>,
 }
 
+/// How often nodes re-check their desired state (also drives retries of failed versions).
+pub const RECONCILE_EVERY: Duration = Duration::from_millis(100);
+
+/// A version that failed to load, and when to try again. Transient storage errors heal on
+/// their own; a corrupt file keeps failing, at most once per `MAX_BACKOFF`.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: String,
+    pub retry_at: std::time::Instant,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+impl Failure {
+    pub fn due(&self) -> bool {
+        std::time::Instant::now() >= self.retry_at
+    }
+
+    pub fn retry_in(&self) -> Duration {
+        self.retry_at
+            .saturating_duration_since(std::time::Instant::now())
+    }
+}
+
+/// Consecutive load failures per version, for exponential backoff.
+#[derive(Default)]
+pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl Failures {
+    pub fn failed(&self, version: &str, reason: String) -> Failure {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(version.to_string()).or_insert(0);
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1u32 << (*n).min(10))
+            .min(MAX_BACKOFF);
+        *n += 1;
+        Failure {
+            reason,
+            retry_at: std::time::Instant::now() + backoff,
+        }
+    }
+
+    pub fn succeeded(&self, version: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(version);
+    }
+}
+
 /// State shared by the services of one process.
 pub struct Node {
     pub name: String,

@@ -37,7 +37,7 @@ pub struct RouterVersion {
 pub enum Slot {
     Loading,
     Ready(Arc<RouterVersion>),
-    Failed(String),
+    Failed(super::Failure),
 }
 
 struct Replica {
@@ -61,6 +61,7 @@ pub struct RouterState {
     epoch: Instant,
     shard_timeout: Duration,
     replicas: watch::Receiver<Replicas>,
+    failures: super::Failures,
 }
 
 /// How long a failed replica is skipped before it is tried again.
@@ -83,6 +84,7 @@ impl RouterState {
             epoch: Instant::now(),
             shard_timeout,
             replicas,
+            failures: Default::default(),
         })
     }
 
@@ -171,7 +173,11 @@ impl RouterState {
         let to_load: Vec<String> = d
             .versions
             .iter()
-            .filter(|v| !current.contains_key(*v))
+            .filter(|v| match current.get(*v).map(|s| s.as_ref()) {
+                None => true,
+                Some(Slot::Failed(f)) => f.due(),
+                Some(_) => false,
+            })
             .cloned()
             .collect();
         // rcu, not store: a load task may be publishing its result concurrently.
@@ -182,8 +188,12 @@ impl RouterState {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             for name in &to_load {
-                m.entry(name.clone())
+                let e = m
+                    .entry(name.clone())
                     .or_insert_with(|| Arc::new(Slot::Loading));
+                if matches!(**e, Slot::Failed(_)) {
+                    *e = Arc::new(Slot::Loading);
+                }
             }
             m
         });
@@ -193,13 +203,15 @@ impl RouterState {
             tokio::spawn(async move {
                 let slot = match this.load(&name).await {
                     Ok(v) => {
+                        this.failures.succeeded(&name);
                         tracing::info!(version = %name, "version loaded");
                         Slot::Ready(Arc::new(v))
                     }
                     Err(e) => {
-                        let reason = format!("{e:#}");
-                        tracing::error!(version = %name, reason = %reason, "version failed to load");
-                        Slot::Failed(reason)
+                        let f = this.failures.failed(&name, format!("{e:#}"));
+                        tracing::error!(version = %name, reason = %f.reason,
+                            retry_in_secs = f.retry_in().as_secs(), "version failed to load");
+                        Slot::Failed(f)
                     }
                 };
                 let slot = Arc::new(slot);
@@ -295,8 +307,9 @@ impl RouterState {
                     Some(Slot::Loading) => Err(Status::unavailable(format!(
                         "version {name} is still loading"
                     ))),
-                    Some(Slot::Failed(r)) => Err(Status::unavailable(format!(
-                        "version {name} failed to load: {r}"
+                    Some(Slot::Failed(f)) => Err(Status::unavailable(format!(
+                        "version {name} failed to load: {}",
+                        f.reason
                     ))),
                     None => Err(Status::not_found(format!(
                         "version: {name} is not served by this router"

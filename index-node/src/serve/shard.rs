@@ -33,7 +33,7 @@ pub struct ShardVersion {
 pub enum Slot {
     Loading,
     Warm(Arc<ShardVersion>),
-    Failed(String),
+    Failed(super::Failure),
 }
 
 pub struct ShardState {
@@ -41,6 +41,7 @@ pub struct ShardState {
     pub shard: u32,
     pub versions: ArcSwap<BTreeMap<String, Arc<Slot>>>,
     pub active: ArcSwap<Option<String>>,
+    failures: super::Failures,
 }
 
 impl ShardState {
@@ -50,6 +51,7 @@ impl ShardState {
             shard,
             versions: ArcSwap::from_pointee(BTreeMap::new()),
             active: ArcSwap::from_pointee(None),
+            failures: Default::default(),
         })
     }
 
@@ -61,7 +63,9 @@ impl ShardState {
             Some(a) => match versions.get(a).map(|s| s.as_ref()) {
                 Some(Slot::Warm(_)) => (true, format!("serving {a}")),
                 Some(Slot::Loading) => (false, format!("active version {a} is loading")),
-                Some(Slot::Failed(r)) => (false, format!("active version {a} failed: {r}")),
+                Some(Slot::Failed(f)) => {
+                    (false, format!("active version {a} failed: {}", f.reason))
+                }
                 None => (false, format!("active version {a} is not held")),
             },
             None => {
@@ -79,12 +83,18 @@ impl ShardState {
     /// Converges to the desired versions: load new ones in the background, drop removed ones.
     pub fn start(self: Arc<Self>, node: Arc<Node>, mut desired: watch::Receiver<Desired>) {
         tokio::spawn(async move {
+            // Also re-reconcile periodically: failed versions are retried with backoff.
+            let mut closed = false;
             loop {
                 let d = desired.borrow_and_update().clone();
                 self.reconcile(&node, &d);
-                if desired.changed().await.is_err() {
-                    // Source gone (static flags): the desired state is final.
-                    return;
+                if closed {
+                    tokio::time::sleep(super::RECONCILE_EVERY).await;
+                } else {
+                    tokio::select! {
+                        r = desired.changed() => closed = r.is_err(),
+                        _ = tokio::time::sleep(super::RECONCILE_EVERY) => {}
+                    }
                 }
             }
         });
@@ -102,7 +112,11 @@ impl ShardState {
         let to_load: Vec<String> = d
             .versions
             .iter()
-            .filter(|v| !current.contains_key(*v))
+            .filter(|v| match current.get(*v).map(|s| s.as_ref()) {
+                None => true,
+                Some(Slot::Failed(f)) => f.due(),
+                Some(_) => false,
+            })
             .cloned()
             .collect();
         // rcu, not store: a load task may be publishing its result concurrently.
@@ -113,8 +127,12 @@ impl ShardState {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             for name in &to_load {
-                m.entry(name.clone())
+                let e = m
+                    .entry(name.clone())
                     .or_insert_with(|| Arc::new(Slot::Loading));
+                if matches!(**e, Slot::Failed(_)) {
+                    *e = Arc::new(Slot::Loading);
+                }
             }
             m
         });
@@ -131,14 +149,16 @@ impl ShardState {
         let started = Instant::now();
         let slot = match self.load_inner(&version).await {
             Ok(v) => {
+                self.failures.succeeded(&version);
                 tracing::info!(version = %version, shard = self.shard, vectors = v.vectors, bytes = v.bytes,
                     seconds = started.elapsed().as_secs_f64(), "version warm");
                 Slot::Warm(Arc::new(v))
             }
             Err(e) => {
-                let reason = format!("{e:#}");
-                tracing::error!(version = %version, shard = self.shard, reason = %reason, "version failed to load");
-                Slot::Failed(reason)
+                let f = self.failures.failed(&version, format!("{e:#}"));
+                tracing::error!(version = %version, shard = self.shard, reason = %f.reason,
+                    retry_in_secs = f.retry_in().as_secs(), "version failed to load");
+                Slot::Failed(f)
             }
         };
         let slot = Arc::new(slot);
@@ -246,9 +266,9 @@ impl ShardState {
                 "version {version} is still loading on shard {}",
                 self.shard
             ))),
-            Some(Slot::Failed(r)) => Err(Status::unavailable(format!(
-                "version {version} failed to load on shard {}: {r}",
-                self.shard
+            Some(Slot::Failed(f)) => Err(Status::unavailable(format!(
+                "version {version} failed to load on shard {}: {}",
+                self.shard, f.reason
             ))),
             None => Err(Status::unavailable(format!(
                 "shard {} does not hold version {version}",
