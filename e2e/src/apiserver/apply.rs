@@ -129,10 +129,8 @@ pub fn fields_to_v1(fields: &BTreeSet<Path>) -> Value {
 fn fields_from_v1(v: &Value, prefix: Path, out: &mut BTreeSet<Path>) {
     let Value::Object(m) = v else { return };
     let children: Vec<_> = m.iter().filter(|(k, _)| k.starts_with("f:")).collect();
-    if children.is_empty() || m.contains_key(".") {
-        if !prefix.is_empty() {
-            out.insert(prefix.clone());
-        }
+    if (children.is_empty() || m.contains_key(".")) && !prefix.is_empty() {
+        out.insert(prefix.clone());
     }
     for (k, c) in children {
         let mut p = prefix.clone();

@@ -42,7 +42,7 @@ fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 + 1 => {
+            b'%' if i + 2 < bytes.len() && i + 2 <= bytes.len() - 1 + 1 => {
                 let hex = std::str::from_utf8(&bytes[i + 1..(i + 3).min(bytes.len())]).ok();
                 match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                     Some(b) => {
@@ -312,7 +312,7 @@ fn serve(
             name,
         )?)),
         ("POST", None) => {
-            let ns = ns_for_obj.ok_or_else(|| ApiError::route_not_found())?;
+            let ns = ns_for_obj.ok_or_else(ApiError::route_not_found)?;
             let obj = parse_body(body)?;
             let created = store.create(res, &ns, obj, manager)?;
             Ok(json_response(201, &present(res, &t.version, created)))

@@ -286,7 +286,7 @@ impl Registry {
             }
         }
         for (_, vs) in &mut out {
-            vs.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+            vs.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
         }
         out
     }
@@ -378,7 +378,7 @@ pub fn from_crd(crd: &Value) -> Result<ResourceInfo, Vec<String>> {
     if !errs.is_empty() {
         return Err(errs);
     }
-    versions.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+    versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
     let strs = |v: &Value| -> Vec<String> {
         v.as_array()
             .map(|a| {

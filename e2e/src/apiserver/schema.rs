@@ -69,10 +69,10 @@ fn apply_defaults(
 ) {
     if let Some(props) = schema["properties"].as_object() {
         for (k, s) in props {
-            if !m.contains_key(k) {
-                if let Some(d) = s.get("default") {
-                    m.insert(k.clone(), d.clone());
-                }
+            if !m.contains_key(k)
+                && let Some(d) = s.get("default")
+            {
+                m.insert(k.clone(), d.clone());
             }
         }
     }
@@ -81,15 +81,15 @@ fn apply_defaults(
         .map(Vec::as_slice)
         .unwrap_or_default()
     {
-        if let Some(r) = r.as_str() {
-            if !m.contains_key(r) {
-                let p = if path.is_empty() {
-                    r.to_string()
-                } else {
-                    format!("{path}.{r}")
-                };
-                errs.push(format!("{p}: Required value"));
-            }
+        if let Some(r) = r.as_str()
+            && !m.contains_key(r)
+        {
+            let p = if path.is_empty() {
+                r.to_string()
+            } else {
+                format!("{path}.{r}")
+            };
+            errs.push(format!("{p}: Required value"));
         }
     }
 }
@@ -124,15 +124,15 @@ fn check(v: &mut Value, s: &Value, path: &str, errs: &mut Vec<String>) {
         ));
         return;
     }
-    if let Some(allowed) = s["enum"].as_array() {
-        if !allowed.contains(v) {
-            let list: Vec<String> = allowed.iter().map(show).collect();
-            errs.push(format!(
-                "{path}: Unsupported value: {}: supported values: {}",
-                show(v),
-                list.join(", ")
-            ));
-        }
+    if let Some(allowed) = s["enum"].as_array()
+        && !allowed.contains(v)
+    {
+        let list: Vec<String> = allowed.iter().map(show).collect();
+        errs.push(format!(
+            "{path}: Unsupported value: {}: supported values: {}",
+            show(v),
+            list.join(", ")
+        ));
     }
     if let Some(n) = v.as_f64() {
         if let Some(min) = s["minimum"].as_f64() {

@@ -63,6 +63,9 @@ pub enum PatchKind {
     Apply { force: bool },
 }
 
+/// What a new watch sends first, its live subscription, and the version it starts at.
+pub type WatchStart = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>, u64);
+
 pub struct Store {
     inner: Mutex<Inner>,
     tx: broadcast::Sender<Arc<Event>>,
@@ -358,19 +361,19 @@ impl Store {
         if let Some(want) = obj["metadata"]["resourceVersion"]
             .as_str()
             .filter(|s| !s.is_empty())
+            && Some(want) != old["metadata"]["resourceVersion"].as_str()
         {
-            if Some(want) != old["metadata"]["resourceVersion"].as_str() {
-                return Err(ApiError::conflict(
-                    &res.group,
-                    &res.plural,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                ));
-            }
+            return Err(ApiError::conflict(
+                &res.group,
+                &res.plural,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
         }
         inner.commit(&self.tx, res, ns, old, obj, sub, Manager::Update(manager))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn patch(
         &self,
         res: &ResourceInfo,
@@ -437,15 +440,15 @@ impl Store {
                 return inner.commit(&self.tx, res, ns, current, out, sub, Manager::Applied);
             }
         };
-        if let Some(want) = new["metadata"]["resourceVersion"].as_str() {
-            if Some(want) != current["metadata"]["resourceVersion"].as_str() {
-                return Err(ApiError::conflict(
-                    &res.group,
-                    &res.plural,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                ));
-            }
+        if let Some(want) = new["metadata"]["resourceVersion"].as_str()
+            && Some(want) != current["metadata"]["resourceVersion"].as_str()
+        {
+            return Err(ApiError::conflict(
+                &res.group,
+                &res.plural,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
         }
         inner.commit(
             &self.tx,
@@ -532,11 +535,7 @@ impl Store {
     }
 
     /// Starts a watch: returns events to send first and a live subscription with no gap.
-    pub fn watch(
-        &self,
-        res: &ResourceInfo,
-        from: Option<u64>,
-    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>, u64), ApiError> {
+    pub fn watch(&self, res: &ResourceInfo, from: Option<u64>) -> Result<WatchStart, ApiError> {
         let inner = self.lock();
         let rx = self.tx.subscribe();
         let key = res.key();
@@ -635,13 +634,13 @@ impl Inner {
         mut obj: Value,
         uid: String,
     ) -> Result<Value, ApiError> {
-        if let Some(k) = obj["kind"].as_str() {
-            if k != res.kind {
-                return Err(ApiError::bad_request(format!(
-                    "the kind of the object ({k}) does not match the resource ({})",
-                    res.kind
-                )));
-            }
+        if let Some(k) = obj["kind"].as_str()
+            && k != res.kind
+        {
+            return Err(ApiError::bad_request(format!(
+                "the kind of the object ({k}) does not match the resource ({})",
+                res.kind
+            )));
         }
         if !obj["metadata"].is_object() {
             obj["metadata"] = json!({});
@@ -673,12 +672,12 @@ impl Inner {
             ));
         }
         if res.namespaced {
-            if let Some(bns) = meta["namespace"].as_str().filter(|s| !s.is_empty()) {
-                if bns != ns {
-                    return Err(ApiError::bad_request(
-                        "the namespace of the provided object does not match the namespace sent on the request",
-                    ));
-                }
+            if let Some(bns) = meta["namespace"].as_str().filter(|s| !s.is_empty())
+                && bns != ns
+            {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
             meta["namespace"] = json!(ns);
             let nsres = self.registry.find("", "v1", "namespaces").cloned();
@@ -710,10 +709,10 @@ impl Inner {
         {
             return Err(ApiError::already_exists(&res.group, &res.plural, &name));
         }
-        if let Some(m) = obj.as_object_mut() {
-            if res.status {
-                m.remove("status");
-            }
+        if let Some(m) = obj.as_object_mut()
+            && res.status
+        {
+            m.remove("status");
         }
         match key.as_str() {
             POD_KEY => obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"}),
@@ -727,10 +726,16 @@ impl Inner {
             if let Some(other) = self
                 .registry
                 .find(&info.group, &info.versions[0], &info.plural)
+                && !other.is_crd_defined()
             {
-                if !other.is_crd_defined() {
-                    return Err(ApiError::invalid("CustomResourceDefinition", &name, &["spec.names.plural: Invalid value: already served by a built-in resource".into()]));
-                }
+                return Err(ApiError::invalid(
+                    "CustomResourceDefinition",
+                    &name,
+                    &[
+                        "spec.names.plural: Invalid value: already served by a built-in resource"
+                            .into(),
+                    ],
+                ));
             }
             obj["status"] = crd_status(&obj);
             Some(info)
@@ -813,13 +818,13 @@ impl Inner {
             }
             r
         };
-        if let Some(k) = result["kind"].as_str() {
-            if k != res.kind {
-                return Err(ApiError::bad_request(format!(
-                    "the kind of the object ({k}) does not match the resource ({})",
-                    res.kind
-                )));
-            }
+        if let Some(k) = result["kind"].as_str()
+            && k != res.kind
+        {
+            return Err(ApiError::bad_request(format!(
+                "the kind of the object ({k}) does not match the resource ({})",
+                res.kind
+            )));
         }
         for k in [
             "name",
@@ -842,10 +847,10 @@ impl Inner {
         }
         if let Manager::Update(m) = manager {
             result["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
-            if result["metadata"]["managedFields"].is_null() {
-                if let Some(meta) = result["metadata"].as_object_mut() {
-                    meta.remove("managedFields");
-                }
+            if result["metadata"]["managedFields"].is_null()
+                && let Some(meta) = result["metadata"].as_object_mut()
+            {
+                meta.remove("managedFields");
             }
             apply::record_update(&old, &mut result, m, sub, res.status);
         }
@@ -988,28 +993,28 @@ impl Inner {
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
         let old = self.get(res, ns, name)?.clone();
-        if let Some(uid) = &opts.precondition_uid {
-            if old["metadata"]["uid"].as_str() != Some(uid.as_str()) {
-                return Err(ApiError::conflict(
-                    &res.group,
-                    &res.plural,
-                    name,
-                    &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        old["metadata"]["uid"]
-                    ),
-                ));
-            }
+        if let Some(uid) = &opts.precondition_uid
+            && old["metadata"]["uid"].as_str() != Some(uid.as_str())
+        {
+            return Err(ApiError::conflict(
+                &res.group,
+                &res.plural,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    old["metadata"]["uid"]
+                ),
+            ));
         }
-        if let Some(rv) = &opts.precondition_rv {
-            if old["metadata"]["resourceVersion"].as_str() != Some(rv.as_str()) {
-                return Err(ApiError::conflict(
-                    &res.group,
-                    &res.plural,
-                    name,
-                    "the object has been modified; please apply your changes to the latest version and try again",
-                ));
-            }
+        if let Some(rv) = &opts.precondition_rv
+            && old["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
+        {
+            return Err(ApiError::conflict(
+                &res.group,
+                &res.plural,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
         }
         let key = res.key();
         let now = unix_now();
@@ -1125,10 +1130,10 @@ impl Inner {
         if !list.is_array() {
             *list = json!([]);
         }
-        if let Some(a) = list.as_array_mut() {
-            if !a.iter().any(|f| f == fin) {
-                a.push(json!(fin));
-            }
+        if let Some(a) = list.as_array_mut()
+            && !a.iter().any(|f| f == fin)
+        {
+            a.push(json!(fin));
         }
     }
 

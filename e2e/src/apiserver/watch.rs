@@ -107,10 +107,10 @@ async fn run(
 ) {
     let mut last_rv = start_rv;
     for ev in &backlog {
-        if let Some(b) = req.render(ev) {
-            if tx.send(b).await.is_err() {
-                return;
-            }
+        if let Some(b) = req.render(ev)
+            && tx.send(b).await.is_err()
+        {
+            return;
         }
     }
     if req.send_initial_events
@@ -133,11 +133,10 @@ async fn run(
                         continue;
                     }
                     last_rv = ev.rv;
-                    if let Some(b) = req.render(&ev) {
-                        if tx.send(b).await.is_err() {
+                    if let Some(b) = req.render(&ev)
+                        && tx.send(b).await.is_err() {
                             return;
                         }
-                    }
                 }
                 // Lagging or closed: end the watch; clients re-watch from their last version.
                 Err(_) => return,

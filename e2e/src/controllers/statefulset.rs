@@ -195,12 +195,14 @@ async fn reconcile(client: &Client, sts: &Value, owned: &[&Value]) -> Result<()>
     // Rolling update: replace the highest outdated pod once all are ready.
     let all_ready = by_ord.len() as i64 == replicas
         && by_ord.values().all(|p| is_ready(p) && !is_terminating(p));
-    if all_ready && !blocked && extra.is_empty() {
-        if let Some((_, p)) = by_ord.iter().rev().find(|(_, p)| {
+    if all_ready
+        && !blocked
+        && extra.is_empty()
+        && let Some((_, p)) = by_ord.iter().rev().find(|(_, p)| {
             p["metadata"]["labels"]["controller-revision-hash"].as_str() != Some(hash.as_str())
-        }) {
-            pods_api.delete(name(p), &DeleteParams::default()).await?;
-        }
+        })
+    {
+        pods_api.delete(name(p), &DeleteParams::default()).await?;
     }
     let live: Vec<&&Value> = by_ord.values().filter(|p| !is_terminating(p)).collect();
     let ready = live.iter().filter(|p| is_ready(p)).count();

@@ -349,10 +349,10 @@ impl PodWorker {
             .instance
             .join("rootfs")
             .join(path.trim_start_matches('/'));
-        if let Ok(m) = std::fs::read_to_string(mapped) {
-            if !m.is_empty() {
-                return Some(m.chars().take(4096).collect());
-            }
+        if let Ok(m) = std::fs::read_to_string(mapped)
+            && !m.is_empty()
+        {
+            return Some(m.chars().take(4096).collect());
         }
         if code != 0 && c.spec["terminationMessagePolicy"].as_str() == Some("FallbackToLogsOnError")
         {
@@ -419,15 +419,15 @@ impl PodWorker {
             return;
         }
         let spec = c.spec.clone();
-        if let Some(p) = c.startup.as_mut() {
-            if p.result != Some(true) {
-                p.tick(ip, &spec).await;
-                if p.result == Some(false) {
-                    self.kill_for_restart(i, policy, "startup probe failed")
-                        .await;
-                }
-                return;
+        if let Some(p) = c.startup.as_mut()
+            && p.result != Some(true)
+        {
+            p.tick(ip, &spec).await;
+            if p.result == Some(false) {
+                self.kill_for_restart(i, policy, "startup probe failed")
+                    .await;
             }
+            return;
         }
         if let Some(p) = c.readiness.as_mut() {
             p.tick(ip, &spec).await;

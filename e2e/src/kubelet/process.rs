@@ -340,10 +340,10 @@ pub fn rewrite_paths(s: &str, mounts: &[(String, PathBuf)]) -> String {
         if let Some(r) = replace_at("", s) {
             return r;
         }
-        if let Some((k, v)) = s.split_once('=') {
-            if let Some(r) = replace_at(&format!("{k}="), v) {
-                return r;
-            }
+        if let Some((k, v)) = s.split_once('=')
+            && let Some(r) = replace_at(&format!("{k}="), v)
+        {
+            return r;
         }
     }
     s.to_string()
