@@ -316,6 +316,7 @@ async fn scenario() {
         .await
         .expect_err("unknown version accepted");
     assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.metadata().get("quiver-refused").is_some(), "{e:?}");
 
     // Metrics.
     let (code, body) = http_get(&format!("{router_ip}:{HTTP}"), "/metrics").unwrap();

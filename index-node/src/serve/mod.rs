@@ -78,6 +78,9 @@ pub struct ServeCmd {
     pub node_name: Option<String>,
 }
 
+/// Response metadata key a shard sets when it refuses a version it does not hold warm.
+pub const REFUSED_HEADER: &str = "quiver-refused";
+
 /// How often nodes re-check their desired state (also drives retries of failed versions).
 pub const RECONCILE_EVERY: Duration = Duration::from_millis(100);
 

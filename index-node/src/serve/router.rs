@@ -480,12 +480,14 @@ impl RouterState {
                         .get_or_create(&labels("error"))
                         .inc();
                     tracing::debug!(shard, replica = %rep.addr, code = ?s.code(), error = %s.message(), "shard call failed; trying another replica");
-                    // A replica refusing the version (still loading) is up, but not for this
-                    // version: skip it briefly all the same.
-                    rep.down_until.store(
-                        self.now_ms() + DOWN_FOR.as_millis() as u64,
-                        Ordering::Relaxed,
-                    );
+                    // A replica refusing this version (still loading it) is up and serves
+                    // other versions: try the next one without marking it down.
+                    if s.metadata().get(super::REFUSED_HEADER).is_none() {
+                        rep.down_until.store(
+                            self.now_ms() + DOWN_FOR.as_millis() as u64,
+                            Ordering::Relaxed,
+                        );
+                    }
                     last = Status::unavailable(format!(
                         "shard {shard}: replica {} failed: {}",
                         rep.addr,

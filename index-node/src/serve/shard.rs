@@ -260,7 +260,7 @@ impl ShardState {
     }
 
     pub fn get(&self, version: &str) -> Result<Arc<ShardVersion>, Status> {
-        match self.versions.load().get(version).map(|s| s.as_ref()) {
+        let r = match self.versions.load().get(version).map(|s| s.as_ref()) {
             Some(Slot::Warm(v)) => Ok(v.clone()),
             Some(Slot::Loading) => Err(Status::unavailable(format!(
                 "version {version} is still loading on shard {}",
@@ -274,8 +274,19 @@ impl ShardState {
                 "shard {} does not hold version {version}",
                 self.shard
             ))),
-        }
+        };
+        r.map_err(refused)
     }
+}
+
+/// Marks a refusal for a version (the replica is up, it just does not serve that version),
+/// so routers try another replica without treating this one as down.
+fn refused(mut s: Status) -> Status {
+    s.metadata_mut().insert(
+        super::REFUSED_HEADER,
+        tonic::metadata::MetadataValue::from_static("version"),
+    );
+    s
 }
 
 pub struct ShardSvc {
