@@ -100,3 +100,34 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn file_source_follows_changes_and_keeps_last_good() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("quiver-replicas-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("replicas.json");
+        std::fs::write(&path, r#"{"0": ["127.0.0.2:7000"]}"#)?;
+        let mut rx = Box::new(FileReplicas {
+            path: path.clone(),
+            interval: Duration::from_millis(20),
+        })
+        .watch();
+        assert_eq!(rx.borrow()[&0], vec!["127.0.0.2:7000".to_string()]);
+        std::fs::write(
+            &path,
+            r#"{"0": ["127.0.0.3:7000"], "1": ["127.0.0.4:7000"]}"#,
+        )?;
+        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await??;
+        assert_eq!(rx.borrow().len(), 2);
+        // A broken file changes nothing.
+        std::fs::write(&path, "{not json")?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(rx.borrow().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+}

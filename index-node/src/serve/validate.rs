@@ -56,3 +56,27 @@ pub fn version_name(v: &str) -> Result<(), Status> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_field() {
+        let e =
+            |r: Result<(), Status>| r.err().map(|s| s.message().to_string()).unwrap_or_default();
+        assert!(e(vector("vector", &[], 4)).starts_with("vector: empty"));
+        assert!(e(vector("vector", &[1.0; 3], 4)).contains("dimension 3"));
+        assert!(e(vector("q", &[1.0, f32::NAN, 0.0, 0.0], 4)).starts_with("q[1]"));
+        assert!(vector("vector", &[1.0; 4], 4).is_ok());
+        assert_eq!(
+            k(0, 10).err().map(|s| s.code()),
+            Some(tonic::Code::InvalidArgument)
+        );
+        assert!(k(11, 10).is_err() && k(10, 10).is_ok());
+        assert_eq!(nprobe(None, 50, 16).ok(), Some(16));
+        assert!(nprobe(Some(0), 8, 16).is_err() && nprobe(Some(17), 8, 16).is_err());
+        assert!(version_name("").is_err() && version_name("a/b").is_err());
+        assert!(version_name("v-1.2_x").is_ok());
+    }
+}
