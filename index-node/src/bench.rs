@@ -79,6 +79,10 @@ struct RunArgs {
     /// Queries timed one at a time for p50/p99 (the first ones of the query file).
     #[arg(long, default_value_t = 2000)]
     latency_queries: usize,
+    /// How Flat lists are scanned: f16 (half-precision copies, best candidates re-ranked
+    /// exactly; the default) or f32.
+    #[arg(long, default_value = "f16")]
+    flat_scan: String,
     /// Run the batch this many times and report the best QPS (filters out interference
     /// from other work on a shared machine).
     #[arg(long, default_value_t = 1)]
@@ -242,6 +246,13 @@ fn bench(a: &RunArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     pool.install(|| index.add(&ids, &base.data))?;
     let add_s = t.elapsed().as_secs_f64();
+    match a.flat_scan.as_str() {
+        "f16" => {}
+        "f32" => {
+            index.set_half_scan(false);
+        }
+        other => bail!("--flat-scan {other:?}: expected f16 or f32"),
+    }
     let stats = index.list_stats();
     let build = json!({
         "phase": "build",
@@ -258,6 +269,7 @@ fn bench(a: &RunArgs) -> anyhow::Result<()> {
         "metric": a.metric.as_str(),
         "threads": threads,
         "kernels": kernels::get().name,
+        "half_scan": index.half_scan(),
     });
     if a.json {
         println!("{build}");

@@ -351,6 +351,7 @@ pub fn read_quantizer(bytes: &[u8], file: &str) -> Result<IvfIndex> {
         pq_terms: None,
         fingerprint: 0,
         panels: crate::assign::Panels::new(&[], 1, false, None),
+        half_scan: matches!(quantizer, QuantizerKind::Flat),
     };
     index.finish_quantizer();
     Ok(index)
@@ -556,6 +557,7 @@ pub fn decode_list(
         codes,
         aux,
         raw,
+        half: Vec::new(),
     })
 }
 

@@ -2,13 +2,16 @@
 
 /// One inverted list. Entry `i` has id `ids[i]`, code `codes[i*code_size..]`, for SQ8 with
 /// L2 the squared norm of its decoded residual in `aux[i]`, and with `keep_raw` its original
-/// vector in `raw[i*dim..]` (used for re-ranking).
+/// vector in `raw[i*dim..]` (Flat's vectors, or kept for re-ranking). For Flat, `half` holds
+/// the same vectors in half precision (derived, never stored on disk): the scan reads it,
+/// half the bytes, and re-ranks its best candidates with `raw`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InvertedList {
     pub ids: Vec<u64>,
     pub codes: Vec<u8>,
     pub aux: Vec<f32>,
     pub raw: Vec<f32>,
+    pub half: Vec<u16>,
 }
 
 impl InvertedList {
@@ -22,7 +25,11 @@ impl InvertedList {
 
     /// Bytes held in memory by this list.
     pub fn bytes(&self) -> usize {
-        self.ids.len() * 8 + self.codes.len() + self.aux.len() * 4 + self.raw.len() * 4
+        self.ids.len() * 8
+            + self.codes.len()
+            + self.aux.len() * 4
+            + self.raw.len() * 4
+            + self.half.len() * 2
     }
 
     /// Appends all entries of `other` (combining build parts).
@@ -31,6 +38,7 @@ impl InvertedList {
         self.codes.extend_from_slice(&other.codes);
         self.aux.extend_from_slice(&other.aux);
         self.raw.extend_from_slice(&other.raw);
+        self.half.extend_from_slice(&other.half);
     }
 
     /// Removes entries whose id matches; returns how many were removed.
@@ -43,6 +51,7 @@ impl InvertedList {
         let n = self.ids.len();
         let has_aux = !self.aux.is_empty();
         let has_raw = !self.raw.is_empty();
+        let has_half = !self.half.is_empty();
         let mut w = 0;
         for r in 0..n {
             if !keep(self.ids[r]) {
@@ -58,6 +67,9 @@ impl InvertedList {
                 if has_raw {
                     self.raw.copy_within(r * dim..(r + 1) * dim, w * dim);
                 }
+                if has_half {
+                    self.half.copy_within(r * dim..(r + 1) * dim, w * dim);
+                }
             }
             w += 1;
         }
@@ -68,6 +80,9 @@ impl InvertedList {
         }
         if has_raw {
             self.raw.truncate(w * dim);
+        }
+        if has_half {
+            self.half.truncate(w * dim);
         }
         n - w
     }

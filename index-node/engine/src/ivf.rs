@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::assign::{self, Panels};
 use crate::error::{IvfError, Result, check_query, check_vectors};
+use crate::half;
 use crate::invlist::InvertedList;
 use crate::kernels;
 use crate::kmeans::{self, KMeansParams};
@@ -169,6 +170,8 @@ pub struct IvfIndex {
     pub(crate) fingerprint: u64,
     /// Centroids laid out for the blocked matrix-product kernels (bulk add, batch search).
     pub(crate) panels: Panels,
+    /// Flat only: scan half-precision copies and re-rank the best candidates exactly.
+    pub(crate) half_scan: bool,
 }
 
 /// Above this, PQ list terms are computed per query instead of stored.
@@ -177,6 +180,8 @@ const PQ_TERMS_MAX_BYTES: usize = 512 << 20;
 const CODEBOOK_TRAIN_POINTS: usize = 256 * KSUB;
 /// Vectors encoded per step of `add`, bounding the temporary residual buffer.
 const ADD_CHUNK: usize = 1 << 16;
+/// Fewest candidates re-ranked after a half-precision Flat scan.
+const HALF_RERANK_MIN: usize = 32;
 /// Entries whose distances are computed in one kernel call.
 const BLOCK: usize = 256;
 
@@ -251,6 +256,7 @@ impl IvfIndex {
                 }
             }
         };
+        let params_is_flat = matches!(params.quantizer, QuantizerKind::Flat);
         let mut index = IvfIndex {
             lists: vec![InvertedList::default(); params.nlist],
             params,
@@ -259,6 +265,7 @@ impl IvfIndex {
             pq_terms: None,
             fingerprint: 0,
             panels: Panels::new(&[], 1, false, None),
+            half_scan: params_is_flat,
         };
         index.finish_quantizer();
         Ok(index)
@@ -358,6 +365,7 @@ impl IvfIndex {
             pq_terms: self.pq_terms.clone(),
             fingerprint: self.fingerprint,
             panels: self.panels.clone(),
+            half_scan: self.half_scan,
         }
     }
 
@@ -390,8 +398,42 @@ impl IvfIndex {
         {
             return Err(bad("raw vectors"));
         }
+        let mut l = l;
+        l.half.clear();
+        if self.half_scan {
+            if half_safe(&l.raw) {
+                l.half.extend(l.raw.iter().map(|&v| half::f32_to_f16(v)));
+            } else {
+                self.set_half_scan(false);
+            }
+        }
         self.lists[list as usize] = l;
         Ok(())
+    }
+
+    /// Whether Flat lists are scanned in half precision (then the best candidates are
+    /// re-ranked with exact f32 distances, so reported distances stay exact). On by default
+    /// for Flat; turned off automatically when a vector exceeds the half-precision range.
+    pub fn half_scan(&self) -> bool {
+        self.half_scan
+    }
+
+    /// Turns the half-precision scan of Flat lists on or off. Turning it on fails (returns
+    /// false) for other encodings and when a stored value is outside the half range.
+    pub fn set_half_scan(&mut self, on: bool) -> bool {
+        if !on || !matches!(self.encoder, Encoder::Flat) {
+            self.half_scan = false;
+            self.lists.iter_mut().for_each(|l| l.half = Vec::new());
+            return !on;
+        }
+        if !self.lists.iter().all(|l| half_safe(&l.raw)) {
+            return false;
+        }
+        self.half_scan = true;
+        self.lists.par_iter_mut().for_each(|l| {
+            l.half = l.raw.iter().map(|&v| half::f32_to_f16(v)).collect();
+        });
+        true
     }
 
     /// Nearest list of each vector (what `add` would do with it).
@@ -456,8 +498,12 @@ impl IvfIndex {
                 (pq.encode_many(&res, dim), Vec::new())
             }
         };
+        if self.half_scan && !half_safe(data) {
+            self.set_half_scan(false);
+        }
         let has_aux = self.has_aux();
         let has_raw = self.has_raw();
+        let has_half = self.half_scan;
         for (i, (&id, &l)) in ids.iter().zip(labels).enumerate() {
             let list = &mut self.lists[l as usize];
             list.ids.push(id);
@@ -469,6 +515,13 @@ impl IvfIndex {
             }
             if has_raw {
                 list.raw.extend_from_slice(&data[i * dim..(i + 1) * dim]);
+            }
+            if has_half {
+                list.half.extend(
+                    data[i * dim..(i + 1) * dim]
+                        .iter()
+                        .map(|&v| half::f32_to_f16(v)),
+                );
             }
         }
     }
@@ -691,7 +744,12 @@ impl IvfIndex {
         rerank: usize,
         s: &mut Scratch,
     ) -> (Vec<Neighbor>, SearchStats) {
-        let rerank = if self.has_raw() && !matches!(self.encoder, Encoder::Flat) {
+        let flat = matches!(self.encoder, Encoder::Flat);
+        let rerank = if flat && self.half_scan {
+            // Half-precision distances are within ~1e-3 relative of exact ones: the true
+            // top-k sits well inside the best max(4k, 32), which are then re-ranked exactly.
+            rerank.max(4 * k).max(HALF_RERANK_MIN)
+        } else if self.has_raw() && !flat {
             rerank
         } else {
             0
@@ -770,11 +828,20 @@ impl IvfIndex {
                 for start in (0..n).step_by(BLOCK) {
                     let end = (start + BLOCK).min(n);
                     let out = &mut s.dist[..end - start];
-                    let rows = &list.raw[start * dim..end * dim];
-                    if dot {
-                        (kern.dot_batch)(&s.query, rows, out);
+                    if self.half_scan {
+                        let rows = &list.half[start * dim..end * dim];
+                        if dot {
+                            (kern.dot_batch_f16)(&s.query, rows, out);
+                        } else {
+                            (kern.l2_batch_f16)(&s.query, rows, out);
+                        }
                     } else {
-                        (kern.l2_batch)(&s.query, rows, out);
+                        let rows = &list.raw[start * dim..end * dim];
+                        if dot {
+                            (kern.dot_batch)(&s.query, rows, out);
+                        } else {
+                            (kern.l2_batch)(&s.query, rows, out);
+                        }
                     }
                     push_block(top, out, 0.0, scale, None, start, &label);
                 }
@@ -928,6 +995,11 @@ fn select_nearest(dist: &[f32], nprobe: usize, out: &mut Vec<(f32, u32)>) {
         }
     }
     out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+}
+
+/// Whether every value fits half precision without overflow.
+fn half_safe(v: &[f32]) -> bool {
+    v.iter().all(|x| x.abs() <= half::HALF_SAFE_MAX)
 }
 
 /// `x_i − c_{label_i}` for every row.

@@ -15,6 +15,7 @@ mod assign;
 pub mod dataset;
 mod error;
 pub mod format;
+pub mod half;
 mod invlist;
 mod ivf;
 pub mod kernels;

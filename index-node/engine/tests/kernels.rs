@@ -101,6 +101,42 @@ fn code_kernels_match_scalar() {
 }
 
 #[test]
+fn half_precision_kernels_match_scalar() {
+    let reference = kernels::scalar();
+    let mut rng = Rng::new(5);
+    for k in kernels::available() {
+        for &d in &DIMS {
+            let q = vecs(&mut rng, d);
+            for rows in [1, 3, 4, 5, 9] {
+                let data: Vec<u16> = vecs(&mut rng, rows * d)
+                    .into_iter()
+                    .map(quiver_ivf::half::f32_to_f16)
+                    .collect();
+                let (mut got, mut want) = (vec![0.0; rows], vec![0.0; rows]);
+                (k.l2_batch_f16)(&q, &data, &mut got);
+                (reference.l2_batch_f16)(&q, &data, &mut want);
+                for i in 0..rows {
+                    close(
+                        got[i],
+                        want[i],
+                        &format!("{} l2 f16 d={d} rows={rows}", k.name),
+                    );
+                }
+                (k.dot_batch_f16)(&q, &data, &mut got);
+                (reference.dot_batch_f16)(&q, &data, &mut want);
+                for i in 0..rows {
+                    close(
+                        got[i],
+                        want[i],
+                        &format!("{} dot f16 d={d} rows={rows}", k.name),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn axpy_matches_scalar() {
     let reference = kernels::scalar();
     let mut rng = Rng::new(4);

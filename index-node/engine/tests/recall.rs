@@ -144,3 +144,45 @@ fn list_stats_count_every_vector() {
     assert!(s.imbalance >= 1.0);
     assert_eq!(s.max, *s.sizes.iter().max().expect("sizes"));
 }
+
+#[test]
+fn flat_half_scan_matches_f32_scan() {
+    let d = data(12);
+    for metric in METRICS {
+        let mut index = build(&d, metric, QuantizerKind::Flat, false);
+        assert!(index.half_scan(), "Flat scans half precision by default");
+        let sp = SearchParams::new(K, 8);
+        let half = index.search_batch(&d.queries, &sp).expect("half");
+        assert!(index.set_half_scan(false));
+        let full = index.search_batch(&d.queries, &sp).expect("f32");
+        // Re-ranking makes the reported distances exact, so the answers agree except where
+        // a true neighbour fell outside the re-ranked candidates (rare).
+        let same = half.iter().zip(&full).filter(|(a, b)| a == b).count();
+        assert!(
+            same * 100 >= d.queries.len() / DIM * 97,
+            "{metric}: only {same} identical answers"
+        );
+        for (a, b) in half.iter().zip(&full) {
+            assert!(
+                a[0].distance >= b[0].distance - 1e-6,
+                "{metric}: half scan beat exact"
+            );
+        }
+    }
+}
+
+#[test]
+fn half_scan_turns_off_for_values_beyond_its_range() {
+    let d = data(13);
+    let mut index = build(&d, Metric::L2, QuantizerKind::Flat, false);
+    let mut big = d.base[..DIM].to_vec();
+    big[0] = 1e6;
+    index.add(&[424_242], &big).expect("add");
+    assert!(!index.half_scan());
+    let top = index
+        .search(&big, &SearchParams::new(1, 64))
+        .expect("search");
+    assert_eq!(top[0].id, 424_242);
+    assert_eq!(top[0].distance, 0.0);
+    assert!(!index.set_half_scan(true));
+}

@@ -229,3 +229,66 @@ unsafe fn axpy_impl(a: f32, x: &[f32], y: &mut [f32]) {
 pub(super) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     unsafe { axpy_impl(a, x, y) }
 }
+
+/// Half-precision rows (F16C conversion), four at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn batch_f16_impl<const L2: bool>(q: &[f32], rows: &[u16], out: &mut [f32]) {
+    let d = q.len();
+    if d == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let n = out.len().min(rows.len() / d);
+    let pq = q.as_ptr();
+    let full = d / 8 * 8;
+    let mut r = 0;
+    while r < n {
+        let g = (n - r).min(4);
+        let base = rows[r * d..(r + g) * d].as_ptr();
+        let ahead = base.wrapping_add(16 * d);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        // SAFETY: row k < g spans base + k*d .. base + (k+1)*d; loads of 8 halves stay
+        // below `full` <= d; prefetches never fault.
+        unsafe {
+            let mut i = 0;
+            while i < full {
+                let qv = _mm256_loadu_ps(pq.add(i));
+                for (k, a) in acc.iter_mut().enumerate().take(g) {
+                    if i % 32 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(k * d + i).cast());
+                    }
+                    let x = _mm256_cvtph_ps(_mm_loadu_si128(base.add(k * d + i).cast()));
+                    *a = if L2 {
+                        let diff = _mm256_sub_ps(x, qv);
+                        _mm256_fmadd_ps(diff, diff, *a)
+                    } else {
+                        _mm256_fmadd_ps(x, qv, *a)
+                    };
+                }
+                i += 8;
+            }
+        }
+        for (k, a) in acc.iter().enumerate().take(g) {
+            let mut s = unsafe { hsum(*a) };
+            let row = &rows[(r + k) * d..(r + k + 1) * d];
+            for j in full..d {
+                let x = crate::half::f16_to_f32(row[j]);
+                s += if L2 {
+                    (x - q[j]) * (x - q[j])
+                } else {
+                    x * q[j]
+                };
+            }
+            out[r + k] = s;
+        }
+        r += g;
+    }
+}
+
+pub(super) fn l2_batch_f16(q: &[f32], rows: &[u16], out: &mut [f32]) {
+    unsafe { batch_f16_impl::<true>(q, rows, out) }
+}
+
+pub(super) fn dot_batch_f16(q: &[f32], rows: &[u16], out: &mut [f32]) {
+    unsafe { batch_f16_impl::<false>(q, rows, out) }
+}

@@ -229,3 +229,66 @@ unsafe fn axpy_impl(a: f32, x: &[f32], y: &mut [f32]) {
 pub(super) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     unsafe { axpy_impl(a, x, y) }
 }
+
+/// Half-precision rows, four at a time: half the bytes of the f32 scan for the same work.
+#[target_feature(enable = "avx512f")]
+unsafe fn batch_f16_impl<const L2: bool>(q: &[f32], rows: &[u16], out: &mut [f32]) {
+    let d = q.len();
+    if d == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let n = out.len().min(rows.len() / d);
+    let pq = q.as_ptr();
+    let full = d / 16 * 16;
+    let mut r = 0;
+    while r < n {
+        let g = (n - r).min(4);
+        let base = rows[r * d..(r + g) * d].as_ptr();
+        let ahead = base.wrapping_add(16 * d);
+        let mut acc = [_mm512_setzero_ps(); 4];
+        // SAFETY: row k < g spans base + k*d .. base + (k+1)*d; loads of 16 halves stay
+        // below `full` <= d; prefetches never fault.
+        unsafe {
+            let mut i = 0;
+            while i < full {
+                let qv = _mm512_loadu_ps(pq.add(i));
+                for (k, a) in acc.iter_mut().enumerate().take(g) {
+                    if i % 32 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(k * d + i).cast());
+                    }
+                    let x = _mm512_cvtph_ps(_mm256_loadu_si256(base.add(k * d + i).cast()));
+                    *a = if L2 {
+                        let diff = _mm512_sub_ps(x, qv);
+                        _mm512_fmadd_ps(diff, diff, *a)
+                    } else {
+                        _mm512_fmadd_ps(x, qv, *a)
+                    };
+                }
+                i += 16;
+            }
+        }
+        for (k, a) in acc.iter().enumerate().take(g) {
+            let mut s = _mm512_reduce_add_ps(*a);
+            let row = &rows[(r + k) * d..(r + k + 1) * d];
+            for j in full..d {
+                let x = crate::half::f16_to_f32(row[j]);
+                s += if L2 {
+                    (x - q[j]) * (x - q[j])
+                } else {
+                    x * q[j]
+                };
+            }
+            out[r + k] = s;
+        }
+        r += g;
+    }
+}
+
+pub(super) fn l2_batch_f16(q: &[f32], rows: &[u16], out: &mut [f32]) {
+    unsafe { batch_f16_impl::<true>(q, rows, out) }
+}
+
+pub(super) fn dot_batch_f16(q: &[f32], rows: &[u16], out: &mut [f32]) {
+    unsafe { batch_f16_impl::<false>(q, rows, out) }
+}

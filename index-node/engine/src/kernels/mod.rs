@@ -31,6 +31,10 @@ pub struct Kernels {
     pub sq8_dot_batch: fn(&[f32], &[u8], &mut [f32]),
     /// PQ table scan: `out[i] = sum_j lut[j*256 + codes[i*m + j]]`, `m = lut.len() / 256`.
     pub pq_scan: fn(&[f32], &[u8], &mut [f32]),
+    /// `out[i] = l2(q, row i)` over half-precision rows (`u16` bits), `d = q.len()`.
+    pub l2_batch_f16: fn(&[f32], &[u16], &mut [f32]),
+    /// `out[i] = dot(q, row i)` over half-precision rows.
+    pub dot_batch_f16: fn(&[f32], &[u16], &mut [f32]),
     /// `y[i] += a * x[i]` (builds PQ tables from transposed codebooks).
     pub axpy: fn(f32, &[f32], &mut [f32]),
     /// Dot products of a tile of 8 points with a panel of 32 centroids (see [`tile`]).
@@ -46,6 +50,8 @@ static SCALAR: Kernels = Kernels {
     sq8_dot_batch: scalar::sq8_dot_batch,
     pq_scan: scalar::pq_scan,
     axpy: scalar::axpy,
+    l2_batch_f16: scalar::l2_batch_f16,
+    dot_batch_f16: scalar::dot_batch_f16,
     dot_tile: tile::tile_scalar,
 };
 
@@ -59,6 +65,8 @@ static AVX2: Kernels = Kernels {
     sq8_dot_batch: avx2::sq8_dot_batch,
     pq_scan: avx2::pq_scan,
     axpy: avx2::axpy,
+    l2_batch_f16: avx2::l2_batch_f16,
+    dot_batch_f16: avx2::dot_batch_f16,
     dot_tile: avx2::dot_tile,
 };
 
@@ -72,6 +80,8 @@ static AVX512: Kernels = Kernels {
     sq8_dot_batch: avx512::sq8_dot_batch,
     pq_scan: avx512::pq_scan,
     axpy: avx512::axpy,
+    l2_batch_f16: avx512::l2_batch_f16,
+    dot_batch_f16: avx512::dot_batch_f16,
     dot_tile: avx512::dot_tile,
 };
 
@@ -106,7 +116,9 @@ pub fn scalar() -> &'static Kernels {
 
 #[cfg(target_arch = "x86_64")]
 fn avx2_supported() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -79,3 +79,25 @@ pub(super) fn axpy_fma(a: f32, x: &[f32], y: &mut [f32]) {
         *y = a.mul_add(*x, *y);
     }
 }
+
+fn f16_row<const L2: bool>(q: &[f32], row: &[u16]) -> f32 {
+    q.iter()
+        .zip(row)
+        .map(|(&a, &h)| {
+            let x = crate::half::f16_to_f32(h);
+            if L2 { (x - a) * (x - a) } else { x * a }
+        })
+        .sum()
+}
+
+pub(super) fn l2_batch_f16(q: &[f32], rows: &[u16], out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(q.len().max(1))) {
+        *o = f16_row::<true>(q, row);
+    }
+}
+
+pub(super) fn dot_batch_f16(q: &[f32], rows: &[u16], out: &mut [f32]) {
+    for (o, row) in out.iter_mut().zip(rows.chunks_exact(q.len().max(1))) {
+        *o = f16_row::<false>(q, row);
+    }
+}
