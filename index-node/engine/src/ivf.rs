@@ -182,6 +182,9 @@ const CODEBOOK_TRAIN_POINTS: usize = 256 * KSUB;
 const ADD_CHUNK: usize = 1 << 16;
 /// Fewest candidates re-ranked after a half-precision Flat scan.
 const HALF_RERANK_MIN: usize = 32;
+/// Entries to scan per re-ranked candidate below which Flat scans f32 (measured: with ~250
+/// entries per query re-ranking 40 costs more than the halved scan saves).
+const HALF_MIN_ENTRIES_PER_RERANK: usize = 50;
 /// Entries whose distances are computed in one kernel call.
 const BLOCK: usize = 256;
 
@@ -745,7 +748,16 @@ impl IvfIndex {
         s: &mut Scratch,
     ) -> (Vec<Neighbor>, SearchStats) {
         let flat = matches!(self.encoder, Encoder::Flat);
-        let rerank = if flat && self.half_scan {
+        // The half scan pays a fixed re-ranking cost (random reads of f32 vectors), so it is
+        // used only when the probed lists are long enough for the halved scan to win.
+        let half = flat && self.half_scan && {
+            let total: usize = coarse
+                .iter()
+                .map(|&(_, l)| self.lists[l as usize].len())
+                .sum();
+            total >= HALF_MIN_ENTRIES_PER_RERANK * (4 * k).max(HALF_RERANK_MIN)
+        };
+        let rerank = if half {
             // Half-precision distances are within ~1e-3 relative of exact ones: the true
             // top-k sits well inside the best max(4k, 32), which are then re-ranked exactly.
             rerank.max(4 * k).max(HALF_RERANK_MIN)
@@ -766,7 +778,11 @@ impl IvfIndex {
             }
             stats.lists_probed += 1;
             stats.scanned += list.len();
-            self.scan_list(l, cd, list, rerank > 0, &mut top, s);
+            let mode = ScanMode {
+                labels: rerank > 0,
+                half,
+            };
+            self.scan_list(l, cd, list, mode, &mut top, s);
         }
         let out = if rerank > 0 {
             let kern = kernels::get();
@@ -804,7 +820,7 @@ impl IvfIndex {
         l: u32,
         coarse_dist: f32,
         list: &InvertedList,
-        labels: bool,
+        mode: ScanMode,
         top: &mut TopK,
         s: &mut Scratch,
     ) {
@@ -814,7 +830,7 @@ impl IvfIndex {
         let centroid = &self.centroids[l as usize * dim..(l as usize + 1) * dim];
         let n = list.len();
         let label = |i: usize| {
-            if labels {
+            if mode.labels {
                 (u64::from(l) << 32) | i as u64
             } else {
                 list.ids[i]
@@ -828,7 +844,7 @@ impl IvfIndex {
                 for start in (0..n).step_by(BLOCK) {
                     let end = (start + BLOCK).min(n);
                     let out = &mut s.dist[..end - start];
-                    if self.half_scan {
+                    if mode.half {
                         let rows = &list.half[start * dim..end * dim];
                         if dot {
                             (kern.dot_batch_f16)(&s.query, rows, out);
@@ -915,6 +931,14 @@ impl IvfIndex {
             }
         }
     }
+}
+
+/// How one list is scanned: push `(list << 32) | offset` labels instead of ids (for
+/// re-ranking), and read Flat's half-precision copies.
+#[derive(Clone, Copy)]
+struct ScanMode {
+    labels: bool,
+    half: bool,
 }
 
 #[inline(always)]

@@ -151,7 +151,8 @@ fn flat_half_scan_matches_f32_scan() {
     for metric in METRICS {
         let mut index = build(&d, metric, QuantizerKind::Flat, false);
         assert!(index.half_scan(), "Flat scans half precision by default");
-        let sp = SearchParams::new(K, 8);
+        // All 64 lists: enough entries per query that the half-precision path is taken.
+        let sp = SearchParams::new(K, 64);
         let half = index.search_batch(&d.queries, &sp).expect("half");
         assert!(index.set_half_scan(false));
         let full = index.search_batch(&d.queries, &sp).expect("f32");
