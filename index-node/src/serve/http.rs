@@ -12,8 +12,15 @@ use axum::routing::get;
 
 use super::Node;
 
+/// Binds first (so a taken port fails the process at start), then serves until `shutdown`.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (http): {e}"))
+}
+
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     node: Arc<Node>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -22,10 +29,9 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(node);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (http): {e}"))?;
-    tracing::info!(%addr, "http listening");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "http listening");
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

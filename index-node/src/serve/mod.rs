@@ -241,7 +241,12 @@ async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let health_task = tokio::spawn(health_loop(node.clone(), health, stop_rx.clone()));
 
-    let http_task = tokio::spawn(http::serve(http_addr, node.clone(), wait(stop_rx.clone())));
+    let http_listener = http::bind(http_addr).await?;
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        node.clone(),
+        wait(stop_rx.clone()),
+    ));
 
     let listener = tokio::net::TcpListener::bind(grpc_addr)
         .await
