@@ -763,6 +763,11 @@ async fn custom_resources_are_served_validated_and_pruned() {
             let (code, reason) = api_err(api.create(&PostParams::default(), &obj(name, spec)).await.expect_err(name));
             assert_eq!((code, reason.as_str()), (422, "Invalid"), "{name}");
         }
+        // kubectl asks for strict field validation: unknown fields are then refused.
+        let strict = PatchParams::apply("strict-test").validation_strict();
+        let body = json!({"apiVersion": format!("{group}/v1"), "kind": "Widget", "metadata": {"name": "strict"}, "spec": {"size": 3, "bogus": 1}});
+        let (code, reason) = api_err(api.patch("strict", &strict, &Patch::Apply(body)).await.expect_err("strict"));
+        assert_eq!((code, reason.as_str()), (400, "BadRequest"));
         let (code, _) = api_err(api.patch("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 100}}))).await.expect_err("update validated"));
         assert_eq!(code, 422);
 

@@ -189,6 +189,11 @@ pub async fn handle(
         // Only JSON bodies are understood; clients such as kubectl fall back on 415.
         return error_response(&ApiError::unsupported_media(&content_type));
     }
+    if q.get("fieldValidation").is_some_and(|v| v == "Strict") {
+        if let Err(e) = strict_check(&t, &content_type, &body) {
+            return error_response(&e);
+        }
+    }
     match serve(&app, &method, t, &q, &manager, &content_type, &body) {
         Ok(r) => r,
         Err(e) => {
@@ -196,6 +201,37 @@ pub async fn handle(
             error_response(&e)
         }
     }
+}
+
+/// `fieldValidation=Strict`: unknown fields of a custom resource are an error, not pruned.
+fn strict_check(t: &Target, content_type: &str, body: &Bytes) -> Result<(), ApiError> {
+    let Some(schemas) = &t.res.schemas else {
+        return Ok(());
+    };
+    if body.is_empty() || content_type.starts_with("application/json-patch+json") {
+        return Ok(());
+    }
+    let Ok(obj) = serde_json::from_slice::<Value>(body) else {
+        return Ok(());
+    };
+    let Some(schema) = schemas.get(&t.version) else {
+        return Ok(());
+    };
+    let unknown = super::schema::unknown_fields(&obj, schema);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|u| format!("unknown field \"{u}\""))
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+        t.res.kind,
+        t.version,
+        t.res.kind,
+        list.join(", ")
+    )))
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {

@@ -6,7 +6,7 @@ pub mod error;
 mod http;
 mod patch;
 pub mod registry;
-mod schema;
+pub mod schema;
 pub mod selectors;
 pub mod store;
 pub mod time;

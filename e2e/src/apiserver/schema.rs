@@ -218,6 +218,39 @@ fn check(v: &mut Value, s: &Value, path: &str, errs: &mut Vec<String>) {
     }
 }
 
+/// Fields of `obj` the schema does not know (dotted paths), for `fieldValidation=Strict`.
+pub fn unknown_fields(obj: &Value, schema: &Value) -> Vec<String> {
+    let mut pruned = obj.clone();
+    let _ = validate_object(&mut pruned, schema);
+    let mut out = Vec::new();
+    diff_keys(obj, &pruned, "", &mut out);
+    out
+}
+
+fn diff_keys(orig: &Value, pruned: &Value, path: &str, out: &mut Vec<String>) {
+    match (orig, pruned) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match b.get(k) {
+                    Some(bv) => diff_keys(v, bv, &p, out),
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                diff_keys(x, y, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

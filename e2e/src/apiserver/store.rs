@@ -141,6 +141,53 @@ fn default_pod_spec(spec: &mut Value) {
         set_default(spec, &["terminationGracePeriodSeconds"], json!(30));
         set_default(spec, &["dnsPolicy"], json!("ClusterFirst"));
         set_default(spec, &["schedulerName"], json!("default-scheduler"));
+        for list in ["containers", "initContainers"] {
+            for c in spec[list]
+                .as_array_mut()
+                .map(Vec::as_mut_slice)
+                .unwrap_or_default()
+            {
+                default_container(c);
+            }
+        }
+    }
+}
+
+fn default_container(c: &mut Value) {
+    set_default(
+        c,
+        &["terminationMessagePath"],
+        json!("/dev/termination-log"),
+    );
+    set_default(c, &["terminationMessagePolicy"], json!("File"));
+    set_default(c, &["imagePullPolicy"], json!("IfNotPresent"));
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if c[probe].is_object() {
+            set_default(c, &[probe, "timeoutSeconds"], json!(1));
+            set_default(c, &[probe, "periodSeconds"], json!(10));
+            set_default(c, &[probe, "successThreshold"], json!(1));
+            set_default(c, &[probe, "failureThreshold"], json!(3));
+            if c[probe]["httpGet"].is_object() {
+                set_default(c, &[probe, "httpGet", "scheme"], json!("HTTP"));
+                set_default(c, &[probe, "httpGet", "path"], json!("/"));
+            }
+        }
+    }
+    for port in c["ports"]
+        .as_array_mut()
+        .map(Vec::as_mut_slice)
+        .unwrap_or_default()
+    {
+        set_default(port, &["protocol"], json!("TCP"));
+    }
+    for e in c["env"]
+        .as_array_mut()
+        .map(Vec::as_mut_slice)
+        .unwrap_or_default()
+    {
+        if e["valueFrom"]["fieldRef"].is_object() {
+            set_default(e, &["valueFrom", "fieldRef", "apiVersion"], json!("v1"));
+        }
     }
 }
 
