@@ -189,10 +189,10 @@ pub async fn handle(
         // Only JSON bodies are understood; clients such as kubectl fall back on 415.
         return error_response(&ApiError::unsupported_media(&content_type));
     }
-    if q.get("fieldValidation").is_some_and(|v| v == "Strict") {
-        if let Err(e) = strict_check(&t, &content_type, &body) {
-            return error_response(&e);
-        }
+    if q.get("fieldValidation").is_some_and(|v| v == "Strict")
+        && let Err(e) = strict_check(&t, &content_type, &body)
+    {
+        return error_response(&e);
     }
     match serve(&app, &method, t, &q, &manager, &content_type, &body) {
         Ok(r) => r,
