@@ -135,6 +135,15 @@ fn set_default(obj: &mut Value, path: &[&str], v: Value) {
     }
 }
 
+/// The elements of the array at `key`, without inserting the key when it is absent
+/// (indexing a `Value` mutably would store a `null` there, which the real API server never does).
+fn items_mut<'a>(obj: &'a mut Value, key: &str) -> &'a mut [Value] {
+    obj.get_mut(key)
+        .and_then(Value::as_array_mut)
+        .map(Vec::as_mut_slice)
+        .unwrap_or_default()
+}
+
 fn default_pod_spec(spec: &mut Value) {
     if spec.is_object() {
         set_default(spec, &["restartPolicy"], json!("Always"));
@@ -142,11 +151,7 @@ fn default_pod_spec(spec: &mut Value) {
         set_default(spec, &["dnsPolicy"], json!("ClusterFirst"));
         set_default(spec, &["schedulerName"], json!("default-scheduler"));
         for list in ["containers", "initContainers"] {
-            for c in spec[list]
-                .as_array_mut()
-                .map(Vec::as_mut_slice)
-                .unwrap_or_default()
-            {
+            for c in items_mut(spec, list) {
                 default_container(c);
             }
         }
@@ -173,18 +178,10 @@ fn default_container(c: &mut Value) {
             }
         }
     }
-    for port in c["ports"]
-        .as_array_mut()
-        .map(Vec::as_mut_slice)
-        .unwrap_or_default()
-    {
+    for port in items_mut(c, "ports") {
         set_default(port, &["protocol"], json!("TCP"));
     }
-    for e in c["env"]
-        .as_array_mut()
-        .map(Vec::as_mut_slice)
-        .unwrap_or_default()
-    {
+    for e in items_mut(c, "env") {
         if e["valueFrom"]["fieldRef"].is_object() {
             set_default(e, &["valueFrom", "fieldRef", "apiVersion"], json!("v1"));
         }
@@ -194,7 +191,11 @@ fn default_container(c: &mut Value) {
 /// The defaults a real API server fills in that controllers and clients read back.
 fn apply_defaults(key: &str, obj: &mut Value, uid: &str) {
     match key {
-        "/pods" => default_pod_spec(&mut obj["spec"]),
+        "/pods" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                default_pod_spec(spec);
+            }
+        }
         "apps/deployments" => {
             set_default(obj, &["spec", "replicas"], json!(1));
             set_default(
@@ -204,7 +205,9 @@ fn apply_defaults(key: &str, obj: &mut Value, uid: &str) {
             );
             set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
             set_default(obj, &["spec", "progressDeadlineSeconds"], json!(600));
-            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+            if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+                default_pod_spec(spec);
+            }
         }
         "apps/statefulsets" => {
             set_default(obj, &["spec", "replicas"], json!(1));
@@ -215,11 +218,15 @@ fn apply_defaults(key: &str, obj: &mut Value, uid: &str) {
                 json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
             );
             set_default(obj, &["spec", "revisionHistoryLimit"], json!(10));
-            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+            if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+                default_pod_spec(spec);
+            }
         }
         "apps/replicasets" => {
             set_default(obj, &["spec", "replicas"], json!(1));
-            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+            if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+                default_pod_spec(spec);
+            }
         }
         "batch/jobs" => {
             let spec = &mut obj["spec"];
@@ -243,7 +250,9 @@ fn apply_defaults(key: &str, obj: &mut Value, uid: &str) {
                 labels["batch.kubernetes.io/job-name"] = name.clone();
                 labels["job-name"] = name;
             }
-            default_pod_spec(&mut obj["spec"]["template"]["spec"]);
+            if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
+                default_pod_spec(spec);
+            }
         }
         "/services" => {
             set_default(obj, &["spec", "type"], json!("ClusterIP"));
@@ -900,6 +909,14 @@ impl Inner {
                 meta.remove("managedFields");
             }
             apply::record_update(&old, &mut result, m, sub, res.status);
+        }
+        if sub.is_empty() {
+            // The real API server defaults every write, not only creates.
+            let uid = old["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            apply_defaults(&res.key(), &mut result, &uid);
         }
         self.validate(res, &mut result)?;
         let key = res.key();
