@@ -15,7 +15,7 @@ use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::probes::ProbeState;
+use super::probes::{ProbeState, Target};
 use super::process::{self, PodDirs, Refs};
 use super::{IpPool, KubeletConfig, KubeletError};
 use crate::controllers::now;
@@ -36,6 +36,8 @@ struct Container {
     startup: Option<ProbeState>,
     readiness: Option<ProbeState>,
     liveness: Option<ProbeState>,
+    /// How the running process was started (exec probes run beside it the same way).
+    process: Option<process::Spec>,
 }
 
 impl Container {
@@ -55,6 +57,7 @@ impl Container {
             startup: None,
             readiness: None,
             liveness: None,
+            process: None,
         }
     }
 
@@ -332,6 +335,7 @@ impl PodWorker {
                 c.startup = ProbeState::new(&c.spec["startupProbe"], t);
                 c.readiness = ProbeState::new(&c.spec["readinessProbe"], t);
                 c.liveness = ProbeState::new(&c.spec["livenessProbe"], t);
+                c.process = Some(spec);
             }
             Err(e) => {
                 c.waiting = Some(("RunContainerError".into(), e.to_string()));
@@ -418,11 +422,15 @@ impl PodWorker {
         if c.child.is_none() {
             return;
         }
-        let spec = c.spec.clone();
+        let target = Target {
+            ip,
+            container: &c.spec,
+            process: c.process.as_ref(),
+        };
         if let Some(p) = c.startup.as_mut()
             && p.result != Some(true)
         {
-            p.tick(ip, &spec).await;
+            p.tick(&target).await;
             if p.result == Some(false) {
                 self.kill_for_restart(i, policy, "startup probe failed")
                     .await;
@@ -430,10 +438,10 @@ impl PodWorker {
             return;
         }
         if let Some(p) = c.readiness.as_mut() {
-            p.tick(ip, &spec).await;
+            p.tick(&target).await;
         }
         if let Some(p) = c.liveness.as_mut() {
-            p.tick(ip, &spec).await;
+            p.tick(&target).await;
             if p.result == Some(false) {
                 self.kill_for_restart(i, policy, "liveness probe failed")
                     .await;

@@ -355,6 +355,8 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     pub workdir: PathBuf,
     pub log: PathBuf,
+    /// Container mount path -> host directory, for exec probes run later.
+    pub mounts: Vec<(String, PathBuf)>,
 }
 
 /// Builds what to run; `Err` is a waiting reason and message.
@@ -412,6 +414,7 @@ pub fn build(
         env,
         workdir,
         log: dirs.log(c["name"].as_str().unwrap_or("container")),
+        mounts,
     })
 }
 
