@@ -29,6 +29,9 @@ pub struct Metrics {
     /// Router -> shard calls, by shard and outcome (ok, error, retried).
     pub shard_calls: Family<Labels, Counter>,
     pub shard_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Router: queries per call to a shard replica (1 = a plain ShardSearch; more = the
+    /// queries that waited while the replica's calls were in flight, sent as one batch).
+    pub shard_batch: Histogram,
     /// Router: replicas per shard by state (up, down = skipped after a failure).
     pub shard_replicas: Family<Labels, Gauge>,
     /// Per version: 0 loading, 1 warm, 2 active, -1 failed.
@@ -56,6 +59,7 @@ impl Metrics {
             inflight: Gauge::default(),
             shard_calls: Family::default(),
             shard_seconds: Family::new_with_constructor(latency as fn() -> Histogram),
+            shard_batch: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             shard_replicas: Family::default(),
             version_state: Family::default(),
             version_vectors: Family::default(),
@@ -85,6 +89,11 @@ impl Metrics {
             "shard_call_duration_seconds",
             "Router-to-shard call latency",
             m.shard_seconds.clone(),
+        );
+        registry.register(
+            "shard_batch_queries",
+            "Router: queries per call to a shard replica",
+            m.shard_batch.clone(),
         );
         registry.register(
             "shard_replicas",

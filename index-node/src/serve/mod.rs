@@ -2,10 +2,13 @@
 //! convergence and graceful shutdown.
 
 pub mod admin;
+pub mod batcher;
 pub mod http;
 pub mod metrics;
 pub mod router;
 pub mod shard;
+#[cfg(test)]
+mod tests;
 pub mod validate;
 
 use std::net::{IpAddr, SocketAddr};
@@ -63,12 +66,19 @@ pub struct ServeCmd {
     /// Largest k a client may ask for.
     #[arg(long, default_value_t = 1000)]
     pub max_k: u32,
-    /// Most queries in one BatchSearch.
+    /// Most queries in one BatchSearch (routers) or ShardBatchSearch (shards); routers also
+    /// send at most this many queries in one ShardBatchSearch.
     #[arg(long, default_value_t = 1024)]
     pub max_batch: usize,
     /// Router: deadline of one shard call before trying another replica.
     #[arg(long, default_value_t = 2000)]
     pub shard_timeout_ms: u64,
+    /// Router: calls in flight per shard replica. Queries that arrive while all are busy wait
+    /// and go out together as one ShardBatchSearch when a call returns (no timer: an idle
+    /// router adds no delay). Raise it towards a shard's core count on machines where shards
+    /// have many cores each.
+    #[arg(long, default_value_t = 1)]
+    pub shard_inflight: usize,
     /// On SIGTERM: time between failing readiness and closing the listeners, so load
     /// balancers stop sending new queries first.
     #[arg(long, default_value_t = 2000)]
@@ -223,6 +233,8 @@ async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
                 ctx.clone(),
                 source.watch(),
                 Duration::from_millis(cmd.shard_timeout_ms.max(1)),
+                cmd.shard_inflight,
+                metrics.shard_batch.clone(),
             ))
         }
     };

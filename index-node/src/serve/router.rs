@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use prometheus_client::metrics::histogram::Histogram;
 use quiver_ivf::IvfIndex;
 use quiver_proto::shard_client::ShardClient;
 use quiver_proto::{
@@ -15,9 +16,10 @@ use quiver_proto::{
     ShardSearchRequest,
 };
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Request, Response, Status};
 
+use super::batcher::Batcher;
 use super::{Ctx, Node, validate};
 use crate::discovery::Replicas;
 use crate::loader::{self, Eval};
@@ -42,7 +44,7 @@ pub enum Slot {
 
 struct Replica {
     addr: String,
-    client: ShardClient<Channel>,
+    calls: Arc<Batcher>,
     /// Milliseconds since `RouterState::epoch` until which the replica is skipped.
     down_until: AtomicU64,
 }
@@ -60,6 +62,9 @@ pub struct RouterState {
     rr: AtomicUsize,
     epoch: Instant,
     shard_timeout: Duration,
+    /// Calls in flight per replica before further queries wait and go out as one batch.
+    shard_inflight: usize,
+    batch_sizes: Histogram,
     replicas: watch::Receiver<Replicas>,
     failures: super::Failures,
 }
@@ -72,6 +77,8 @@ impl RouterState {
         ctx: Ctx,
         replicas: watch::Receiver<Replicas>,
         shard_timeout: Duration,
+        shard_inflight: usize,
+        batch_sizes: Histogram,
     ) -> Arc<Self> {
         Arc::new(Self {
             ctx,
@@ -83,6 +90,8 @@ impl RouterState {
             rr: AtomicUsize::new(0),
             epoch: Instant::now(),
             shard_timeout,
+            shard_inflight: shard_inflight.max(1),
+            batch_sizes,
             replicas,
             failures: Default::default(),
         })
@@ -142,11 +151,17 @@ impl RouterState {
                     None => match Endpoint::from_shared(format!("http://{addr}")) {
                         Ok(ep) => Arc::new(Replica {
                             addr: addr.clone(),
-                            client: ShardClient::new(
-                                ep.connect_timeout(Duration::from_millis(500))
-                                    .tcp_nodelay(true)
-                                    .connect_lazy(),
-                            ),
+                            calls: Arc::new(Batcher::new(
+                                ShardClient::new(
+                                    ep.connect_timeout(Duration::from_millis(500))
+                                        .tcp_nodelay(true)
+                                        .connect_lazy(),
+                                ),
+                                self.shard_inflight,
+                                self.ctx.max_batch,
+                                self.shard_timeout,
+                                self.batch_sizes.clone(),
+                            )),
                             down_until: AtomicU64::new(0),
                         }),
                         Err(e) => {
@@ -416,22 +431,27 @@ impl RouterState {
             .map(|i| &replicas[(start + i) % replicas.len()])
             .collect();
         order.sort_by_key(|r| r.down_until.load(Ordering::Relaxed) > now);
-        let req = ShardSearchRequest {
+        let mut req = Some(ShardSearchRequest {
             version: version.to_string(),
             vector: vector.to_vec(),
             k: k as u32,
             lists,
-        };
+        });
         let mut last = Status::unavailable(format!("shard {shard}: no replica answered"));
+        let tries = order.len();
         for (attempt, rep) in order.into_iter().enumerate() {
             let started = Instant::now();
-            let mut client = rep.client.clone();
-            let mut r = Request::new(req.clone());
-            r.set_timeout(self.shard_timeout);
-            let res = tokio::time::timeout(self.shard_timeout, client.shard_search(r)).await;
+            // Copy the request only when another replica may still need it.
+            let this = if attempt + 1 < tries {
+                req.clone()
+            } else {
+                req.take()
+            };
+            let Some(this) = this else { break };
+            // The deadline covers the wait for a batch slot as well as the call.
+            let res = tokio::time::timeout(self.shard_timeout, rep.calls.call(this)).await;
             let outcome = match res {
                 Ok(Ok(resp)) => {
-                    let resp = resp.into_inner();
                     if resp.version == version {
                         Ok(resp)
                     } else {

@@ -9,7 +9,11 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use quiver_ivf::IvfIndex;
-use quiver_proto::{ShardSearchRequest, ShardSearchResponse};
+use quiver_proto::shard_batch_result::Result as BatchResult;
+use quiver_proto::{
+    ShardBatchResult, ShardBatchSearchRequest, ShardBatchSearchResponse, ShardQueryError,
+    ShardSearchRequest, ShardSearchResponse,
+};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -313,6 +317,61 @@ impl quiver_proto::shard_server::Shard for ShardSvc {
             Err(s) => self.node.metrics.error(s.code()),
         }
         r.map(Response::new)
+    }
+
+    async fn shard_batch_search(
+        &self,
+        req: Request<ShardBatchSearchRequest>,
+    ) -> Result<Response<ShardBatchSearchResponse>, Status> {
+        let started = Instant::now();
+        let queries = req.into_inner().queries;
+        if queries.is_empty() {
+            return Err(Status::invalid_argument("queries: empty"));
+        }
+        if queries.len() > self.state.ctx.max_batch {
+            return Err(Status::invalid_argument(format!(
+                "queries: {} exceeds the maximum batch of {}",
+                queries.len(),
+                self.state.ctx.max_batch
+            )));
+        }
+        self.node.metrics.inflight.inc();
+        // Each query is answered (or refused) on its own, from its own version: one bad or
+        // refused query does not fail the others.
+        let results: Vec<ShardBatchResult> = queries
+            .into_iter()
+            .map(|q| {
+                let result = match self.search(q) {
+                    Ok(r) => BatchResult::Response(r),
+                    Err(s) => {
+                        self.node.metrics.error(s.code());
+                        BatchResult::Error(query_error(&s))
+                    }
+                };
+                ShardBatchResult {
+                    result: Some(result),
+                }
+            })
+            .collect();
+        self.node.metrics.inflight.dec();
+        let ok = results
+            .iter()
+            .filter(|r| matches!(r.result, Some(BatchResult::Response(_))))
+            .count();
+        let per = started.elapsed().as_secs_f64() / results.len() as f64;
+        for _ in 0..ok {
+            self.node.metrics.query_seconds.observe(per);
+        }
+        Ok(Response::new(ShardBatchSearchResponse { results }))
+    }
+}
+
+/// The per-query form of a status ShardSearch would have returned, refusal mark included.
+pub fn query_error(s: &Status) -> ShardQueryError {
+    ShardQueryError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+        refused: s.metadata().get(super::REFUSED_HEADER).is_some(),
     }
 }
 
