@@ -61,6 +61,9 @@ pub struct LoadtestCmd {
     pub version: Option<String>,
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Threads driving the client: 0 = one per core, 1 = a single-threaded runtime.
+    #[arg(long, default_value_t = 0)]
+    pub worker_threads: usize,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -105,10 +108,7 @@ struct Worker {
 }
 
 pub fn run(cmd: LoadtestCmd) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let s = rt.block_on(loadtest(&cmd))?;
+    let s = crate::serve::runtime(cmd.worker_threads)?.block_on(loadtest(&cmd))?;
     // A closed stdout (e.g. piped into `head`) is not worth a panic.
     if let Err(e) = print_summary(&s, cmd.json)
         && e.kind() != std::io::ErrorKind::BrokenPipe

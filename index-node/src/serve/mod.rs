@@ -83,6 +83,10 @@ pub struct ServeCmd {
     /// balancers stop sending new queries first.
     #[arg(long, default_value_t = 2000)]
     pub shutdown_delay_ms: u64,
+    /// Threads running requests: 0 = one per core; 1 = a single-threaded runtime (best when
+    /// several nodes share a few cores).
+    #[arg(long, default_value_t = 0, env = "QUIVER_WORKER_THREADS")]
+    pub worker_threads: usize,
     /// Node name reported in status (defaults to listen address).
     #[arg(long, env = "POD_NAME")]
     pub node_name: Option<String>,
@@ -179,10 +183,25 @@ pub struct Ctx {
 }
 
 pub fn run(cmd: ServeCmd) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(serve(cmd))
+    runtime(cmd.worker_threads)?.block_on(serve(cmd))
+}
+
+/// The process's tokio runtime: one worker per core by default; `1` runs everything on one
+/// thread (no wake-ups of idle workers or hand-offs between threads, which cost more than
+/// they give when several processes share a few cores).
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
 }
 
 async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
