@@ -7,10 +7,13 @@ mod common;
 use std::time::Duration;
 
 use common::{bounded, eventually};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::{Client, ResourceExt};
 use quiver_e2e::local::{Local, LocalConfig};
 use serde_json::{Value, json};
@@ -112,7 +115,25 @@ async fn pod_serves_readiness_then_terminates_on_delete() {
         let log = quiver_e2e::kubelet::read_logs(&env.dir.join("pods"), &env.ns, "web", None).expect("log");
         assert!(log.contains(&format!("listening on {ip}:8080")), "log: {log}");
 
+        let rv = p.resource_version().unwrap_or_default();
+        let mut events = pods
+            .watch(&WatchParams::default().fields("metadata.name=web"), &rv)
+            .await
+            .expect("watch")
+            .boxed();
         pods.delete("web", &DeleteParams::default()).await.expect("delete");
+        let mut last = None;
+        while let Some(ev) = events.try_next().await.expect("watch event") {
+            match ev {
+                WatchEvent::Modified(p) => last = Some(p),
+                WatchEvent::Deleted(_) => break,
+                _ => {}
+            }
+        }
+        let last = last.expect("status written while terminating");
+        let cs = &last.status.as_ref().and_then(|s| s.container_statuses.clone()).expect("container statuses")[0];
+        assert_eq!(cs.restart_count, 0, "a container stopped for deletion is not a restart");
+        assert!(cs.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some(), "terminated state: {cs:?}");
         eventually(30, "pod removed after graceful stop", || async { pods.get_opt("web").await.ok()?.is_none().then_some(()) }).await;
         env.stop().await;
     })

@@ -105,6 +105,79 @@ fn http_get(path: &str) -> http::Request<Vec<u8>> {
     http::Request::get(path).body(Vec::new()).expect("request")
 }
 
+/// A GET as `kubectl get` sends it, asking for a server-side Table.
+fn table_get(path: &str) -> http::Request<Vec<u8>> {
+    http::Request::get(path)
+        .header(
+            "accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json",
+        )
+        .body(Vec::new())
+        .expect("request")
+}
+
+fn column_names(t: &Value) -> Vec<String> {
+    t["columnDefinitions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
+}
+
+#[tokio::test]
+async fn tables_for_kubectl_get() {
+    bounded(60, async {
+        let c = Cluster::start_with(|cfg| cfg.controllers = false).await;
+        let ns = c.namespace("table").await;
+        let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        cms.create(
+            &PostParams::default(),
+            &cm("two", json!({}), json!({"a": "1", "b": "2"})),
+        )
+        .await
+        .expect("create");
+        let base = format!("/api/v1/namespaces/{}/configmaps", ns.name);
+        let t: Value = c
+            .client
+            .request(table_get(&base))
+            .await
+            .expect("list table");
+        assert_eq!(t["kind"], "Table");
+        assert_eq!(t["apiVersion"], "meta.k8s.io/v1");
+        assert_eq!(column_names(&t), ["Name", "Data", "Age"]);
+        let row = t["rows"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["cells"][0] == "two"))
+            .expect("row")
+            .clone();
+        assert_eq!(row["cells"][1], 2);
+        assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
+        assert!(
+            row["object"].get("data").is_none(),
+            "metadata only by default"
+        );
+        let one: Value = c
+            .client
+            .request(table_get(&format!("{base}/two?includeObject=Object")))
+            .await
+            .expect("get table");
+        assert_eq!(one["rows"].as_array().map(Vec::len), Some(1));
+        assert_eq!(one["rows"][0]["object"]["data"]["b"], "2");
+        // Without the Accept header, the same path is a plain object.
+        let plain: Value = c
+            .client
+            .request(http_get(&format!("{base}/two")))
+            .await
+            .expect("get");
+        assert_eq!(plain["kind"], "ConfigMap");
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn create_get_metadata_and_errors() {
     bounded(60, async {
@@ -236,6 +309,74 @@ async fn generation_bumps_on_spec_changes_only_and_status_is_separate() {
             .await
             .expect("patch status");
         assert_eq!(d.status.and_then(|s| s.replicas), Some(8));
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn scale_subresource_of_workloads() {
+    bounded(60, async {
+        let c = Cluster::start_with(|cfg| cfg.controllers = false).await;
+        let ns = c.namespace("scale").await;
+        let api: Api<Deployment> = Api::namespaced(c.client.clone(), &ns.name);
+        api.create(&PostParams::default(), &deployment("d"))
+            .await
+            .expect("create");
+        let sc = api.get_scale("d").await.expect("get scale");
+        assert_eq!(
+            sc.spec.as_ref().and_then(|s| s.replicas),
+            Some(0),
+            "replicas as created"
+        );
+        assert_eq!(
+            sc.status.as_ref().and_then(|s| s.selector.as_deref()),
+            Some("app=d"),
+            "selector from the spec"
+        );
+        // As kubectl scale sends it.
+        let sc = api
+            .patch_scale(
+                "d",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 3}})),
+            )
+            .await
+            .expect("patch scale");
+        assert_eq!(sc.spec.and_then(|s| s.replicas), Some(3));
+        let d = api.get("d").await.expect("get");
+        assert_eq!(d.spec.replicas, Some(3));
+        assert_eq!(d.metadata.generation, Some(2), "a scale is a spec change");
+        let mut stale = api.get_scale("d").await.expect("scale");
+        stale.metadata.resource_version = Some("1".into());
+        stale.spec = Some(k8s_openapi::api::autoscaling::v1::ScaleSpec { replicas: Some(4) });
+        let (code, reason) = api_err(
+            api.replace_scale("d", &PostParams::default(), &stale)
+                .await
+                .expect_err("stale"),
+        );
+        assert_eq!((code, reason.as_str()), (409, "Conflict"));
+        let (code, reason) = api_err(
+            api.patch_scale(
+                "d",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": -1}})),
+            )
+            .await
+            .expect_err("negative"),
+        );
+        assert_eq!((code, reason.as_str()), (422, "Invalid"));
+        let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        cms.create(&PostParams::default(), &cm("x", json!({}), json!({})))
+            .await
+            .expect("cm");
+        let (code, _) = api_err(
+            cms.get_scale("x")
+                .await
+                .expect_err("no scale for configmaps"),
+        );
+        assert_eq!(code, 404);
         drop(ns);
         c.stop().await;
     })
@@ -694,13 +835,18 @@ fn crd(group: &str) -> CustomResourceDefinition {
         "metadata": {"name": format!("widgets.{group}")},
         "spec": {"group": group, "scope": "Namespaced",
             "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wdg"], "categories": ["quiver"]},
-            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.size", "statusReplicasPath": ".status.replicas"}},
+                "additionalPrinterColumns": [
+                    {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+                    {"name": "Ready", "type": "boolean", "jsonPath": ".status.ready"},
+                    {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "priority": 1}],
                 "schema": {"openAPIV3Schema": {"type": "object", "properties": {
                     "spec": {"type": "object", "required": ["size"], "properties": {
                         "size": {"type": "integer", "minimum": 1, "maximum": 10},
                         "mode": {"type": "string", "enum": ["fast", "slow"]},
                         "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
-                    "status": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}}]}
+                    "status": {"type": "object", "properties": {"ready": {"type": "boolean"}, "replicas": {"type": "integer"}}}}}}}]}
     }))
     .expect("crd")
 }
@@ -777,6 +923,25 @@ async fn custom_resources_are_served_validated_and_pruned() {
         let s = api.patch("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 4}, "status": {"ready": false}}))).await.expect("spec");
         assert_eq!(s.data["status"]["ready"], true, "main resource does not write status");
         assert_eq!(s.metadata.generation, Some(2));
+
+        // The scale subresource writes spec.size, validated against the schema.
+        let sc = api.get_scale("ok").await.expect("scale");
+        assert_eq!(sc.spec.and_then(|s| s.replicas), Some(4));
+        let sc = api.patch_scale("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}}))).await.expect("scale to 5");
+        assert_eq!(sc.spec.and_then(|s| s.replicas), Some(5));
+        let (code, _) = api_err(api.patch_scale("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 11}}))).await.expect_err("over the schema maximum"));
+        assert_eq!(code, 422);
+        let s = api.patch("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 4}}))).await.expect("size back to 4");
+        assert_eq!(s.data["spec"]["size"], 4);
+
+        // kubectl get: the CRD's printer columns, evaluated on the server.
+        let t: Value = c.client.request(table_get(&format!("/apis/{group}/v1/namespaces/{}/widgets", ns.name))).await.expect("table");
+        assert_eq!(t["kind"], "Table");
+        assert_eq!(column_names(&t), ["Name", "Size", "Ready", "Mode"]);
+        assert_eq!(t["columnDefinitions"][3]["priority"], 1);
+        let row = t["rows"].as_array().and_then(|r| r.iter().find(|r| r["cells"][0] == "ok")).expect("row of ok").clone();
+        assert_eq!(row["cells"], json!(["ok", 4, true, "fast"]));
+        assert_eq!(row["object"]["metadata"]["name"], "ok");
 
         crds.delete(&crd_name, &DeleteParams::default()).await.expect("delete crd");
         eventually(60, "CRD gone", || async { crds.get(&crd_name).await.is_err().then_some(()) }).await;

@@ -15,7 +15,9 @@ use super::error::ApiError;
 use super::registry::ResourceInfo;
 use super::selectors::Selector;
 use super::store::{DeleteOptions, PatchKind, Store};
+use super::table;
 use super::watch::{self, WatchRequest};
+use super::{patch, scale};
 
 pub struct AppState {
     pub store: Arc<Store>,
@@ -159,6 +161,7 @@ pub async fn handle(
     }
     if let Some(sub) = sub {
         let ok = (sub == "status" && res.status)
+            || (sub == "scale" && res.scale.is_some())
             || (sub == "binding" && res.plural == "pods" && res.group.is_empty())
             || (sub == "finalize" && res.plural == "namespaces");
         if !ok {
@@ -194,7 +197,18 @@ pub async fn handle(
     {
         return error_response(&e);
     }
-    match serve(&app, &method, t, &q, &manager, &content_type, &body) {
+    let as_table = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(table::wanted);
+    let req = Req {
+        q: &q,
+        manager: &manager,
+        ct: &content_type,
+        body: &body,
+        as_table,
+    };
+    match serve(&app, &method, t, &req) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "request failed");
@@ -274,15 +288,75 @@ fn delete_options(q: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOpt
     })
 }
 
-fn serve(
-    app: &AppState,
+/// GET, PUT and PATCH of the `scale` subresource: reads and writes the replica count of the
+/// main object (a spec change: generation moves, controllers react).
+fn scale_request(
+    store: &Store,
+    res: &ResourceInfo,
+    paths: &scale::ScalePaths,
+    ns: &str,
+    name: &str,
     method: &Method,
-    t: Target,
-    q: &HashMap<String, String>,
-    manager: &str,
-    ct: &str,
-    body: &Bytes,
+    req: &Req<'_>,
 ) -> Result<Response, ApiError> {
+    let current = store.get(res, ns, name)?;
+    let view = scale::to_scale(paths, &current);
+    let wanted = match method.as_str() {
+        "GET" => return Ok(json_response(200, &view)),
+        "PUT" => parse_body(req.body)?,
+        "PATCH" => {
+            let patch = parse_body(req.body)?;
+            let mut doc = view.clone();
+            match req.ct.split(';').next().unwrap_or_default().trim() {
+                "application/merge-patch+json" => patch::merge_patch(&mut doc, &patch),
+                "application/strategic-merge-patch+json" => {
+                    patch::strategic_merge(&mut doc, &patch)
+                }
+                "application/json-patch+json" => patch::json_patch(&mut doc, &patch)?,
+                other => return Err(ApiError::unsupported_media(other)),
+            }
+            doc
+        }
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    if let Some(rv) = wanted["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|rv| !rv.is_empty())
+        && Some(rv) != current["metadata"]["resourceVersion"].as_str()
+    {
+        return Err(ApiError::conflict(
+            &res.group,
+            &res.plural,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
+    }
+    let n = scale::wanted_replicas(&wanted)?;
+    let updated = store.patch(
+        res,
+        ns,
+        name,
+        PatchKind::Merge,
+        &scale::replicas_patch(paths, n),
+        "",
+        req.manager,
+    )?;
+    Ok(json_response(200, &scale::to_scale(paths, &updated)))
+}
+
+/// What a resource request carries besides its target.
+struct Req<'a> {
+    q: &'a HashMap<String, String>,
+    manager: &'a str,
+    ct: &'a str,
+    body: &'a Bytes,
+    /// The client asked for a `meta.k8s.io/v1` Table (kubectl's human-readable output).
+    as_table: bool,
+}
+
+fn serve(app: &AppState, method: &Method, t: Target, req: &Req<'_>) -> Result<Response, ApiError> {
+    let (q, manager, ct, body) = (req.q, req.manager, req.ct, req.body);
+    let include = table::Include::parse(req.q.get("includeObject").map(String::as_str));
     let store = &app.store;
     let res = &t.res;
     let ns_for_obj = if res.namespaced {
@@ -293,6 +367,10 @@ fn serve(
     let sub = t.sub.as_deref().unwrap_or_default();
     let sub = if sub == "finalize" { "" } else { sub };
     let one = |v: Value| json_response(200, &present(res, &t.version, v));
+    if let (Some(paths), "scale", Some(name)) = (&res.scale, sub, &t.name) {
+        let ns = ns_for_obj.as_deref().unwrap_or_default();
+        return scale_request(store, res, paths, ns, name, method, req);
+    }
     match (method.as_str(), &t.name) {
         ("GET", None) => {
             let sel = Selector::parse(
@@ -318,6 +396,7 @@ fn serve(
                             .is_some_and(|b| b == "true"),
                         timeout: Duration::from_secs(timeout),
                         bookmark_interval: app.bookmark_interval,
+                        table: req.as_table.then_some(include),
                     },
                 ));
             }
@@ -337,16 +416,29 @@ fn serve(
             if let Some(c) = cont {
                 meta["continue"] = json!(c);
             }
+            if req.as_table {
+                return Ok(json_response(
+                    200,
+                    &table::table(res, &t.version, &items, include, meta, true),
+                ));
+            }
             Ok(json_response(
                 200,
                 &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(&t.version), "metadata": meta, "items": items}),
             ))
         }
-        ("GET", Some(name)) => Ok(one(store.get(
-            res,
-            ns_for_obj.as_deref().unwrap_or_default(),
-            name,
-        )?)),
+        ("GET", Some(name)) => {
+            let obj = store.get(res, ns_for_obj.as_deref().unwrap_or_default(), name)?;
+            if req.as_table {
+                let obj = present(res, &t.version, obj);
+                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
+                return Ok(json_response(
+                    200,
+                    &table::table(res, &t.version, &[obj], include, meta, true),
+                ));
+            }
+            Ok(one(obj))
+        }
         ("POST", None) => {
             let ns = ns_for_obj.ok_or_else(ApiError::route_not_found)?;
             let obj = parse_body(body)?;

@@ -6,9 +6,11 @@ pub mod error;
 mod http;
 mod patch;
 pub mod registry;
+mod scale;
 pub mod schema;
 pub mod selectors;
 pub mod store;
+mod table;
 pub mod time;
 mod watch;
 

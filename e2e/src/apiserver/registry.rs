@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::scale::{self, ScalePaths};
+
 /// One served resource (a group/plural pair, served in one or more versions).
 #[derive(Debug, Clone)]
 pub struct ResourceInfo {
@@ -22,6 +24,10 @@ pub struct ResourceInfo {
     pub generation: bool,
     /// Defined by a CRD: version → openAPIV3Schema.
     pub schemas: Option<BTreeMap<String, Value>>,
+    /// Defined by a CRD: version → `additionalPrinterColumns` (an empty array when none).
+    pub printer_columns: BTreeMap<String, Value>,
+    /// Serves the `scale` subresource, with where the replica counts live.
+    pub scale: Option<ScalePaths>,
 }
 
 impl ResourceInfo {
@@ -248,6 +254,8 @@ impl Registry {
                 status: b.6,
                 generation: b.6 && !matches!(b.2, "pods" | "namespaces" | "nodes" | "services"),
                 schemas: None,
+                printer_columns: BTreeMap::new(),
+                scale: scale::builtin(b.0, b.2),
             })
             .collect();
         Self { resources }
@@ -354,7 +362,9 @@ pub fn from_crd(crd: &Value) -> Result<ResourceInfo, Vec<String>> {
     }
     let mut versions = Vec::new();
     let mut schemas = BTreeMap::new();
+    let mut printer_columns = BTreeMap::new();
     let mut status = false;
+    let mut scale_paths = None;
     for v in spec["versions"]
         .as_array()
         .map(Vec::as_slice)
@@ -368,8 +378,17 @@ pub fn from_crd(crd: &Value) -> Result<ResourceInfo, Vec<String>> {
         }
         versions.push(name.to_string());
         schemas.insert(name.to_string(), v["schema"]["openAPIV3Schema"].clone());
+        let cols = match &v["additionalPrinterColumns"] {
+            Value::Array(a) => Value::Array(a.clone()),
+            _ => Value::Array(vec![]),
+        };
+        printer_columns.insert(name.to_string(), cols);
         if v["subresources"]["status"].is_object() {
             status = true;
+        }
+        // One stored object serves every version, so the first declared scale applies.
+        if scale_paths.is_none() {
+            scale_paths = scale::from_crd(&v["subresources"]["scale"]);
         }
     }
     if versions.is_empty() {
@@ -403,5 +422,7 @@ pub fn from_crd(crd: &Value) -> Result<ResourceInfo, Vec<String>> {
         status,
         generation: true,
         schemas: Some(schemas),
+        printer_columns,
+        scale: scale_paths,
     })
 }

@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::registry::ResourceInfo;
 use super::selectors::Selector;
 use super::store::{Event, Store};
+use super::table;
 
 pub struct WatchRequest {
     pub res: ResourceInfo,
@@ -25,6 +26,8 @@ pub struct WatchRequest {
     pub send_initial_events: bool,
     pub timeout: Duration,
     pub bookmark_interval: Duration,
+    /// Events carry one-row Tables (kubectl get -w) instead of objects.
+    pub table: Option<table::Include>,
 }
 
 fn line(v: &Value) -> Bytes {
@@ -57,9 +60,15 @@ impl WatchRequest {
             (t, true, _) => t,
             _ => return None,
         };
-        Some(line(
-            &json!({"type": etype, "object": self.present(&ev.object)}),
-        ))
+        let object = self.present(&ev.object);
+        let object = match self.table {
+            Some(include) => {
+                let meta = json!({"resourceVersion": ev.rv.to_string()});
+                table::table(&self.res, &self.version, &[object], include, meta, true)
+            }
+            None => object,
+        };
+        Some(line(&json!({"type": etype, "object": object})))
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Bytes {

@@ -68,9 +68,17 @@ pub fn parse_image_table(entries: &[String]) -> Result<HashMap<String, PathBuf>,
     entries
         .iter()
         .map(|e| {
-            e.split_once('=')
-                .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
-                .ok_or_else(|| KubeletError::BadImage(e.clone()))
+            let (k, v) = e
+                .split_once('=')
+                .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                .ok_or_else(|| KubeletError::BadImage(e.clone()))?;
+            // Absolute now: containers start in their own working directories, where a
+            // relative path would name nothing.
+            let path = std::path::absolute(v).map_err(|_| KubeletError::BadImage(e.clone()))?;
+            if !path.is_file() {
+                tracing::warn!(image = k, path = %path.display(), "image binary does not exist (yet)");
+            }
+            Ok((k.to_string(), path))
         })
         .collect()
 }
@@ -262,5 +270,18 @@ mod tests {
         dedup.sort();
         dedup.dedup();
         assert_eq!(dedup.len(), ips.len());
+    }
+
+    #[test]
+    fn image_table_paths_are_absolute_and_entries_checked() {
+        let t = super::parse_image_table(&["index-node=target/release/index-node".into()])
+            .expect("valid entry");
+        let p = &t["index-node"];
+        assert!(p.is_absolute(), "{}", p.display());
+        assert!(p.ends_with("target/release/index-node"));
+        for bad in ["index-node", "=x", "x=", ""] {
+            let err = super::parse_image_table(&[bad.to_string()]).expect_err(bad);
+            assert!(err.to_string().contains("expected name=path"), "{err}");
+        }
     }
 }

@@ -338,7 +338,10 @@ impl PodWorker {
                 c.process = Some(spec);
             }
             Err(e) => {
-                c.waiting = Some(("RunContainerError".into(), e.to_string()));
+                c.waiting = Some((
+                    "RunContainerError".into(),
+                    format!("cannot start {}: {e}", spec.program.display()),
+                ));
                 c.next_start = Instant::now() + c.backoff;
             }
         }
@@ -542,9 +545,9 @@ impl PodWorker {
             .filter_map(|c| c.child.as_mut())
             .map(|child| stop_child(child, deadline));
         futures::future::join_all(stops).await;
-        let policy = self.restart_policy().to_string();
         for i in 0..self.containers.len() {
-            self.reap(i, &policy);
+            // Stopped for deletion: final, not a restart, whatever the restart policy.
+            self.reap(i, "Never");
             let c = &mut self.containers[i];
             if c.done.is_none() {
                 c.done = c.last_term.take();
