@@ -285,12 +285,12 @@ async fn jobs_complete_fail_and_index() {
     .await;
 }
 
-fn sts(replicas: i32, policy: &str) -> StatefulSet {
+fn sts(replicas: i32, policy: &str, ready_after_ms: u64) -> StatefulSet {
     serde_json::from_value(json!({"metadata": {"name": "db"}, "spec": {
         "replicas": replicas, "serviceName": "db", "podManagementPolicy": policy,
         "selector": {"matchLabels": {"app": "db"}},
         "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"terminationGracePeriodSeconds": 2, "containers": [
-            {"volumeMounts": [{"name": "data", "mountPath": "/data"}], "name": "web", "image": "testpod", "args": ["serve", "8080"],
+            {"volumeMounts": [{"name": "data", "mountPath": "/data"}], "name": "web", "image": "testpod", "args": ["serve", "8080", ready_after_ms.to_string()],
              "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
              "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1, "failureThreshold": 1}}]}},
         "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}}))
@@ -317,7 +317,7 @@ async fn statefulset_scales_up_and_down_in_order() {
         let env = start().await;
         let sets: Api<StatefulSet> = env.api();
         let pods: Api<Pod> = env.api();
-        sets.create(&PostParams::default(), &sts(2, "OrderedReady"))
+        sets.create(&PostParams::default(), &sts(2, "OrderedReady", 0))
             .await
             .expect("sts");
         eventually(60, "two ready pods", || async {
@@ -388,6 +388,49 @@ async fn statefulset_scales_up_and_down_in_order() {
                 .await
                 .ok()
                 .filter(|s| s.status.as_ref().map(|s| s.replicas) == Some(1))
+        })
+        .await;
+        env.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn statefulset_pod_management_policies() {
+    bounded(150, async {
+        let env = start().await;
+        let sets: Api<StatefulSet> = env.api();
+        let pods: Api<Pod> = env.api();
+        // OrderedReady: db-1 is created only once db-0 is ready (pods turn ready after 2 s).
+        sets.create(&PostParams::default(), &sts(2, "OrderedReady", 2000))
+            .await
+            .expect("sts");
+        eventually(60, "db-1 created", || async { pods.get_opt("db-1").await.ok()? }).await;
+        let p0 = pods.get("db-0").await.expect("db-0");
+        assert!(ready(&p0), "db-1 was created before db-0 was ready");
+        sets.delete("db", &DeleteParams::background())
+            .await
+            .expect("delete sts");
+        eventually(60, "pods gone", || async {
+            let l = pods.list(&ListParams::default().labels("app=db")).await.ok()?;
+            l.items.is_empty().then_some(())
+        })
+        .await;
+        // Parallel: every pod is created at once, none waits for another to be ready.
+        sets.create(&PostParams::default(), &sts(3, "Parallel", 4000))
+            .await
+            .expect("parallel sts");
+        let created = eventually(30, "three pods", || async {
+            let l = pods.list(&ListParams::default().labels("app=db")).await.ok()?;
+            (l.items.len() == 3).then_some(l.items)
+        })
+        .await;
+        assert!(
+            created.iter().all(|p| !ready(p)),
+            "Parallel created a pod only after another was ready"
+        );
+        eventually(60, "three ready pods", || async {
+            (ready_pods(&pods).await == ["db-0", "db-1", "db-2"]).then_some(())
         })
         .await;
         env.stop().await;

@@ -14,7 +14,7 @@ use super::discovery;
 use super::error::ApiError;
 use super::registry::ResourceInfo;
 use super::selectors::Selector;
-use super::store::{DeleteOptions, PatchKind, Store};
+use super::store::{DeleteOptions, PatchKind, Store, check_resource_version};
 use super::table;
 use super::watch::{self, WatchRequest};
 use super::{patch, scale};
@@ -319,18 +319,7 @@ fn scale_request(
         }
         _ => return Err(ApiError::method_not_allowed()),
     };
-    if let Some(rv) = wanted["metadata"]["resourceVersion"]
-        .as_str()
-        .filter(|rv| !rv.is_empty())
-        && Some(rv) != current["metadata"]["resourceVersion"].as_str()
-    {
-        return Err(ApiError::conflict(
-            &res.group,
-            &res.plural,
-            name,
-            "the object has been modified; please apply your changes to the latest version and try again",
-        ));
-    }
+    check_resource_version(res, name, &wanted, &current)?;
     let n = scale::wanted_replicas(&wanted)?;
     let updated = store.patch(
         res,

@@ -118,6 +118,30 @@ fn without_volatile(obj: &Value) -> Value {
     o
 }
 
+/// 409 Conflict when `sent` names a resourceVersion (empty means unconditional) other than
+/// the stored object's, as for every write with a precondition.
+pub fn check_resource_version(
+    res: &ResourceInfo,
+    name: &str,
+    sent: &Value,
+    current: &Value,
+) -> Result<(), ApiError> {
+    match sent["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|rv| !rv.is_empty())
+    {
+        Some(rv) if Some(rv) != current["metadata"]["resourceVersion"].as_str() => {
+            Err(ApiError::conflict(
+                &res.group,
+                &res.plural,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn set_default(obj: &mut Value, path: &[&str], v: Value) {
     let mut cur = obj;
     for p in &path[..path.len() - 1] {
@@ -414,18 +438,7 @@ impl Store {
             ));
         }
         let old = inner.get(res, ns, name)?.clone();
-        if let Some(want) = obj["metadata"]["resourceVersion"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            && Some(want) != old["metadata"]["resourceVersion"].as_str()
-        {
-            return Err(ApiError::conflict(
-                &res.group,
-                &res.plural,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
-        }
+        check_resource_version(res, name, &obj, &old)?;
         inner.commit(&self.tx, res, ns, old, obj, sub, Manager::Update(manager))
     }
 
@@ -496,16 +509,7 @@ impl Store {
                 return inner.commit(&self.tx, res, ns, current, out, sub, Manager::Applied);
             }
         };
-        if let Some(want) = new["metadata"]["resourceVersion"].as_str()
-            && Some(want) != current["metadata"]["resourceVersion"].as_str()
-        {
-            return Err(ApiError::conflict(
-                &res.group,
-                &res.plural,
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
-        }
+        check_resource_version(res, name, &new, &current)?;
         inner.commit(
             &self.tx,
             res,
@@ -1070,15 +1074,13 @@ impl Inner {
                 ),
             ));
         }
-        if let Some(rv) = &opts.precondition_rv
-            && old["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
-        {
-            return Err(ApiError::conflict(
-                &res.group,
-                &res.plural,
+        if let Some(rv) = &opts.precondition_rv {
+            check_resource_version(
+                res,
                 name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
+                &json!({"metadata": {"resourceVersion": rv}}),
+                &old,
+            )?;
         }
         let key = res.key();
         let now = unix_now();
