@@ -405,14 +405,20 @@ async fn statefulset_pod_management_policies() {
         sets.create(&PostParams::default(), &sts(2, "OrderedReady", 2000))
             .await
             .expect("sts");
-        eventually(60, "db-1 created", || async { pods.get_opt("db-1").await.ok()? }).await;
+        eventually(60, "db-1 created", || async {
+            pods.get_opt("db-1").await.ok()?
+        })
+        .await;
         let p0 = pods.get("db-0").await.expect("db-0");
         assert!(ready(&p0), "db-1 was created before db-0 was ready");
         sets.delete("db", &DeleteParams::background())
             .await
             .expect("delete sts");
         eventually(60, "pods gone", || async {
-            let l = pods.list(&ListParams::default().labels("app=db")).await.ok()?;
+            let l = pods
+                .list(&ListParams::default().labels("app=db"))
+                .await
+                .ok()?;
             l.items.is_empty().then_some(())
         })
         .await;
@@ -421,7 +427,10 @@ async fn statefulset_pod_management_policies() {
             .await
             .expect("parallel sts");
         let created = eventually(30, "three pods", || async {
-            let l = pods.list(&ListParams::default().labels("app=db")).await.ok()?;
+            let l = pods
+                .list(&ListParams::default().labels("app=db"))
+                .await
+                .ok()?;
             (l.items.len() == 3).then_some(l.items)
         })
         .await;
