@@ -13,6 +13,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
+use quiver_ivf::dataset::{Vectors, encode_fvecs, encode_ivecs};
 use quiver_ivf::format;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,6 @@ use crate::manifest::{
 use crate::source::{SourceArgs, distance, eval_positions, synthetic};
 use crate::storage::Storage;
 use crate::train::CENTROIDS;
-use crate::vecfile::{Vectors, write_fvecs, write_ivecs};
 use crate::versionloc::VersionLoc;
 
 pub const EVAL_QUERIES: &str = "eval.fvecs";
@@ -135,7 +135,7 @@ async fn source_rows(
     cmd: &BuildCmd,
 ) -> anyhow::Result<(
     usize,
-    Box<dyn Fn(std::ops::Range<usize>) -> Vectors + Send + Sync>,
+    Box<dyn Fn(std::ops::Range<usize>) -> Vectors<f32> + Send + Sync>,
 )> {
     if let Some(n) = cmd.source.synthetic {
         ensure!(n > 0, "--synthetic must be at least 1");
@@ -246,7 +246,10 @@ async fn build_part(cmd: &BuildCmd, storage: &Storage, part: u32) -> anyhow::Res
             dim,
         };
         storage
-            .put(&cmd.loc.file(EVAL_QUERIES), write_fvecs(&q).into())
+            .put(
+                &cmd.loc.file(EVAL_QUERIES),
+                encode_fvecs(q.dim, &q.data).into(),
+            )
             .await?;
     }
     // Written after the list file: its presence means the part is complete.
@@ -324,7 +327,7 @@ async fn finalize(cmd: &BuildCmd, storage: &Storage, started: Instant) -> anyhow
     }
     let eval = if nq > 0 && gt.iter().all(|r| r.len() == k) {
         let qbytes_eval = storage.get(&cmd.loc.file(EVAL_QUERIES)).await?;
-        let gbytes = write_ivecs(&gt);
+        let gbytes = encode_ivecs(k, &gt.concat());
         let g_entry = FileEntry {
             path: cmd.loc.index_rel(EVAL_GT),
             size: gbytes.len() as u64,

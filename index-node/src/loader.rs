@@ -2,11 +2,11 @@
 
 use anyhow::{Context, ensure};
 use quiver_ivf::IvfIndex;
+use quiver_ivf::dataset::{Vectors, parse_ivecs, parse_vectors};
 use quiver_ivf::format;
 
 use crate::manifest::{FileEntry, MANIFEST, Manifest, crc32};
 use crate::storage::{Storage, version_prefix};
-use crate::vecfile::{Vectors, parse_ivecs, parse_vectors};
 
 pub fn index_prefix(namespace: &str, index: &str) -> String {
     format!("{namespace}/{index}")
@@ -151,7 +151,7 @@ pub async fn load_lists(
 }
 
 pub struct Eval {
-    pub queries: Vectors,
+    pub queries: Vectors<f32>,
     /// Exact top-k ids, `k` per query.
     pub gt: Vec<i32>,
     pub k: usize,
@@ -166,8 +166,8 @@ pub async fn read_eval(
     let Some(e) = &m.eval else { return Ok(None) };
     let q = read_checked(storage, namespace, index, &e.queries).await?;
     let g = read_checked(storage, namespace, index, &e.ground_truth).await?;
-    let queries = parse_vectors(&e.queries.path, &q)?;
-    let (gt, k) = parse_ivecs(&e.ground_truth.path, &g)?;
+    let queries = parse_vectors(&q, &e.queries.path)?;
+    let Vectors { data: gt, dim: k } = parse_ivecs(&g, &e.ground_truth.path)?;
     ensure!(
         gt.len() == k * queries.len(),
         "{}: {} rows for {} queries",

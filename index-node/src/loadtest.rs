@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use quiver_ivf::dataset::{Vectors, parse_ivecs, parse_vectors};
 use quiver_proto::SearchRequest;
 use quiver_proto::query_client::QueryClient;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::source::read_uri;
-use crate::vecfile::{parse_ivecs, parse_vectors};
 
 #[derive(clap::Args, Debug)]
 pub struct LoadtestCmd {
@@ -157,12 +157,12 @@ fn print_summary(s: &Summary, json: bool) -> std::io::Result<()> {
 pub async fn loadtest(cmd: &LoadtestCmd) -> anyhow::Result<Summary> {
     anyhow::ensure!(cmd.concurrency >= 1, "--concurrency must be at least 1");
     let qbytes = read_uri(&cmd.queries).await?;
-    let queries = Arc::new(parse_vectors(&cmd.queries, &qbytes)?);
-    anyhow::ensure!(queries.len() > 0, "{}: no queries", cmd.queries);
+    let queries = Arc::new(parse_vectors(&qbytes, &cmd.queries)?);
+    anyhow::ensure!(!queries.is_empty(), "{}: no queries", cmd.queries);
     let gt = match &cmd.gt {
         Some(uri) => {
             let b = read_uri(uri).await?;
-            let (ids, k) = parse_ivecs(uri, &b)?;
+            let Vectors { data: ids, dim: k } = parse_ivecs(&b, uri)?;
             anyhow::ensure!(
                 ids.len() / k.max(1) >= queries.len(),
                 "{uri}: {} rows for {} queries",
@@ -348,7 +348,7 @@ async fn local(
     cmd: &LoadtestCmd,
     storage: &str,
     version: &str,
-    queries: Arc<crate::vecfile::Vectors>,
+    queries: Arc<Vectors<f32>>,
     gt: Gt,
 ) -> anyhow::Result<Summary> {
     let st = crate::storage::Storage::open(storage)?;

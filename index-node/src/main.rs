@@ -10,7 +10,6 @@ mod serve;
 mod source;
 mod storage;
 mod train;
-mod vecfile;
 mod versionloc;
 mod versions;
 

@@ -2,9 +2,9 @@
 //! clustered dataset that any build part can regenerate slice by slice.
 
 use anyhow::Context;
+use quiver_ivf::dataset::{Vectors, parse_vectors};
 
 use crate::storage::Storage;
-use crate::vecfile::{Vectors, parse_vectors};
 
 /// Where source vectors come from (shared by `train` and `build`).
 #[derive(clap::Args, Debug, Clone)]
@@ -34,7 +34,7 @@ impl SourceArgs {
     }
 
     /// Loads every source vector.
-    pub async fn load(&self) -> anyhow::Result<Vectors> {
+    pub async fn load(&self) -> anyhow::Result<Vectors<f32>> {
         if let Some(n) = self.synthetic {
             anyhow::ensure!(n > 0, "--synthetic must be at least 1");
             anyhow::ensure!(
@@ -47,14 +47,14 @@ impl SourceArgs {
             !self.files.is_empty(),
             "give --source FILE[,FILE...] or --synthetic N"
         );
-        let mut all: Option<Vectors> = None;
+        let mut all: Option<Vectors<f32>> = None;
         let mut files = Vec::new();
         for uri in &self.files {
             files.extend(expand(uri).await?);
         }
         for uri in &files {
             let bytes = read_uri(uri).await?;
-            let v = parse_vectors(uri, &bytes)?;
+            let v = parse_vectors(&bytes, uri)?;
             match &mut all {
                 None => all = Some(v),
                 Some(a) => {
@@ -69,7 +69,7 @@ impl SourceArgs {
             }
         }
         let all = all.context("no source vectors")?;
-        anyhow::ensure!(all.len() > 0, "source files hold no vectors");
+        anyhow::ensure!(!all.is_empty(), "source files hold no vectors");
         Ok(all)
     }
 }
@@ -137,7 +137,7 @@ impl Rng {
 
 /// Rows `range` of the synthetic dataset `(n, dim, seed)`: points around `sqrt(n)` centres.
 /// Row `i` depends only on `(n, dim, seed, i)`, so build parts generate disjoint slices.
-pub fn synthetic(n: usize, dim: usize, seed: u64, range: std::ops::Range<usize>) -> Vectors {
+pub fn synthetic(n: usize, dim: usize, seed: u64, range: std::ops::Range<usize>) -> Vectors<f32> {
     let centres = ((n as f64).sqrt() as usize).clamp(4, 1024);
     let mut c = vec![0f32; centres * dim];
     let mut rng = Rng(mix(seed ^ 0xC3A5_C85C_97CB_3127));
