@@ -218,6 +218,11 @@ async fn batch_answers_match_single_answers_and_never_mix_versions() {
 
 /// A shard on a loopback port, and a batcher with one call slot in front of it.
 async fn served() -> (ShardSvc, Arc<Batcher>, Histogram) {
+    served_by(shard_svc()).await
+}
+
+/// As `served`, with the given implementation of the shard service.
+async fn served_by<S: Shard>(svc: S) -> (ShardSvc, Arc<Batcher>, Histogram) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -225,7 +230,7 @@ async fn served() -> (ShardSvc, Arc<Batcher>, Histogram) {
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(ShardServer::new(shard_svc()))
+            .add_service(ShardServer::new(svc))
             .serve_with_incoming(incoming),
     );
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -269,4 +274,52 @@ async fn a_caller_giving_up_frees_the_slot() {
         let a = b.call(r.clone()).await;
         same(&a, &singles(&svc, std::slice::from_ref(r)).await[0]);
     }
+}
+
+/// A shard from before ShardBatchSearch existed: it answers single calls only.
+struct SinglesOnly(ShardSvc);
+
+#[tonic::async_trait]
+impl Shard for SinglesOnly {
+    async fn shard_search(
+        &self,
+        req: Request<ShardSearchRequest>,
+    ) -> Result<tonic::Response<ShardSearchResponse>, Status> {
+        self.0.shard_search(req).await
+    }
+
+    async fn shard_batch_search(
+        &self,
+        _req: Request<ShardBatchSearchRequest>,
+    ) -> Result<tonic::Response<quiver_proto::ShardBatchSearchResponse>, Status> {
+        Err(Status::unimplemented("ShardBatchSearch"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_without_batches_gets_single_calls() {
+    let (svc, b, sizes) = served_by(SinglesOnly(shard_svc())).await;
+    let reqs = requests();
+    let single = singles(&svc, &reqs).await;
+    // Twice: the first batch learns the replica has no ShardBatchSearch and falls back, the
+    // second goes straight to single calls. Every query still gets its own answer.
+    for round in 0..2 {
+        let answers = futures::future::join_all(reqs.iter().map(|r| b.call(r.clone()))).await;
+        for (a, s) in answers.iter().zip(&single) {
+            same(a, s);
+        }
+        check_versions(&reqs, &answers);
+        assert!(
+            answers.iter().all(|a| a
+                .as_ref()
+                .err()
+                .is_none_or(|e| e.code() != tonic::Code::Unimplemented)),
+            "round {round}: UNIMPLEMENTED leaked to a caller"
+        );
+    }
+    assert!(
+        sizes.count() >= 4,
+        "batches were attempted: {}",
+        sizes.count()
+    );
 }
