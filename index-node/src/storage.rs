@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -44,8 +46,9 @@ impl std::fmt::Debug for Storage {
 }
 
 impl Storage {
-    /// Opens `file:///dir`, a plain directory path, or `s3://bucket/prefix` (credentials,
-    /// region and endpoint from the usual `AWS_*` environment variables).
+    /// Opens `file:///dir`, a plain directory path, `s3://bucket/prefix` (`AWS_*` environment
+    /// variables), `gs://bucket/prefix` (`GOOGLE_*`) or `az://container/prefix` (`AZURE_*`,
+    /// e.g. `AZURE_STORAGE_ACCOUNT_NAME` and `AZURE_STORAGE_ACCOUNT_KEY`).
     pub fn open(uri: &str) -> Result<Self> {
         let bad = |reason: &str| StorageError::BadUri {
             uri: uri.to_string(),
@@ -71,24 +74,43 @@ impl Storage {
                     uri: uri.to_string(),
                 })
             }
-            "s3" => {
+            "s3" | "gs" | "az" => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 if bucket.is_empty() {
-                    return Err(bad("missing bucket"));
+                    return Err(bad(if scheme == "az" {
+                        "missing container"
+                    } else {
+                        "missing bucket"
+                    }));
                 }
-                let store = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()
-                    .map_err(|e| bad(&e.to_string()))?;
+                // Credentials, region, account and endpoint come from the environment
+                // variables each service's own tools use.
+                let store: Arc<dyn ObjectStore> = match scheme {
+                    "s3" => Arc::new(
+                        AmazonS3Builder::from_env()
+                            .with_bucket_name(bucket)
+                            .build()
+                            .map_err(|e| bad(&e.to_string()))?,
+                    ),
+                    "gs" => Arc::new(
+                        GoogleCloudStorageBuilder::from_env()
+                            .with_bucket_name(bucket)
+                            .build()
+                            .map_err(|e| bad(&e.to_string()))?,
+                    ),
+                    _ => Arc::new(
+                        MicrosoftAzureBuilder::from_env()
+                            .with_container_name(bucket)
+                            .build()
+                            .map_err(|e| bad(&e.to_string()))?,
+                    ),
+                };
                 Ok(Self {
-                    store: Arc::new(store),
+                    store,
                     root: Path::from(prefix.trim_matches('/')),
                     uri: uri.to_string(),
                 })
             }
-            "gs" | "az" | "abfs" => Err(bad(
-                "this build of index-node supports file:// and s3:// storage only",
-            )),
             other => Err(bad(&format!("unknown scheme {other:?}"))),
         }
     }
@@ -204,4 +226,36 @@ pub fn check_name(field: &str, value: &str) -> anyhow::Result<()> {
         "{field} {value:?} must be 1-128 characters of [A-Za-z0-9._-]"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_err(uri: &str) -> String {
+        match Storage::open(uri) {
+            Ok(s) => panic!("{uri} opened as {s:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn storage_uris_are_checked() {
+        for (uri, want) in [
+            ("gs://", "missing bucket"),
+            ("s3:///prefix", "missing bucket"),
+            ("az://", "missing container"),
+            ("ftp://host/x", "unknown scheme \"ftp\""),
+            ("file://", "empty directory"),
+        ] {
+            let e = open_err(uri);
+            assert!(e.contains(uri) && e.contains(want), "{uri}: {e}");
+        }
+        // Opening is lazy for cloud stores: no request until a read or write.
+        let s = Storage::open("gs://quiver-test-bucket/indexes/a").expect("gs opens");
+        assert_eq!(
+            s.path("ns/v1/manifest.json").as_ref(),
+            "indexes/a/ns/v1/manifest.json"
+        );
+    }
 }
