@@ -288,6 +288,30 @@ fn delete_options(q: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOpt
     })
 }
 
+/// The kind of a PATCH, from its content type (apply also needs a field manager).
+fn patch_kind(ct: &str, q: &HashMap<String, String>) -> Result<PatchKind, ApiError> {
+    Ok(match ct.split(';').next().unwrap_or_default().trim() {
+        "application/merge-patch+json" => PatchKind::Merge,
+        "application/json-patch+json" => PatchKind::Json,
+        "application/strategic-merge-patch+json" => PatchKind::Strategic,
+        "application/apply-patch+yaml"
+        | "application/apply-patch+json"
+        | "application/apply-patch+cbor" => {
+            if !q.contains_key("fieldManager") {
+                return Err(ApiError::invalid(
+                    "PatchOptions",
+                    "",
+                    &["fieldManager: Required value: is required for apply patch".into()],
+                ));
+            }
+            PatchKind::Apply {
+                force: q.get("force").is_some_and(|f| f == "true"),
+            }
+        }
+        other => return Err(ApiError::unsupported_media(other)),
+    })
+}
+
 /// GET, PUT and PATCH of the `scale` subresource: reads and writes the replica count of the
 /// main object (a spec change: generation moves, controllers react).
 fn scale_request(
@@ -307,13 +331,13 @@ fn scale_request(
         "PATCH" => {
             let patch = parse_body(req.body)?;
             let mut doc = view.clone();
-            match req.ct.split(';').next().unwrap_or_default().trim() {
-                "application/merge-patch+json" => patch::merge_patch(&mut doc, &patch),
-                "application/strategic-merge-patch+json" => {
-                    patch::strategic_merge(&mut doc, &patch)
+            match patch_kind(req.ct, req.q)? {
+                PatchKind::Merge => patch::merge_patch(&mut doc, &patch),
+                PatchKind::Strategic => patch::strategic_merge(&mut doc, &patch),
+                PatchKind::Json => patch::json_patch(&mut doc, &patch)?,
+                PatchKind::Apply { .. } => {
+                    return Err(ApiError::unsupported_media("application/apply-patch+yaml"));
                 }
-                "application/json-patch+json" => patch::json_patch(&mut doc, &patch)?,
-                other => return Err(ApiError::unsupported_media(other)),
             }
             doc
         }
@@ -457,27 +481,7 @@ fn serve(app: &AppState, method: &Method, t: Target, req: &Req<'_>) -> Result<Re
             )?))
         }
         ("PATCH", Some(name)) => {
-            let base = ct.split(';').next().unwrap_or_default().trim();
-            let kind = match base {
-                "application/merge-patch+json" => PatchKind::Merge,
-                "application/json-patch+json" => PatchKind::Json,
-                "application/strategic-merge-patch+json" => PatchKind::Strategic,
-                "application/apply-patch+yaml"
-                | "application/apply-patch+json"
-                | "application/apply-patch+cbor" => {
-                    if !q.contains_key("fieldManager") {
-                        return Err(ApiError::invalid(
-                            "PatchOptions",
-                            "",
-                            &["fieldManager: Required value: is required for apply patch".into()],
-                        ));
-                    }
-                    PatchKind::Apply {
-                        force: q.get("force").is_some_and(|f| f == "true"),
-                    }
-                }
-                other => return Err(ApiError::unsupported_media(other)),
-            };
+            let kind = patch_kind(ct, q)?;
             let patch = parse_body(body)?;
             let out = store.patch(
                 res,

@@ -482,10 +482,11 @@ fn custom_cell(col: &Column, obj: &Value, now: i64) -> Value {
     }
     if found.len() == 1 {
         let v = found.into_iter().next().unwrap_or_default();
-        return match (col.kind.as_str(), &v) {
-            ("string", Value::String(_)) | (_, Value::Number(_) | Value::Bool(_)) => v,
-            ("string", other) => json!(other.to_string()),
-            _ => v,
+        // A string column shows objects and arrays as their JSON text.
+        return if col.kind == "string" && (v.is_object() || v.is_array()) {
+            json!(v.to_string())
+        } else {
+            v
         };
     }
     json!(

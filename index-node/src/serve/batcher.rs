@@ -102,12 +102,13 @@ impl Batcher {
                 // when the caller gives up on this future half-way (timeout, cancelled client).
                 let _slot = Slot(self.clone());
                 self.sizes.observe(1.0);
-                self.single(self.client.clone(), req).await
+                self.single(req).await
             }
         }
     }
 
-    async fn single(&self, mut client: ShardClient<Channel>, req: ShardSearchRequest) -> Answer {
+    async fn single(&self, req: ShardSearchRequest) -> Answer {
+        let mut client = self.client.clone();
         let mut r = Request::new(req);
         r.set_timeout(self.timeout);
         match tokio::time::timeout(self.timeout, client.shard_search(r)).await {
@@ -154,7 +155,7 @@ impl Batcher {
         self.sizes.observe(n as f64);
         if n == 1 {
             if let Some(req) = reqs.pop() {
-                return vec![self.single(self.client.clone(), req).await];
+                return vec![self.single(req).await];
             }
             return Vec::new();
         }
@@ -192,9 +193,7 @@ impl Batcher {
     }
 
     async fn singles(&self, reqs: Vec<ShardSearchRequest>) -> Vec<Answer> {
-        let calls = reqs
-            .into_iter()
-            .map(|req| self.single(self.client.clone(), req));
+        let calls = reqs.into_iter().map(|req| self.single(req));
         futures::future::join_all(calls).await
     }
 }
