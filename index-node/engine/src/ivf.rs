@@ -684,20 +684,26 @@ impl IvfIndex {
                 assign::costs(block, &self.panels, dot, &mut dist);
                 SCRATCH.with(|s| {
                     let s = &mut *s.borrow_mut();
+                    // Lists of every query of the block first, so that while one query
+                    // scans, the head of the next query's first list is on its way.
                     let mut coarse = std::mem::take(&mut s.coarse);
-                    let out = (0..nb)
-                        .map(|i| {
-                            self.prepare_query(&block[i * dim..(i + 1) * dim], s);
-                            select_nearest(
-                                &dist[i * nlist..(i + 1) * nlist],
-                                p.nprobe,
-                                &mut coarse,
-                            );
-                            self.scan(&coarse, p.k, p.rerank, s)
-                        })
-                        .collect();
+                    let n = p.nprobe.min(nlist);
+                    let mut chosen = Vec::with_capacity(nb * n);
+                    for i in 0..nb {
+                        select_nearest(&dist[i * nlist..(i + 1) * nlist], n, &mut coarse);
+                        chosen.extend_from_slice(&coarse);
+                    }
                     s.coarse = coarse;
-                    out
+                    (0..nb)
+                        .map(|i| {
+                            let mine = &chosen[i * n..(i + 1) * n];
+                            if let Some(next) = chosen.get((i + 1) * n..(i + 2) * n) {
+                                self.prefetch_list_head(next[0].1, self.use_half(next, p.k));
+                            }
+                            self.prepare_query(&block[i * dim..(i + 1) * dim], s);
+                            self.scan(mine, p.k, p.rerank, s)
+                        })
+                        .collect()
                 })
             })
             .collect();
@@ -709,6 +715,30 @@ impl IvfIndex {
             return Err(IvfError::RerankWithoutRaw);
         }
         Ok(())
+    }
+
+    /// Whether a Flat scan of these lists reads the half-precision copy.
+    fn use_half(&self, coarse: &[(f32, u32)], k: usize) -> bool {
+        matches!(self.encoder, Encoder::Flat) && self.half_scan && {
+            let total: usize = coarse
+                .iter()
+                .map(|&(_, l)| self.lists[l as usize].len())
+                .sum();
+            total >= HALF_MIN_ENTRIES_PER_RERANK * (4 * k).max(HALF_RERANK_MIN)
+        }
+    }
+
+    /// Starts fetching the head of a list that will be scanned next (see
+    /// [`kernels::prefetch_head_l2`]): the bytes the scan reads first.
+    #[inline]
+    fn prefetch_list_head(&self, l: u32, half: bool) {
+        const HEAD: usize = 4096;
+        let list = &self.lists[l as usize];
+        match &self.encoder {
+            Encoder::Flat if half => kernels::prefetch_head_l2(&list.half, HEAD),
+            Encoder::Flat => kernels::prefetch_head_l2(&list.raw, HEAD),
+            _ => kernels::prefetch_head_l2(&list.codes, HEAD),
+        }
     }
 
     fn prepare_query(&self, query: &[f32], s: &mut Scratch) {
@@ -752,13 +782,7 @@ impl IvfIndex {
         let flat = matches!(self.encoder, Encoder::Flat);
         // The half scan pays a fixed re-ranking cost (random reads of f32 vectors), so it is
         // used only when the probed lists are long enough for the halved scan to win.
-        let half = flat && self.half_scan && {
-            let total: usize = coarse
-                .iter()
-                .map(|&(_, l)| self.lists[l as usize].len())
-                .sum();
-            total >= HALF_MIN_ENTRIES_PER_RERANK * (4 * k).max(HALF_RERANK_MIN)
-        };
+        let half = self.use_half(coarse, k);
         let rerank = if half {
             // Half-precision distances are within ~1e-3 relative of exact ones: the true
             // top-k sits well inside the best max(4k, 32), which are then re-ranked exactly.
@@ -772,7 +796,10 @@ impl IvfIndex {
         let mut top = std::mem::take(&mut s.top);
         top.reset(keep);
         let mut stats = SearchStats::default();
-        for &(cd, l) in coarse {
+        for (i, &(cd, l)) in coarse.iter().enumerate() {
+            if let Some(&(_, next)) = coarse.get(i + 1) {
+                self.prefetch_list_head(next, half);
+            }
             let list = &self.lists[l as usize];
             if list.is_empty() {
                 stats.lists_probed += 1;
