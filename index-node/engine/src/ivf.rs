@@ -183,9 +183,9 @@ const ADD_CHUNK: usize = 1 << 16;
 /// Fewest candidates re-ranked after a half-precision Flat scan.
 const HALF_RERANK_MIN: usize = 32;
 /// Entries to scan per re-ranked candidate below which Flat scans f32. Measured on an AVX2
-/// machine (200k x 128, IVF1024, k 10, re-ranked rows prefetched): at ~250 and ~470 entries
-/// per query re-ranking 40 costs about what the halved scan saves; from ~900 on the half
-/// scan wins by 30-40 %.
+/// machine (200k x 128, IVF1024, k 10, re-ranked rows prefetched): at ~250 entries per query
+/// re-ranking 40 costs more than the halved scan saves, at ~470 about as much; from ~900 on
+/// the half scan wins by 30-40 %.
 const HALF_MIN_ENTRIES_PER_RERANK: usize = 15;
 /// Entries whose distances are computed in one kernel call.
 const BLOCK: usize = 256;
@@ -728,16 +728,17 @@ impl IvfIndex {
         }
     }
 
-    /// Starts fetching the head of a list that will be scanned next (see
-    /// [`kernels::prefetch_head_l2`]): the bytes the scan reads first.
+    /// Starts fetching the head of a list that will be scanned next, into L2: the scan's own
+    /// prefetching only starts once it runs, so each list otherwise begins with a train of
+    /// cache misses.
     #[inline]
     fn prefetch_list_head(&self, l: u32, half: bool) {
         const HEAD: usize = 4096;
         let list = &self.lists[l as usize];
         match &self.encoder {
-            Encoder::Flat if half => kernels::prefetch_head_l2(&list.half, HEAD),
-            Encoder::Flat => kernels::prefetch_head_l2(&list.raw, HEAD),
-            _ => kernels::prefetch_head_l2(&list.codes, HEAD),
+            Encoder::Flat if half => kernels::prefetch(&list.half, HEAD, kernels::CacheLevel::L2),
+            Encoder::Flat => kernels::prefetch(&list.raw, HEAD, kernels::CacheLevel::L2),
+            _ => kernels::prefetch(&list.codes, HEAD, kernels::CacheLevel::L2),
         }
     }
 
@@ -820,13 +821,18 @@ impl IvfIndex {
             top.reset(k);
             // The candidates' f32 rows are cold (the scan read other bytes): ask for all of
             // them first so their cache misses overlap instead of queueing one by one.
+            // Labels are `(list << 32) | offset` (see `scan_list`).
+            let entry = |c: &Neighbor| {
+                let (l, i) = ((c.id >> 32) as usize, (c.id & 0xffff_ffff) as usize);
+                (&self.lists[l], i)
+            };
             for c in &cands {
-                let (l, i) = ((c.id >> 32) as usize, (c.id & 0xffff_ffff) as usize);
-                kernels::prefetch_f32(&self.lists[l].raw[i * dim..(i + 1) * dim]);
+                let (list, i) = entry(c);
+                let v = &list.raw[i * dim..(i + 1) * dim];
+                kernels::prefetch(v, usize::MAX, kernels::CacheLevel::L1);
             }
-            for c in cands {
-                let (l, i) = ((c.id >> 32) as usize, (c.id & 0xffff_ffff) as usize);
-                let list = &self.lists[l];
+            for c in &cands {
+                let (list, i) = entry(c);
                 let v = &list.raw[i * dim..(i + 1) * dim];
                 let d = if self.dot() {
                     -(kern.dot)(&s.query, v)

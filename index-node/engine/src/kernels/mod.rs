@@ -135,39 +135,35 @@ fn select() -> &'static Kernels {
     }
 }
 
-/// Hints the CPU to fetch the cache lines of `v` (a no-op where there is no such hint).
-/// Used before random reads of several rows, so their misses overlap.
-#[inline]
-pub fn prefetch_f32(v: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // 16 floats per 64-byte line.
-        for line in v.chunks(16) {
-            // SAFETY: SSE is part of x86_64; a prefetch never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast()) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = v;
+/// Which cache a [`prefetch`] fills.
+#[derive(Clone, Copy)]
+pub enum CacheLevel {
+    /// For data read next (the rows a re-rank is about to compute).
+    L1,
+    /// For data read a little later (the head of the next list to scan), which a scan in
+    /// between would push out of L1.
+    L2,
 }
 
-/// Hints the CPU to bring the first `max_bytes` of `v` into the L2 cache, ahead of a scan
-/// that will start there later (the next list of a query, the next query's first list): the
-/// scan's own prefetching only starts once it runs, so each list otherwise begins with a
-/// train of cache misses.
+/// Hints the CPU to fetch the first `max_bytes` of `v` (a no-op where there is no such hint),
+/// so that the misses of reads coming soon overlap instead of queueing one by one.
 #[inline]
-pub fn prefetch_head_l2<T>(v: &[T], max_bytes: usize) {
+pub fn prefetch<T>(v: &[T], max_bytes: usize, level: CacheLevel) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+        use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1, _mm_prefetch};
         let bytes = std::mem::size_of_val(v).min(max_bytes);
         let p = v.as_ptr().cast::<i8>();
         for off in (0..bytes).step_by(64) {
             // SAFETY: SSE is part of x86_64; a prefetch never faults (and `off` stays inside v).
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off)) };
+            unsafe {
+                match level {
+                    CacheLevel::L1 => _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)),
+                    CacheLevel::L2 => _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off)),
+                }
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (v, max_bytes);
+    let _ = (v, max_bytes, level);
 }
