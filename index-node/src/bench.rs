@@ -321,6 +321,7 @@ fn bench(a: &RunArgs) -> anyhow::Result<()> {
             .map(|(r, _)| r.iter().map(|n| n.id).collect())
             .collect();
         let scanned = results.iter().map(|(_, s)| s.scanned).sum::<usize>() as f64 / nq as f64;
+        let reranked = results.iter().map(|(_, s)| s.reranked).sum::<usize>() as f64 / nq as f64;
         let recall = dataset::recall_at_k(&found, &truth, a.k);
 
         let mut lat: Vec<f64> = Vec::with_capacity(a.latency_queries.min(nq));
@@ -358,6 +359,7 @@ fn bench(a: &RunArgs) -> anyhow::Result<()> {
                     "p50_us": round(pct(0.5), 1),
                     "p99_us": round(pct(0.99), 1),
                     "scanned": round(scanned, 1),
+                    "reranked": round(reranked, 1),
                 })
             );
         } else {

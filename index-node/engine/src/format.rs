@@ -557,7 +557,7 @@ pub fn decode_list(
         codes,
         aux,
         raw,
-        half: Vec::new(),
+        ..InvertedList::default()
     })
 }
 

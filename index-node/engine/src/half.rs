@@ -65,6 +65,46 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// How far a half-precision copy can be from its f32 rows: the largest `‖h − x‖` and the
+/// largest `‖x‖` over the rows. Exact for the data (computed in f64, rounded up), so a scan of
+/// the copy can bound every distance it computes, whatever the values' range.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HalfError {
+    pub err: f32,
+    pub norm: f32,
+}
+
+impl HalfError {
+    pub fn max(self, other: HalfError) -> HalfError {
+        HalfError {
+            err: self.err.max(other.err),
+            norm: self.norm.max(other.norm),
+        }
+    }
+}
+
+/// Appends the half-precision copy of `rows` (rows of `dim` values) to `out` and returns
+/// its error bound.
+pub fn encode_rows(rows: &[f32], dim: usize, out: &mut Vec<u16>) -> HalfError {
+    let mut bound = HalfError::default();
+    out.reserve(rows.len());
+    for row in rows.chunks_exact(dim.max(1)) {
+        let (mut e2, mut n2) = (0f64, 0f64);
+        for &x in row {
+            let h = f32_to_f16(x);
+            out.push(h);
+            let d = f64::from(f16_to_f32(h)) - f64::from(x);
+            e2 += d * d;
+            n2 += f64::from(x) * f64::from(x);
+        }
+        bound = bound.max(HalfError {
+            err: (e2.sqrt() as f32).next_up(),
+            norm: (n2.sqrt() as f32).next_up(),
+        });
+    }
+    bound
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +140,25 @@ mod tests {
             }
             x *= 1.0173;
         }
+    }
+
+    #[test]
+    fn encode_rows_bounds_the_error_of_every_row() {
+        let rows = [3.0f32, 4.0, 0.1, -0.2, 1e-6, 2.0];
+        let mut out = Vec::new();
+        let b = encode_rows(&rows, 3, &mut out);
+        assert_eq!(out.len(), 6);
+        for (row, h) in rows.chunks(3).zip(out.chunks(3)) {
+            let e: f32 = row
+                .iter()
+                .zip(h)
+                .map(|(&x, &h)| (f16_to_f32(h) - x).powi(2))
+                .sum::<f32>()
+                .sqrt();
+            let n: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!(e <= b.err && n <= b.norm, "{e} {n} {b:?}");
+        }
+        assert!(b.err > 0.0 && b.err < 5.1 * 3.0f32.sqrt() / 2048.0, "{b:?}");
     }
 
     #[test]

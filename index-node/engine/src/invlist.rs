@@ -1,10 +1,13 @@
 //! Inverted lists: per list, the ids, the encoded entries, and optional per-entry extras.
 
+use crate::half::HalfError;
+
 /// One inverted list. Entry `i` has id `ids[i]`, code `codes[i*code_size..]`, for SQ8 with
 /// L2 the squared norm of its decoded residual in `aux[i]`, and with `keep_raw` its original
 /// vector in `raw[i*dim..]` (Flat's vectors, or kept for re-ranking). For Flat, `half` holds
 /// the same vectors in half precision (derived, never stored on disk): the scan reads it,
-/// half the bytes, and re-ranks its best candidates with `raw`.
+/// half the bytes, and re-ranks its best candidates with `raw`; `half_error` bounds how far
+/// the copy is from `raw` (an upper bound: removals leave it as it was).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InvertedList {
     pub ids: Vec<u64>,
@@ -12,6 +15,7 @@ pub struct InvertedList {
     pub aux: Vec<f32>,
     pub raw: Vec<f32>,
     pub half: Vec<u16>,
+    pub half_error: HalfError,
 }
 
 impl InvertedList {
@@ -39,6 +43,7 @@ impl InvertedList {
         self.aux.extend_from_slice(&other.aux);
         self.raw.extend_from_slice(&other.raw);
         self.half.extend_from_slice(&other.half);
+        self.half_error = self.half_error.max(other.half_error);
     }
 
     /// Removes entries whose id matches; returns how many were removed.

@@ -10,15 +10,16 @@ use rayon::prelude::*;
 
 use crate::assign::{self, Panels};
 use crate::error::{IvfError, Result, check_query, check_vectors};
-use crate::half;
+use crate::half::{self, HalfError};
 use crate::invlist::InvertedList;
 use crate::kernels;
 use crate::kmeans::{self, KMeansParams};
 use crate::metric::{Metric, normalize_rows};
 use crate::pq::{KSUB, Pq};
+use crate::rerank::Band;
 use crate::rng::Rng;
 use crate::sq8::Sq8;
-use crate::topk::{Neighbor, TopK};
+use crate::topk::{Collector, Neighbor, TopK};
 
 /// How list entries are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +139,8 @@ pub struct SearchStats {
     pub lists_probed: usize,
     /// List entries whose distance was computed.
     pub scanned: usize,
+    /// Candidates whose exact distance was computed after the scan (re-ranking).
+    pub reranked: usize,
 }
 
 /// List sizes, for spotting hot and oversized lists.
@@ -180,13 +183,12 @@ const PQ_TERMS_MAX_BYTES: usize = 512 << 20;
 const CODEBOOK_TRAIN_POINTS: usize = 256 * KSUB;
 /// Vectors encoded per step of `add`, bounding the temporary residual buffer.
 const ADD_CHUNK: usize = 1 << 16;
-/// Fewest candidates re-ranked after a half-precision Flat scan.
-const HALF_RERANK_MIN: usize = 32;
-/// Entries to scan per re-ranked candidate below which Flat scans f32. Measured on an AVX2
-/// machine (200k x 128, IVF1024, k 10, re-ranked rows prefetched): at ~250 entries per query
-/// re-ranking 40 costs more than the halved scan saves, at ~470 about as much; from ~900 on
-/// the half scan wins by 30-40 %.
-const HALF_MIN_ENTRIES_PER_RERANK: usize = 15;
+/// Entries to scan per requested result below which Flat scans f32: re-ranking reads about
+/// k + a few f32 rows at random, which costs more than the halved scan saves on short scans.
+/// Measured on an AVX2 machine (200k x 128, k 10, `examples/ab_scan`): the half scan breaks
+/// even at ~60 entries, and wins 4 % at ~120, 12 % at ~240 (IVF4096) and 28 % at ~250 with
+/// IVF1024's larger lists.
+const HALF_MIN_ENTRIES_PER_RESULT: usize = 8;
 /// Entries whose distances are computed in one kernel call.
 const BLOCK: usize = 256;
 
@@ -199,6 +201,7 @@ struct Scratch {
     lut: Vec<f32>,
     qtab: Vec<f32>,
     top: TopK,
+    band: Band,
 }
 
 thread_local! {
@@ -211,6 +214,7 @@ thread_local! {
         lut: Vec::new(),
         qtab: Vec::new(),
         top: TopK::new(0),
+        band: Band::default(),
     });
 }
 
@@ -405,9 +409,10 @@ impl IvfIndex {
         }
         let mut l = l;
         l.half.clear();
+        l.half_error = HalfError::default();
         if self.half_scan {
             if half_safe(&l.raw) {
-                l.half.extend(l.raw.iter().map(|&v| half::f32_to_f16(v)));
+                l.half_error = half::encode_rows(&l.raw, self.params.dim, &mut l.half);
             } else {
                 self.set_half_scan(false);
             }
@@ -428,15 +433,20 @@ impl IvfIndex {
     pub fn set_half_scan(&mut self, on: bool) -> bool {
         if !on || !matches!(self.encoder, Encoder::Flat) {
             self.half_scan = false;
-            self.lists.iter_mut().for_each(|l| l.half = Vec::new());
+            self.lists.iter_mut().for_each(|l| {
+                l.half = Vec::new();
+                l.half_error = HalfError::default();
+            });
             return !on;
         }
         if !self.lists.iter().all(|l| half_safe(&l.raw)) {
             return false;
         }
         self.half_scan = true;
+        let dim = self.params.dim;
         self.lists.par_iter_mut().for_each(|l| {
-            l.half = l.raw.iter().map(|&v| half::f32_to_f16(v)).collect();
+            l.half.clear();
+            l.half_error = half::encode_rows(&l.raw, dim, &mut l.half);
         });
         true
     }
@@ -522,11 +532,8 @@ impl IvfIndex {
                 list.raw.extend_from_slice(&data[i * dim..(i + 1) * dim]);
             }
             if has_half {
-                list.half.extend(
-                    data[i * dim..(i + 1) * dim]
-                        .iter()
-                        .map(|&v| half::f32_to_f16(v)),
-                );
+                let e = half::encode_rows(&data[i * dim..(i + 1) * dim], dim, &mut list.half);
+                list.half_error = list.half_error.max(e);
             }
         }
     }
@@ -724,7 +731,7 @@ impl IvfIndex {
                 .iter()
                 .map(|&(_, l)| self.lists[l as usize].len())
                 .sum();
-            total >= HALF_MIN_ENTRIES_PER_RERANK * (4 * k).max(HALF_RERANK_MIN)
+            total >= HALF_MIN_ENTRIES_PER_RESULT * k
         }
     }
 
@@ -781,77 +788,110 @@ impl IvfIndex {
         s: &mut Scratch,
     ) -> (Vec<Neighbor>, SearchStats) {
         let flat = matches!(self.encoder, Encoder::Flat);
-        // The half scan pays a fixed re-ranking cost (random reads of f32 vectors), so it is
-        // used only when the probed lists are long enough for the halved scan to win.
-        let half = self.use_half(coarse, k);
-        let rerank = if half {
-            // Half-precision distances are within ~1e-3 relative of exact ones: the true
-            // top-k sits well inside the best max(4k, 32), which are then re-ranked exactly.
-            rerank.max(4 * k).max(HALF_RERANK_MIN)
-        } else if self.has_raw() && !flat {
-            rerank
-        } else {
-            0
-        };
-        let keep = if rerank > 0 { rerank.max(k) } else { k };
-        let mut top = std::mem::take(&mut s.top);
-        top.reset(keep);
         let mut stats = SearchStats::default();
-        for (i, &(cd, l)) in coarse.iter().enumerate() {
-            if let Some(&(_, next)) = coarse.get(i + 1) {
-                self.prefetch_list_head(next, half);
-            }
-            let list = &self.lists[l as usize];
-            if list.is_empty() {
-                stats.lists_probed += 1;
-                continue;
-            }
-            stats.lists_probed += 1;
-            stats.scanned += list.len();
+        let mut out = if self.use_half(coarse, k) {
+            // Exact results from the half-precision copies: re-rank every entry that the
+            // copies' error bounds cannot rule out (see `rerank`).
+            let qnorm = if self.dot() {
+                (kernels::get().dot)(&s.query, &s.query).sqrt()
+            } else {
+                0.0
+            };
+            let mut band = std::mem::take(&mut s.band);
+            band.reset(k, self.dot(), qnorm);
             let mode = ScanMode {
-                labels: rerank > 0,
-                half,
+                labels: true,
+                half: true,
             };
-            self.scan_list(l, cd, list, mode, &mut top, s);
-        }
-        let out = if rerank > 0 {
-            let kern = kernels::get();
-            let dim = self.params.dim;
-            let cands = top.sorted();
-            top.reset(k);
-            // The candidates' f32 rows are cold (the scan read other bytes): ask for all of
-            // them first so their cache misses overlap instead of queueing one by one.
-            // Labels are `(list << 32) | offset` (see `scan_list`).
-            let entry = |c: &Neighbor| {
-                let (l, i) = ((c.id >> 32) as usize, (c.id & 0xffff_ffff) as usize);
-                (&self.lists[l], i)
-            };
-            for c in &cands {
-                let (list, i) = entry(c);
-                let v = &list.raw[i * dim..(i + 1) * dim];
-                kernels::prefetch(v, usize::MAX, kernels::CacheLevel::L1);
-            }
-            for c in &cands {
-                let (list, i) = entry(c);
-                let v = &list.raw[i * dim..(i + 1) * dim];
-                let d = if self.dot() {
-                    -(kern.dot)(&s.query, v)
-                } else {
-                    (kern.l2)(&s.query, v)
-                };
-                top.push(d, list.ids[i]);
-            }
-            top.sorted()
+            self.scan_lists(coarse, mode, &mut band, s, &mut stats);
+            let cands = band.candidates();
+            stats.reranked = cands.len();
+            let out = self.rerank_exact(cands.iter().map(|c| c.1), k, s);
+            s.band = band;
+            out
         } else {
-            top.sorted()
+            let with_rerank = self.has_raw() && !flat && rerank > 0;
+            let mode = ScanMode {
+                labels: with_rerank,
+                half: false,
+            };
+            let mut top = std::mem::take(&mut s.top);
+            top.reset(if with_rerank { rerank.max(k) } else { k });
+            self.scan_lists(coarse, mode, &mut top, s, &mut stats);
+            s.top = top;
+            if with_rerank {
+                let cands = s.top.sorted();
+                stats.reranked = cands.len();
+                self.rerank_exact(cands.iter().map(|c| c.id), k, s)
+            } else {
+                s.top.sorted()
+            }
         };
-        s.top = top;
-        let mut out = out;
         if self.params.metric == Metric::Cosine {
             out.iter_mut()
                 .for_each(|n| n.distance = 0.5 * n.distance - 1.0);
         }
         (out, stats)
+    }
+
+    /// Scans the given lists into `sink`.
+    fn scan_lists(
+        &self,
+        coarse: &[(f32, u32)],
+        mode: ScanMode,
+        sink: &mut impl Collector,
+        s: &mut Scratch,
+        stats: &mut SearchStats,
+    ) {
+        for (i, &(cd, l)) in coarse.iter().enumerate() {
+            if let Some(&(_, next)) = coarse.get(i + 1) {
+                self.prefetch_list_head(next, mode.half);
+            }
+            let list = &self.lists[l as usize];
+            stats.lists_probed += 1;
+            if list.is_empty() {
+                continue;
+            }
+            stats.scanned += list.len();
+            sink.start_list(list.half_error);
+            self.scan_list(l, cd, list, mode, sink, s);
+        }
+    }
+
+    /// Exact distances of candidates labelled `(list << 32) | offset` (see `scan_list`):
+    /// the best `k`, best first.
+    fn rerank_exact(
+        &self,
+        labels: impl Iterator<Item = u64> + Clone,
+        k: usize,
+        s: &mut Scratch,
+    ) -> Vec<Neighbor> {
+        let kern = kernels::get();
+        let dim = self.params.dim;
+        let entry = |label: u64| {
+            let (l, i) = ((label >> 32) as usize, (label & 0xffff_ffff) as usize);
+            let list = &self.lists[l];
+            (list.ids[i], &list.raw[i * dim..(i + 1) * dim])
+        };
+        // The candidates' f32 rows are cold (the scan read other bytes): ask for all of them
+        // first so their cache misses overlap instead of queueing one by one.
+        for label in labels.clone() {
+            kernels::prefetch(entry(label).1, usize::MAX, kernels::CacheLevel::L1);
+        }
+        let mut top = std::mem::take(&mut s.top);
+        top.reset(k);
+        for label in labels {
+            let (id, v) = entry(label);
+            let d = if self.dot() {
+                -(kern.dot)(&s.query, v)
+            } else {
+                (kern.l2)(&s.query, v)
+            };
+            top.push(d, id);
+        }
+        let out = top.sorted();
+        s.top = top;
+        out
     }
 
     /// Scans one list into `top`. With `labels`, candidates are pushed as
@@ -862,7 +902,7 @@ impl IvfIndex {
         coarse_dist: f32,
         list: &InvertedList,
         mode: ScanMode,
-        top: &mut TopK,
+        top: &mut impl Collector,
         s: &mut Scratch,
     ) {
         let kern = kernels::get();
@@ -984,7 +1024,7 @@ struct ScanMode {
 
 #[inline(always)]
 fn push_block(
-    top: &mut TopK,
+    top: &mut impl Collector,
     dist: &[f32],
     cst: f32,
     scale: f32,

@@ -22,6 +22,7 @@ pub mod kernels;
 pub mod kmeans;
 mod metric;
 mod pq;
+mod rerank;
 mod rng;
 mod sq8;
 pub mod topk;

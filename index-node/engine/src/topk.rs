@@ -8,6 +8,27 @@ pub struct Neighbor {
     pub distance: f32,
 }
 
+/// Where a scan puts the entries it finds: [`TopK`], or the re-ranking band of a
+/// half-precision scan. Entries at or above `threshold` are never pushed.
+pub(crate) trait Collector {
+    /// The scan moves to a list whose half-precision copy has this error bound.
+    fn start_list(&mut self, _err: crate::half::HalfError) {}
+    fn threshold(&self) -> f32;
+    fn push(&mut self, distance: f32, id: u64);
+}
+
+impl Collector for TopK {
+    #[inline]
+    fn threshold(&self) -> f32 {
+        TopK::threshold(self)
+    }
+
+    #[inline]
+    fn push(&mut self, distance: f32, id: u64) {
+        TopK::push(self, distance, id)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct TopK {
     k: usize,
@@ -52,6 +73,11 @@ impl TopK {
 
     pub fn len(&self) -> usize {
         self.heap.len()
+    }
+
+    /// The k it keeps.
+    pub fn capacity(&self) -> usize {
+        self.k
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,0 +1,67 @@
+//! Interleaved A/B timing of the Flat scan in f32 and in half precision on one index, in one
+//! process, so the machine's drift hits both alike. Prints the median QPS of each and the
+//! median of the per-round ratios.
+//!
+//!     [NLIST=1024] cargo run --release -p quiver-ivf --example ab_scan -- DIR NPROBE[,NPROBE..] [ROUNDS]
+
+use std::path::Path;
+use std::time::Instant;
+
+use quiver_ivf::{IvfIndex, IvfParams, Metric, QuantizerKind, SearchParams, dataset};
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = Path::new(args.get(1).ok_or("usage: ab_scan DIR NPROBES [ROUNDS]")?);
+    let nprobes: Vec<usize> = args
+        .get(2)
+        .map_or("1,2,4", String::as_str)
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let rounds: usize = args.get(3).map_or(Ok(15), |s| s.parse())?;
+    // `half` or `f32` times only that variant (for profiling the scan alone).
+    let only = args.get(4).map(String::as_str);
+    let base = dataset::read_fvecs(&dir.join("base.fvecs"))?;
+    let queries = dataset::read_fvecs(&dir.join("queries.fvecs"))?;
+    let dim = base.dim;
+    let nlist = std::env::var("NLIST").map_or(Ok(1024), |v| v.parse())?;
+    let mut params = IvfParams::new(dim, Metric::L2, nlist, QuantizerKind::Flat);
+    params.kmeans.iters = 4;
+    let mut index = IvfIndex::train(params, &base.data)?;
+    let ids: Vec<u64> = (0..base.len() as u64).collect();
+    index.add(&ids, &base.data)?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    for &nprobe in &nprobes {
+        let p = SearchParams::new(10, nprobe);
+        let (mut a, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let mut qps = [0.0; 2];
+            for (v, half) in [false, true].into_iter().enumerate() {
+                if only.is_some_and(|o| (o == "half") != half) {
+                    continue;
+                }
+                if index.half_scan() != half {
+                    index.set_half_scan(half);
+                }
+                let t = Instant::now();
+                let out = pool.install(|| index.search_batch(&queries.data, &p))?;
+                qps[v] = out.len() as f64 / t.elapsed().as_secs_f64();
+            }
+            a.push(qps[0]);
+            b.push(qps[1]);
+            r.push(qps[1] / qps[0]);
+        }
+        println!(
+            "nprobe {nprobe:>3}: f32 {:>8.0} qps, half {:>8.0} qps, half/f32 median ratio {:.3}",
+            median(&mut a),
+            median(&mut b),
+            median(&mut r)
+        );
+    }
+    Ok(())
+}
