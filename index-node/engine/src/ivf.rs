@@ -871,17 +871,20 @@ impl IvfIndex {
         let entry = |label: u64| {
             let (l, i) = ((label >> 32) as usize, (label & 0xffff_ffff) as usize);
             let list = &self.lists[l];
-            (list.ids[i], &list.raw[i * dim..(i + 1) * dim])
+            (&list.ids[i..=i], &list.raw[i * dim..(i + 1) * dim])
         };
-        // The candidates' f32 rows are cold (the scan read other bytes): ask for all of them
-        // first so their cache misses overlap instead of queueing one by one.
+        // The candidates' f32 rows and ids are cold (the scan read other bytes): ask for all
+        // of them first so their cache misses overlap instead of queueing one by one.
         for label in labels.clone() {
-            kernels::prefetch(entry(label).1, usize::MAX, kernels::CacheLevel::L1);
+            let (id, row) = entry(label);
+            kernels::prefetch(id, 8, kernels::CacheLevel::L1);
+            kernels::prefetch(row, usize::MAX, kernels::CacheLevel::L1);
         }
         let mut top = std::mem::take(&mut s.top);
         top.reset(k);
         for label in labels {
             let (id, v) = entry(label);
+            let id = id[0];
             let d = if self.dot() {
                 -(kern.dot)(&s.query, v)
             } else {

@@ -180,6 +180,19 @@ fn flat_half_scan_matches_f32_scan() {
             for (i, ((a, _), (b, _))) in half.iter().zip(&full).enumerate() {
                 assert_eq!(a, b, "{metric} nprobe {nprobe} query {i}");
             }
+            // Batch search takes the same path (its coarse distances come from a matrix
+            // product, so compare ids: a near-tie between lists may probe another list).
+            let batch = index.search_batch(&queries, &sp).expect("batch");
+            let same = batch
+                .iter()
+                .zip(&half)
+                .filter(|(a, (b, _))| a.iter().map(|n| n.id).eq(b.iter().map(|n| n.id)))
+                .count();
+            assert!(
+                same * 100 >= batch.len() * 98,
+                "{metric} nprobe {nprobe}: batch differs on {} queries",
+                batch.len() - same
+            );
             // On the unscaled queries (norms near the distances between neighbours) the
             // bounds are tight: a fixed multiple of k would re-rank 4k, they need few beyond k.
             let plain = &half[..NQ];
