@@ -75,6 +75,14 @@ impl Batcher {
         }
     }
 
+    /// Calls in flight and queries waiting for a slot (tests wait on them to know that the
+    /// batcher is idle, or that a batch has formed).
+    #[cfg(test)]
+    pub(crate) fn load(&self) -> (usize, usize) {
+        let q = self.lock();
+        (q.inflight, q.waiting.len())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         // The queue holds no invariant a panic elsewhere could break halfway.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())

@@ -276,8 +276,14 @@ async fn a_caller_giving_up_frees_the_slot() {
     }
 }
 
-/// A shard from before ShardBatchSearch existed: it answers single calls only.
-struct SinglesOnly(ShardSvc);
+/// A shard from before ShardBatchSearch existed: it answers single calls only. It counts the
+/// batch calls it refuses, and holds the first single call of a round until the test lets
+/// it go, so that the round's other queries are queued (a batch forms) whatever the timing.
+struct SinglesOnly {
+    svc: ShardSvc,
+    batch_calls: Arc<AtomicU64>,
+    hold: Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>>,
+}
 
 #[tonic::async_trait]
 impl Shard for SinglesOnly {
@@ -285,28 +291,66 @@ impl Shard for SinglesOnly {
         &self,
         req: Request<ShardSearchRequest>,
     ) -> Result<tonic::Response<ShardSearchResponse>, Status> {
-        self.0.shard_search(req).await
+        let held = self.hold.lock().map(|mut h| h.take()).unwrap_or(None);
+        if let Some(release) = held {
+            let _ = release.await;
+        }
+        self.svc.shard_search(req).await
     }
 
     async fn shard_batch_search(
         &self,
         _req: Request<ShardBatchSearchRequest>,
     ) -> Result<tonic::Response<quiver_proto::ShardBatchSearchResponse>, Status> {
+        self.batch_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Err(Status::unimplemented("ShardBatchSearch"))
+    }
+}
+
+/// Polls `cond` until it holds; fails the test after 10 s.
+async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_without_batches_gets_single_calls() {
-    let (svc, b, sizes) = served_by(SinglesOnly(shard_svc())).await;
+    let batch_calls = Arc::new(AtomicU64::new(0));
+    let hold = Arc::new(std::sync::Mutex::new(None));
+    let shard = SinglesOnly {
+        svc: shard_svc(),
+        batch_calls: batch_calls.clone(),
+        hold: hold.clone(),
+    };
+    let (svc, b, sizes) = served_by(shard).await;
     let reqs = requests();
     let single = singles(&svc, &reqs).await;
-    // Several rounds: the first batch learns the replica has no ShardBatchSearch and falls
-    // back, later ones go straight to single calls. Every query still gets its own answer.
-    // (How many calls a round makes depends on thread timing; three rounds make at least the
-    // four counted below.)
+    // Three rounds, each one single call (held at the shard) and then one batch of the
+    // others. The first batch learns the replica has no ShardBatchSearch and falls back to
+    // single calls; later batches go straight to single calls. Every query still gets its
+    // own answer.
     for round in 0..3 {
-        let answers = futures::future::join_all(reqs.iter().map(|r| b.call(r.clone()))).await;
+        // Callers are answered before the batch task gives its slot back: wait for that, so
+        // that this round's first call takes the slot.
+        wait_for(&format!("round {round}: slot freed"), || b.load().0 == 0).await;
+        let (release, held) = tokio::sync::oneshot::channel();
+        *hold.lock().expect("hold") = Some(held);
+        let calls = reqs.clone().into_iter().map(|r| {
+            let b = b.clone();
+            async move { b.call(r).await }
+        });
+        let answers = tokio::spawn(futures::future::join_all(calls));
+        let n = reqs.len();
+        wait_for(&format!("round {round}: {} queued", n - 1), || {
+            b.load().1 == n - 1
+        })
+        .await;
+        let _ = release.send(());
+        let answers = answers.await.expect("round task");
         for (a, s) in answers.iter().zip(&single) {
             same(a, s);
         }
@@ -319,9 +363,14 @@ async fn a_shard_without_batches_gets_single_calls() {
             "round {round}: UNIMPLEMENTED leaked to a caller"
         );
     }
-    assert!(
-        sizes.count() >= 4,
-        "batches were attempted: {}",
-        sizes.count()
+    assert_eq!(
+        sizes.count(),
+        6,
+        "each round: one single call, then one batch"
+    );
+    assert_eq!(
+        batch_calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the first batch tries ShardBatchSearch"
     );
 }
