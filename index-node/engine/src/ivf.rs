@@ -798,7 +798,7 @@ impl IvfIndex {
                 0.0
             };
             let mut band = std::mem::take(&mut s.band);
-            band.reset(k, self.dot(), qnorm);
+            band.reset(k, self.dot(), qnorm, self.params.dim);
             let mode = ScanMode {
                 labels: true,
                 half: true,

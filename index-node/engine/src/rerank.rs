@@ -8,27 +8,36 @@
 use crate::half::HalfError;
 use crate::topk::{Collector, TopK};
 
-/// Relative margin for f32 rounding of the distance sums (~1e-5 at these lengths), tenfold.
-const REL: f32 = 1e-4;
-
 /// Maps half-precision distances of one list to intervals holding the exact distances.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Bounds {
     dot: bool,
     /// L2: bound on `|‖q − h‖ − ‖q − x‖|`; dot: bound on `|q·h − q·x|`.
     margin: f32,
+    /// Relative rounding error of the f32 distance sums (L2).
+    rel: f32,
+}
+
+/// Relative rounding error of an f32 sum over `dim` terms, for both sums compared (the half
+/// and the exact one): each is within `(dim + 3)·u` of its exact value (`u` = 2⁻²⁴; terms
+/// rounded once, summed with at most `dim` roundings), so `(dim + 8)·ε` (ε = 2u) covers both.
+pub(crate) fn rounding(dim: usize) -> f32 {
+    (dim as f32 + 8.0) * f32::EPSILON
 }
 
 impl Bounds {
-    /// `err` is the list's; `qnorm` is `‖q‖` (used by dot metrics). The copy moves an L2
-    /// distance `‖q − x‖` by at most `‖h − x‖` and a dot product by at most `‖q‖·‖h − x‖`.
-    pub(crate) fn new(dot: bool, err: HalfError, qnorm: f32) -> Self {
+    /// `err` is the list's; `qnorm` is `‖q‖` (used by dot metrics); `rel` from [`rounding`].
+    /// The copy moves an L2 distance `‖q − x‖` by at most `‖h − x‖` and a dot product by at
+    /// most `‖q‖·‖h − x‖`; rounding adds `rel` of `Σ|q_i·x_i| ≤ ‖q‖·‖x‖` to a dot product and
+    /// `rel` of itself to an L2 distance (a sum of squares). The 1.001 factors cover the
+    /// rounding of this arithmetic.
+    pub(crate) fn new(dot: bool, err: HalfError, qnorm: f32, rel: f32) -> Self {
         let margin = if dot {
-            qnorm * 1.001 * (err.err * 1.001 + REL * err.norm)
+            qnorm * 1.001 * (err.err * 1.001 + rel * (err.norm + err.err))
         } else {
             err.err * 1.001
         };
-        Bounds { dot, margin }
+        Bounds { dot, margin, rel }
     }
 
     /// Interval holding the exact distance of an entry at half-precision distance `d`.
@@ -37,9 +46,10 @@ impl Bounds {
         if self.dot {
             (d - self.margin, d + self.margin)
         } else {
+            // Rounding moves a squared distance by `rel` of itself, its root by half that.
             let s = d.max(0.0).sqrt();
-            let lo = (s * (1.0 - REL) - self.margin).max(0.0);
-            let hi = s * (1.0 + REL) + self.margin;
+            let lo = (s * (1.0 - self.rel) - self.margin).max(0.0);
+            let hi = s * (1.0 + self.rel) + self.margin;
             (lo * lo, hi * hi)
         }
     }
@@ -49,7 +59,7 @@ impl Bounds {
         if self.dot {
             u + self.margin
         } else {
-            let r = (u.max(0.0).sqrt() + self.margin) / (1.0 - REL);
+            let r = (u.max(0.0).sqrt() + self.margin) / (1.0 - self.rel);
             r * r
         }
     }
@@ -63,6 +73,7 @@ pub(crate) struct Band {
     entries: Vec<(f32, u64)>,
     dot: bool,
     qnorm: f32,
+    rel: f32,
     /// The bounds of the list being scanned.
     bounds: Bounds,
     /// Half-precision distances above it cannot enter (for the list being scanned).
@@ -73,11 +84,12 @@ pub(crate) struct Band {
 
 impl Band {
     /// Empties the band for a query; keeps its allocations.
-    pub(crate) fn reset(&mut self, k: usize, dot: bool, qnorm: f32) {
+    pub(crate) fn reset(&mut self, k: usize, dot: bool, qnorm: f32, dim: usize) {
         self.top.reset(k);
         self.entries.clear();
         self.dot = dot;
         self.qnorm = qnorm;
+        self.rel = rounding(dim);
         self.limit = f32::INFINITY;
         self.cap = 4 * k + 32;
     }
@@ -93,7 +105,7 @@ impl Band {
 impl Collector for Band {
     #[inline]
     fn start_list(&mut self, err: HalfError) {
-        self.bounds = Bounds::new(self.dot, err, self.qnorm);
+        self.bounds = Bounds::new(self.dot, err, self.qnorm, self.rel);
         self.limit = self.bounds.limit(self.top.threshold());
     }
 
@@ -132,7 +144,7 @@ mod tests {
             norm: 3.0,
         };
         for dot in [false, true] {
-            let b = Bounds::new(dot, err, 2.0);
+            let b = Bounds::new(dot, err, 2.0, rounding(128));
             for u in [0.0f32, 0.5, 2.0, 10.0] {
                 let t = b.limit(u);
                 assert!(b.interval(t).0 <= u * (1.0 + 1e-6) + 1e-6, "{dot} {u}");
@@ -170,7 +182,7 @@ mod tests {
                     })
                     .collect();
                 let k = 10;
-                band.reset(k, dot, 1.0);
+                band.reset(k, dot, 1.0, 128);
                 band.start_list(err);
                 for (i, &d) in approx.iter().enumerate() {
                     if d < band.threshold() {
