@@ -27,7 +27,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `half` or `f32` times only that variant (for profiling the scan alone).
     let only = args.get(4).map(String::as_str);
     let base = dataset::read_fvecs(&dir.join("base.fvecs"))?;
-    let queries = dataset::read_fvecs(&dir.join("queries.fvecs"))?;
+    let mut queries = dataset::read_fvecs(&dir.join("queries.fvecs"))?;
+    // SAME_QUERY=1: every query is the first one, so its lists stay in cache (separates
+    // memory stalls from computation).
+    if std::env::var("SAME_QUERY").is_ok_and(|v| v == "1") {
+        let q = queries.data[..queries.dim].to_vec();
+        queries.data = q.repeat(queries.data.len() / queries.dim);
+    }
     let dim = base.dim;
     let nlist = std::env::var("NLIST").map_or(Ok(1024), |v| v.parse())?;
     let mut params = IvfParams::new(dim, Metric::L2, nlist, QuantizerKind::Flat);
