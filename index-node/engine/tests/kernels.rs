@@ -100,6 +100,28 @@ fn code_kernels_match_scalar() {
     }
 }
 
+/// The conversion must round exactly as the scalar reference (bit for bit, so the copies do
+/// not depend on the CPU), including magnitudes from subnormal to overflow.
+#[test]
+fn half_conversion_matches_scalar() {
+    let reference = kernels::scalar();
+    let mut rng = Rng::new(8);
+    for k in kernels::available() {
+        for &d in &DIMS {
+            let mut x = vecs(&mut rng, d);
+            for (i, v) in x.iter_mut().enumerate() {
+                *v *= [1e-7f32, 1e-3, 1.0, 300.0, 1e4][i % 5];
+            }
+            let (mut got, mut want) = (vec![0u16; d], vec![0u16; d]);
+            let (ge, gn) = (k.to_half)(&x, &mut got);
+            let (we, wn) = (reference.to_half)(&x, &mut want);
+            assert_eq!(got, want, "{} to_half d={d}", k.name);
+            close(ge, we, &format!("{} to_half error d={d}", k.name));
+            close(gn, wn, &format!("{} to_half norm d={d}", k.name));
+        }
+    }
+}
+
 #[test]
 fn half_precision_kernels_match_scalar() {
     let reference = kernels::scalar();

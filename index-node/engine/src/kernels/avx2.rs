@@ -292,3 +292,35 @@ pub(super) fn l2_batch_f16(q: &[f32], rows: &[u16], out: &mut [f32]) {
 pub(super) fn dot_batch_f16(q: &[f32], rows: &[u16], out: &mut [f32]) {
     unsafe { batch_f16_impl::<false>(q, rows, out) }
 }
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn to_half_impl(x: &[f32], out: &mut [u16]) -> (f32, f32) {
+    let n = x.len().min(out.len());
+    let (px, po) = (x.as_ptr(), out.as_mut_ptr());
+    let (mut e, mut m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: loads of 8 floats and stores of 8 halves at offsets below n - 7.
+    unsafe {
+        while i + 8 <= n {
+            let v = _mm256_loadu_ps(px.add(i));
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+            _mm_storeu_si128(po.add(i).cast(), h);
+            let d = _mm256_sub_ps(_mm256_cvtph_ps(h), v);
+            e = _mm256_fmadd_ps(d, d, e);
+            m = _mm256_fmadd_ps(v, v, m);
+            i += 8;
+        }
+    }
+    let (mut e2, mut n2) = unsafe { (hsum(e), hsum(m)) };
+    for j in i..n {
+        out[j] = crate::half::f32_to_f16(x[j]);
+        let d = crate::half::f16_to_f32(out[j]) - x[j];
+        e2 += d * d;
+        n2 += x[j] * x[j];
+    }
+    (e2, n2)
+}
+
+pub(super) fn to_half(x: &[f32], out: &mut [u16]) -> (f32, f32) {
+    unsafe { to_half_impl(x, out) }
+}

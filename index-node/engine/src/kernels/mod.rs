@@ -39,6 +39,9 @@ pub struct Kernels {
     pub axpy: fn(f32, &[f32], &mut [f32]),
     /// Dot products of a tile of 8 points with a panel of 32 centroids (see [`tile`]).
     pub dot_tile: fn(&[f32], &[f32], &mut [[f32; tile::TILE_C]; tile::TILE_P]),
+    /// `out[i] = f16(x[i])` (round to nearest even); returns `(Σ (h − x)², Σ x²)` with `h` the
+    /// rounded values, summed in f32 (Flat's half-precision copies and their error bound).
+    pub to_half: fn(&[f32], &mut [u16]) -> (f32, f32),
 }
 
 static SCALAR: Kernels = Kernels {
@@ -53,6 +56,7 @@ static SCALAR: Kernels = Kernels {
     l2_batch_f16: scalar::l2_batch_f16,
     dot_batch_f16: scalar::dot_batch_f16,
     dot_tile: tile::tile_scalar,
+    to_half: scalar::to_half,
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -68,6 +72,7 @@ static AVX2: Kernels = Kernels {
     l2_batch_f16: avx2::l2_batch_f16,
     dot_batch_f16: avx2::dot_batch_f16,
     dot_tile: avx2::dot_tile,
+    to_half: avx2::to_half,
 };
 
 #[cfg(target_arch = "x86_64")]
@@ -83,6 +88,8 @@ static AVX512: Kernels = Kernels {
     l2_batch_f16: avx512::l2_batch_f16,
     dot_batch_f16: avx512::dot_batch_f16,
     dot_tile: avx512::dot_tile,
+    // F16C conversion; AVX-512 is only selected where AVX2, FMA and F16C are present too.
+    to_half: avx2::to_half,
 };
 
 static SELECTED: OnceLock<&'static Kernels> = OnceLock::new();

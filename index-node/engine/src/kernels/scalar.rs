@@ -101,3 +101,14 @@ pub(super) fn dot_batch_f16(q: &[f32], rows: &[u16], out: &mut [f32]) {
         *o = f16_row::<false>(q, row);
     }
 }
+
+pub(super) fn to_half(x: &[f32], out: &mut [u16]) -> (f32, f32) {
+    let (mut e2, mut n2) = (0f32, 0f32);
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = crate::half::f32_to_f16(v);
+        let d = crate::half::f16_to_f32(*o) - v;
+        e2 += d * d;
+        n2 += v * v;
+    }
+    (e2, n2)
+}
