@@ -66,8 +66,9 @@ pub fn f16_to_f32(h: u16) -> f32 {
 }
 
 /// How far a half-precision copy can be from its f32 rows: the largest `‖h − x‖` and the
-/// largest `‖x‖` over the rows. Exact for the data (computed in f64, rounded up), so a scan of
-/// the copy can bound every distance it computes, whatever the values' range.
+/// largest `‖x‖` over the rows. Upper bounds measured on the data itself (f32 sums scaled up
+/// by their worst rounding), so a scan of the copy can bound every distance it computes,
+/// whatever the values' range.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct HalfError {
     pub err: f32,
