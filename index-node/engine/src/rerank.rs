@@ -78,7 +78,7 @@ pub(crate) struct Band {
     bounds: Bounds,
     /// Half-precision distances above it cannot enter (for the list being scanned).
     limit: f32,
-    /// Entries held before filtering by the (lower) current cap.
+    /// Entries held before pruning them against the (since lowered) k-th upper bound.
     cap: usize,
 }
 
@@ -96,9 +96,14 @@ impl Band {
 
     /// Labels of every entry that may be in the exact top k.
     pub(crate) fn candidates(&mut self) -> &[(f32, u64)] {
+        self.prune();
+        &self.entries
+    }
+
+    /// Drops the entries whose lower bound is above the current k-th upper bound.
+    fn prune(&mut self) {
         let u = self.top.threshold();
         self.entries.retain(|&(lo, _)| lo <= u);
-        &self.entries
     }
 }
 
@@ -124,8 +129,7 @@ impl Collector for Band {
             self.limit = self.bounds.limit(self.top.threshold());
         }
         if self.entries.len() >= self.cap {
-            let u = self.top.threshold();
-            self.entries.retain(|&(lo, _)| lo <= u);
+            self.prune();
             // Many near-ties can keep the band full: grow instead of filtering every push.
             self.cap = self.cap.max(2 * self.entries.len());
         }

@@ -75,11 +75,6 @@ impl TopK {
         self.heap.len()
     }
 
-    /// The k it keeps.
-    pub fn capacity(&self) -> usize {
-        self.k
-    }
-
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

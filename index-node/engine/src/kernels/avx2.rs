@@ -311,14 +311,8 @@ unsafe fn to_half_impl(x: &[f32], out: &mut [u16]) -> (f32, f32) {
             i += 8;
         }
     }
-    let (mut e2, mut n2) = unsafe { (hsum(e), hsum(m)) };
-    for j in i..n {
-        out[j] = crate::half::f32_to_f16(x[j]);
-        let d = crate::half::f16_to_f32(out[j]) - x[j];
-        e2 += d * d;
-        n2 += x[j] * x[j];
-    }
-    (e2, n2)
+    let (te, tn) = super::scalar::to_half(&x[i..n], &mut out[i..n]);
+    unsafe { (hsum(e) + te, hsum(m) + tn) }
 }
 
 pub(super) fn to_half(x: &[f32], out: &mut [u16]) -> (f32, f32) {
