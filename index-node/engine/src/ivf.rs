@@ -1025,37 +1025,57 @@ struct ScanMode {
     half: bool,
 }
 
+/// Maps a block of kernel outputs to distances (`cst + scale·d (+ aux)`) in place and offers
+/// them to `top`.
 #[inline(always)]
 fn push_block(
     top: &mut impl Collector,
-    dist: &[f32],
+    dist: &mut [f32],
     cst: f32,
     scale: f32,
     aux: Option<&[f32]>,
     start: usize,
     label: &impl Fn(usize) -> u64,
 ) {
-    let mut thr = top.threshold();
     match aux {
-        None => {
-            for (i, &d) in dist.iter().enumerate() {
-                let d = cst + scale * d;
-                if d < thr {
-                    top.push(d, label(start + i));
-                    thr = top.threshold();
-                }
-            }
-        }
-        Some(aux) => {
-            for (i, (&d, &a)) in dist.iter().zip(aux).enumerate() {
-                let d = cst + scale * d + a;
-                if d < thr {
-                    top.push(d, label(start + i));
-                    thr = top.threshold();
-                }
-            }
+        None => dist.iter_mut().for_each(|d| *d = cst + scale * *d),
+        Some(aux) => dist
+            .iter_mut()
+            .zip(aux)
+            .for_each(|(d, &a)| *d = cst + scale * *d + a),
+    }
+    if let Some(k) = top.unfilled()
+        && let Some(t) = kth_chunk_min(dist, k)
+    {
+        top.seed(t);
+    }
+    let mut thr = top.threshold();
+    for (i, &d) in dist.iter().enumerate() {
+        if d < thr {
+            top.push(d, label(start + i));
+            thr = top.threshold();
         }
     }
+}
+
+/// An upper bound on the k-th smallest of `dist`: the k-th smallest of the minima of its
+/// chunks of 8 (k distinct entries are at or below it). `None` when there are fewer than
+/// 2k chunks (the bound would be loose) or no finite bound.
+#[inline]
+fn kth_chunk_min(dist: &[f32], k: usize) -> Option<f32> {
+    const CH: usize = 8;
+    const MAX_CHUNKS: usize = BLOCK / CH;
+    let n = (dist.len() / CH).min(MAX_CHUNKS);
+    if k == 0 || n < 2 * k {
+        return None;
+    }
+    let mut mins = [0f32; MAX_CHUNKS];
+    for (m, c) in mins.iter_mut().zip(dist.chunks_exact(CH)) {
+        *m = lane_min(c);
+    }
+    let mins = &mut mins[..n];
+    let (_, t, _) = mins.select_nth_unstable_by(k - 1, f32::total_cmp);
+    t.is_finite().then_some(*t)
 }
 
 /// The `nprobe` smallest of `dist` as (distance, list), nearest first.
@@ -1181,6 +1201,70 @@ mod tests {
                 let mut got = Vec::new();
                 select_nearest(&dist, n, &mut got);
                 assert_eq!(got, want[..n.min(len)], "len {len} n {n}");
+            }
+        }
+    }
+
+    /// Seeding from chunk minima (long first blocks) must keep exactly what offering every
+    /// entry to the heap keeps: same ids, same tie-breaks, across blocks and transforms.
+    #[test]
+    fn seeded_blocks_keep_what_plain_pushes_keep() {
+        let mut rng = crate::rng::Rng::new(3);
+        for &(n, k) in &[
+            (256, 10),
+            (200, 10),
+            (159, 10),
+            (100, 10),
+            (37, 3),
+            (256, 1),
+        ] {
+            for &(k, ties) in &[(k, false), (k, true), (32.min(n / 8), true)] {
+                for (cst, scale) in [(0.0f32, 1.0f32), (2.0, -1.0)] {
+                    // Two blocks: the first may seed, the second meets a full heap.
+                    let raw: Vec<f32> = (0..2 * n)
+                        .map(|_| {
+                            if ties {
+                                (rng.unit() * 8.0).floor()
+                            } else {
+                                rng.normal()
+                            }
+                        })
+                        .collect();
+                    let mut want = TopK::new(k);
+                    for (i, &d) in raw.iter().enumerate() {
+                        want.push(cst + scale * d, i as u64);
+                    }
+                    let mut got = TopK::new(k);
+                    for (b, block) in raw.chunks(n).enumerate() {
+                        let mut buf = block.to_vec();
+                        push_block(&mut got, &mut buf, cst, scale, None, b * n, &|i| i as u64);
+                    }
+                    assert_eq!(
+                        got.sorted(),
+                        want.sorted(),
+                        "n {n} k {k} ties {ties} scale {scale}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kth_chunk_min_bounds_the_kth_smallest() {
+        let mut rng = crate::rng::Rng::new(4);
+        for n in [16usize, 80, 81, 160, 255, 256] {
+            let mut d: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+            d[n / 2] = f32::NAN;
+            for k in [1usize, 5, 10] {
+                let got = kth_chunk_min(&d, k);
+                assert_eq!(got.is_some(), n / 8 >= 2 * k, "n {n} k {k}");
+                if let Some(t) = got {
+                    let at_or_below = d.iter().filter(|&&x| x <= t).count();
+                    assert!(
+                        at_or_below >= k,
+                        "n {n} k {k}: {at_or_below} at or below {t}"
+                    );
+                }
             }
         }
     }

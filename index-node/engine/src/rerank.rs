@@ -121,6 +121,18 @@ impl Collector for Band {
     }
 
     #[inline]
+    fn unfilled(&self) -> Option<usize> {
+        self.top.unfilled()
+    }
+
+    #[inline]
+    fn seed(&mut self, t: f32) {
+        // k entries at half-precision distance ≤ t have exact distances ≤ its upper bound.
+        self.top.seed(self.bounds.interval(t).1);
+        self.limit = self.bounds.limit(self.top.threshold());
+    }
+
+    #[inline]
     fn push(&mut self, distance: f32, id: u64) {
         let (lo, hi) = self.bounds.interval(distance);
         self.entries.push((lo, id));
@@ -188,6 +200,13 @@ mod tests {
                 let k = 10;
                 band.reset(k, dot, 1.0, 128);
                 band.start_list(err);
+                if round % 2 == 1 {
+                    // Seeded with the k-th smallest half-precision distance, as a scan of a
+                    // long list does.
+                    let mut sorted = approx.clone();
+                    sorted.sort_by(f32::total_cmp);
+                    band.seed(sorted[k - 1]);
+                }
                 for (i, &d) in approx.iter().enumerate() {
                     if d < band.threshold() {
                         band.push(d, i as u64);
