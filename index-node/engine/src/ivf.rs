@@ -991,13 +991,12 @@ impl IvfIndex {
             Encoder::Pq(pq) => {
                 let m = pq.m;
                 s.lut.resize(m * KSUB, 0.0);
+                // Dot metrics scan with the query's table as is.
                 let cst = if dot {
-                    s.lut.copy_from_slice(&s.qtab);
                     coarse_dist // −<q, c>
                 } else if let Some(terms) = &self.pq_terms {
                     let t = &terms[l as usize * m * KSUB..(l as usize + 1) * m * KSUB];
-                    s.lut.copy_from_slice(t);
-                    (kern.axpy)(1.0, &s.qtab, &mut s.lut);
+                    (kern.columns)(&[1.0], &s.qtab, Some(t), 1.0, &mut s.lut);
                     coarse_dist // ‖q − c‖²
                 } else {
                     s.tmp.clear();
@@ -1009,7 +1008,8 @@ impl IvfIndex {
                 for start in (0..n).step_by(BLOCK) {
                     let end = (start + BLOCK).min(n);
                     let out = &mut s.dist[..end - start];
-                    (kern.pq_scan)(&s.lut, &list.codes[start * m..end * m], out);
+                    let lut = if dot { &s.qtab } else { &s.lut };
+                    (kern.pq_scan)(lut, &list.codes[start * m..end * m], out);
                     push_block(top, out, cst, 1.0, None, start, &label);
                 }
             }

@@ -114,14 +114,13 @@ impl Pq {
     /// `out[j*256 + i] = scale * <q_j, codeword(j, i)>`.
     pub fn dot_table(&self, q: &[f32], scale: f32, out: &mut [f32]) {
         let k = kernels::get();
-        out.fill(0.0);
-        for j in 0..self.m {
-            let o = &mut out[j * KSUB..(j + 1) * KSUB];
-            for d in 0..self.dsub {
-                let col =
-                    &self.codebooks_t[(j * self.dsub + d) * KSUB..(j * self.dsub + d + 1) * KSUB];
-                (k.axpy)(scale * q[j * self.dsub + d], col, o);
-            }
+        let cols = self.codebooks_t.chunks_exact(self.dsub * KSUB);
+        for ((o, qj), cols) in out
+            .chunks_exact_mut(KSUB)
+            .zip(q.chunks_exact(self.dsub))
+            .zip(cols)
+        {
+            (k.columns)(qj, cols, None, scale, o);
         }
     }
 

@@ -159,18 +159,27 @@ fn half_precision_kernels_match_scalar() {
 }
 
 #[test]
-fn axpy_matches_scalar() {
+fn columns_match_scalar() {
     let reference = kernels::scalar();
     let mut rng = Rng::new(4);
     for k in kernels::available() {
-        for &d in &DIMS {
-            let x = vecs(&mut rng, d);
-            let y0 = vecs(&mut rng, d);
-            let (mut got, mut want) = (y0.clone(), y0);
-            (k.axpy)(0.75, &x, &mut got);
-            (reference.axpy)(0.75, &x, &mut want);
-            for i in 0..d {
-                close(got[i], want[i], &format!("{} axpy d={d}", k.name));
+        for &n in &DIMS {
+            for w_len in [1usize, 2, 8, 17] {
+                let w = vecs(&mut rng, w_len);
+                let cols = vecs(&mut rng, w_len * n);
+                let base = vecs(&mut rng, n);
+                for base in [None, Some(&base[..])] {
+                    let (mut got, mut want) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                    (k.columns)(&w, &cols, base, -2.0, &mut got);
+                    (reference.columns)(&w, &cols, base, -2.0, &mut want);
+                    for i in 0..n {
+                        close(
+                            got[i],
+                            want[i],
+                            &format!("{} columns n={n} w={w_len}", k.name),
+                        );
+                    }
+                }
             }
         }
     }

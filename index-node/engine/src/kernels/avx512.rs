@@ -221,13 +221,44 @@ pub(super) fn dot_tile(
     unsafe { tile_impl(xt, panel, acc) }
 }
 
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn axpy_impl(a: f32, x: &[f32], y: &mut [f32]) {
-    super::scalar::axpy_fma(a, x, y)
+/// 16 outputs per step, each a chain of `w.len()` multiply-adds kept in a register; the
+/// steps are independent, so out-of-order execution overlaps their chains.
+#[target_feature(enable = "avx512f")]
+unsafe fn columns_impl(w: &[f32], cols: &[f32], base: Option<&[f32]>, scale: f32, out: &mut [f32]) {
+    let n = out.len();
+    assert!(cols.len() >= w.len() * n && base.is_none_or(|b| b.len() >= n));
+    let full = n / 16 * 16;
+    let pc = cols.as_ptr();
+    let po = out.as_mut_ptr();
+    // SAFETY: i + 16 <= full <= n; column d spans pc + d*n .. pc + (d+1)*n within cols
+    // (asserted above), and base holds at least n values.
+    unsafe {
+        let sv = _mm512_set1_ps(scale);
+        let mut i = 0;
+        while i < full {
+            let mut acc = _mm512_setzero_ps();
+            for (d, &wd) in w.iter().enumerate() {
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(wd), _mm512_loadu_ps(pc.add(d * n + i)), acc);
+            }
+            let mut v = _mm512_mul_ps(acc, sv);
+            if let Some(b) = base {
+                v = _mm512_add_ps(v, _mm512_loadu_ps(b.as_ptr().add(i)));
+            }
+            _mm512_storeu_ps(po.add(i), v);
+            i += 16;
+        }
+    }
+    for i in full..n {
+        let mut acc = 0.0;
+        for (d, &wd) in w.iter().enumerate() {
+            acc += wd * cols[d * n + i];
+        }
+        out[i] = base.map_or(0.0, |b| b[i]) + scale * acc;
+    }
 }
 
-pub(super) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    unsafe { axpy_impl(a, x, y) }
+pub(super) fn columns(w: &[f32], cols: &[f32], base: Option<&[f32]>, scale: f32, out: &mut [f32]) {
+    unsafe { columns_impl(w, cols, base, scale, out) }
 }
 
 /// Half-precision rows, four at a time: half the bytes of the f32 scan for the same work.

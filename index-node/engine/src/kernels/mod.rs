@@ -35,8 +35,10 @@ pub struct Kernels {
     pub l2_batch_f16: fn(&[f32], &[u16], &mut [f32]),
     /// `out[i] = dot(q, row i)` over half-precision rows.
     pub dot_batch_f16: fn(&[f32], &[u16], &mut [f32]),
-    /// `y[i] += a * x[i]` (builds PQ tables from transposed codebooks).
-    pub axpy: fn(f32, &[f32], &mut [f32]),
+    /// `out[i] = base[i] + scale · Σ_d w[d] · cols[d·n + i]` with `n = out.len()` and `base`
+    /// zero when absent: PQ lookup tables from dimension-major codebooks, and a list's
+    /// precomputed table plus the query's.
+    pub columns: fn(&[f32], &[f32], Option<&[f32]>, f32, &mut [f32]),
     /// Dot products of a tile of 8 points with a panel of 32 centroids (see [`tile`]).
     pub dot_tile: fn(&[f32], &[f32], &mut [[f32; tile::TILE_C]; tile::TILE_P]),
     /// `out[i] = f16(x[i])` (round to nearest even); returns `(Σ (h − x)², Σ x²)` with `h` the
@@ -52,7 +54,7 @@ static SCALAR: Kernels = Kernels {
     dot_batch: scalar::dot_batch,
     sq8_dot_batch: scalar::sq8_dot_batch,
     pq_scan: scalar::pq_scan,
-    axpy: scalar::axpy,
+    columns: scalar::columns,
     l2_batch_f16: scalar::l2_batch_f16,
     dot_batch_f16: scalar::dot_batch_f16,
     dot_tile: tile::tile_scalar,
@@ -68,7 +70,7 @@ static AVX2: Kernels = Kernels {
     dot_batch: avx2::dot_batch,
     sq8_dot_batch: avx2::sq8_dot_batch,
     pq_scan: avx2::pq_scan,
-    axpy: avx2::axpy,
+    columns: avx2::columns,
     l2_batch_f16: avx2::l2_batch_f16,
     dot_batch_f16: avx2::dot_batch_f16,
     dot_tile: avx2::dot_tile,
@@ -84,7 +86,7 @@ static AVX512: Kernels = Kernels {
     dot_batch: avx512::dot_batch,
     sq8_dot_batch: avx512::sq8_dot_batch,
     pq_scan: avx512::pq_scan,
-    axpy: avx512::axpy,
+    columns: avx512::columns,
     l2_batch_f16: avx512::l2_batch_f16,
     dot_batch_f16: avx512::dot_batch_f16,
     dot_tile: avx512::dot_tile,

@@ -65,18 +65,15 @@ pub(super) fn pq_scan_unrolled(lut: &[f32], codes: &[u8], out: &mut [f32]) {
     }
 }
 
-pub(super) fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
-
-/// The same loop with fused multiply-add, compiled inside the SIMD tables' target features
-/// where it vectorises fully (no reduction, so no reassociation is needed).
-#[inline(always)]
-pub(super) fn axpy_fma(a: f32, x: &[f32], y: &mut [f32]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y = a.mul_add(*x, *y);
+pub(super) fn columns(w: &[f32], cols: &[f32], base: Option<&[f32]>, scale: f32, out: &mut [f32]) {
+    let n = out.len();
+    assert!(cols.len() >= w.len() * n && base.is_none_or(|b| b.len() >= n));
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut acc = 0.0;
+        for (d, &wd) in w.iter().enumerate() {
+            acc += wd * cols[d * n + i];
+        }
+        *o = base.map_or(0.0, |b| b[i]) + scale * acc;
     }
 }
 
