@@ -13,6 +13,9 @@ mod avx512;
 mod scalar;
 pub mod tile;
 
+/// `(w, cols, base, scale, out)`: see [`Kernels::columns`].
+pub type ColumnsFn = fn(&[f32], &[f32], Option<&[f32]>, f32, &mut [f32]);
+
 /// One set of kernels for one instruction set.
 ///
 /// Batch kernels take a query of dimension `d = q.len()` and `out.len()` rows stored
@@ -38,7 +41,7 @@ pub struct Kernels {
     /// `out[i] = base[i] + scale · Σ_d w[d] · cols[d·n + i]` with `n = out.len()` and `base`
     /// zero when absent: PQ lookup tables from dimension-major codebooks, and a list's
     /// precomputed table plus the query's.
-    pub columns: fn(&[f32], &[f32], Option<&[f32]>, f32, &mut [f32]),
+    pub columns: ColumnsFn,
     /// Dot products of a tile of 8 points with a panel of 32 centroids (see [`tile`]).
     pub dot_tile: fn(&[f32], &[f32], &mut [[f32; tile::TILE_C]; tile::TILE_P]),
     /// `out[i] = f16(x[i])` (round to nearest even); returns `(Σ (h − x)², Σ x²)` with `h` the
