@@ -64,25 +64,29 @@ pub fn nearest(x: &[f32], panels: &Panels, dot: bool) -> (Vec<u32>, Vec<f32>) {
 /// Full cost matrix of a block of rows: `out[i*k + j] = cost(x_i, c_j)` with `k` the number
 /// of centroids; for L2 the true squared distance (‖x‖² included). Used for the coarse step
 /// of batch search, where one matrix product for many queries beats one pass per query.
+/// Rows should come in blocks of a few tiles (batch search passes 32): each centroid panel
+/// is then read from memory once per block and from L1 for the block's other tiles.
 pub fn costs(x: &[f32], panels: &Panels, dot: bool, out: &mut [f32]) {
     let kern = kernels::get();
     let dim = panels.dim;
     let k = panels.k;
-    let mut xt = vec![0f32; dim * TILE_P];
+    let (xt, xnorm) = load_tiles(x, dim, dot);
     let mut acc = [[0f32; TILE_C]; TILE_P];
     let npanels = panels.offsets.len() / TILE_C;
-    for (t, tile) in x.chunks(dim * TILE_P).enumerate() {
-        let xnorm = load_tile(tile, dim, dot, &mut xt);
-        let scale = if dot { -1.0 } else { -2.0 };
-        for p_i in 0..npanels {
-            let panel = &panels.data[p_i * dim * TILE_C..(p_i + 1) * dim * TILE_C];
-            (kern.dot_tile)(&xt, panel, &mut acc);
-            let j0 = p_i * TILE_C;
-            let width = TILE_C.min(k - j0);
-            for p in 0..tile.len() / dim {
-                let o = &mut out[(t * TILE_P + p) * k + j0..(t * TILE_P + p) * k + j0 + width];
-                for (j, v) in o.iter_mut().enumerate() {
-                    let c = scale * acc[p][j] + panels.offsets[j0 + j] + xnorm[p];
+    let nrows = x.len() / dim;
+    let scale = if dot { -1.0 } else { -2.0 };
+    for p_i in 0..npanels {
+        let panel = &panels.data[p_i * dim * TILE_C..(p_i + 1) * dim * TILE_C];
+        let j0 = p_i * TILE_C;
+        let width = TILE_C.min(k - j0);
+        let offsets = &panels.offsets[j0..j0 + width];
+        for (t, (xt, xnorm)) in xt.chunks_exact(dim * TILE_P).zip(&xnorm).enumerate() {
+            (kern.dot_tile)(xt, panel, &mut acc);
+            for (p, row) in acc.iter().enumerate().take(nrows - t * TILE_P) {
+                let i = t * TILE_P + p;
+                let o = &mut out[i * k + j0..i * k + j0 + width];
+                for ((v, &a), &off) in o.iter_mut().zip(row).zip(offsets) {
+                    let c = scale * a + off + xnorm[p];
                     *v = if dot { c } else { c.max(0.0) };
                 }
             }
@@ -90,36 +94,39 @@ pub fn costs(x: &[f32], panels: &Panels, dot: bool, out: &mut [f32]) {
     }
 }
 
-/// Transposes up to 8 rows into `xt` (dimension-major, zero-padded) and returns their squared
-/// norms (zeros for dot metrics, which do not need them).
-fn load_tile(tile: &[f32], dim: usize, dot: bool, xt: &mut [f32]) -> [f32; TILE_P] {
+/// Transposes rows into tiles of 8 (dimension-major, zero-padded), one after another, and
+/// returns their squared norms (zeros for dot metrics, which do not need them).
+fn load_tiles(rows: &[f32], dim: usize, dot: bool) -> (Vec<f32>, Vec<[f32; TILE_P]>) {
     let kern = kernels::get();
-    xt.fill(0.0);
-    let mut xnorm = [0f32; TILE_P];
-    for (p, row) in tile.chunks_exact(dim).enumerate() {
+    let ntiles = (rows.len() / dim).div_ceil(TILE_P);
+    let mut xt = vec![0f32; ntiles * dim * TILE_P];
+    let mut xnorm = vec![[0f32; TILE_P]; ntiles];
+    for (i, row) in rows.chunks_exact(dim).enumerate() {
+        let (t, p) = (i / TILE_P, i % TILE_P);
+        let tile = &mut xt[t * dim * TILE_P..(t + 1) * dim * TILE_P];
         for (d, &v) in row.iter().enumerate() {
-            xt[d * TILE_P + p] = v;
+            tile[d * TILE_P + p] = v;
         }
         if !dot {
-            xnorm[p] = (kern.dot)(row, row);
+            xnorm[t][p] = (kern.dot)(row, row);
         }
     }
-    xnorm
+    (xt, xnorm)
 }
 
 fn nearest_chunk(rows: &[f32], panels: &Panels, dot: bool, labels: &mut [u32], costs: &mut [f32]) {
     let kern = kernels::get();
     let dim = panels.dim;
-    let mut xt = vec![0f32; dim * TILE_P];
+    let (xts, xnorms) = load_tiles(rows, dim, dot);
     let mut acc = [[0f32; TILE_C]; TILE_P];
     let npanels = panels.offsets.len() / TILE_C;
-    for (t, tile) in rows.chunks(dim * TILE_P).enumerate() {
-        let np = tile.len() / dim;
-        let xnorm = load_tile(tile, dim, dot, &mut xt);
+    let nrows = rows.len() / dim;
+    for (t, (xt, xnorm)) in xts.chunks_exact(dim * TILE_P).zip(&xnorms).enumerate() {
+        let np = (nrows - t * TILE_P).min(TILE_P);
         let mut best = [(f32::INFINITY, 0u32); TILE_P];
         for p_i in 0..npanels {
             let panel = &panels.data[p_i * dim * TILE_C..(p_i + 1) * dim * TILE_C];
-            (kern.dot_tile)(&xt, panel, &mut acc);
+            (kern.dot_tile)(xt, panel, &mut acc);
             let off = &panels.offsets[p_i * TILE_C..(p_i + 1) * TILE_C];
             for (p, b) in best.iter_mut().enumerate().take(np) {
                 let scale = if dot { -1.0 } else { -2.0 };
