@@ -202,6 +202,8 @@ struct Scratch {
     qtab: Vec<f32>,
     top: TopK,
     band: Band,
+    /// Coarse costs of a block of batch queries (block × nlist).
+    block_costs: Vec<f32>,
 }
 
 thread_local! {
@@ -215,6 +217,7 @@ thread_local! {
         qtab: Vec::new(),
         top: TopK::new(0),
         band: Band::default(),
+        block_costs: Vec::new(),
     });
 }
 
@@ -687,10 +690,11 @@ impl IvfIndex {
                     block
                 };
                 let nb = block.len() / dim;
-                let mut dist = vec![0f32; nb * nlist];
-                assign::costs(block, &self.panels, dot, &mut dist);
                 SCRATCH.with(|s| {
                     let s = &mut *s.borrow_mut();
+                    let mut dist = std::mem::take(&mut s.block_costs);
+                    dist.resize(nb * nlist, 0.0);
+                    assign::costs(block, &self.panels, dot, &mut dist);
                     // Lists of every query of the block first, so that while one query
                     // scans, the head of the next query's first list is on its way.
                     let mut coarse = std::mem::take(&mut s.coarse);
@@ -701,6 +705,7 @@ impl IvfIndex {
                         chosen.extend_from_slice(&coarse);
                     }
                     s.coarse = coarse;
+                    s.block_costs = dist;
                     (0..nb)
                         .map(|i| {
                             let mine = &chosen[i * n..(i + 1) * n];
@@ -1085,6 +1090,12 @@ fn select_nearest(dist: &[f32], nprobe: usize, out: &mut Vec<(f32, u32)>) {
     if n == 0 {
         return;
     }
+    if n == 1
+        && let Some(best) = argmin(dist)
+    {
+        out.push(best);
+        return;
+    }
     if n * 8 >= dist.len() {
         out.extend(dist.iter().enumerate().map(|(l, &d)| (d, l as u32)));
         if n < dist.len() {
@@ -1107,6 +1118,22 @@ fn select_nearest(dist: &[f32], nprobe: usize, out: &mut Vec<(f32, u32)>) {
         }
     }
     out.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+}
+
+/// The smallest finite value of `dist` and its first position (`None` if there is none): the
+/// nearest list at nprobe 1, found with vector minima per chunk and one short scalar pass.
+fn argmin(dist: &[f32]) -> Option<(f32, u32)> {
+    const CH: usize = 64;
+    let (mut best, mut at) = (f32::INFINITY, None);
+    for (ci, chunk) in dist.chunks(CH).enumerate() {
+        let m = lane_min(chunk);
+        if m < best {
+            (best, at) = (m, Some(ci));
+        }
+    }
+    let ci = at?;
+    let j = dist[ci * CH..].iter().position(|&d| d == best)?;
+    Some((best, (ci * CH + j) as u32))
 }
 
 /// Minimum of `x` (NaN never wins), taken in eight independent lanes so that it compiles to
@@ -1203,6 +1230,22 @@ mod tests {
                 assert_eq!(got, want[..n.min(len)], "len {len} n {n}");
             }
         }
+    }
+
+    /// nprobe 1 takes the first of equal minima (as sorting by distance, then list, does),
+    /// and never a NaN.
+    #[test]
+    fn nearest_list_breaks_ties_by_position_and_skips_nan() {
+        let mut d = vec![5.0f32; 300];
+        d[0] = f32::NAN;
+        d[70] = 1.0;
+        d[200] = 1.0;
+        let mut out = Vec::new();
+        select_nearest(&d, 1, &mut out);
+        assert_eq!(out, vec![(1.0, 70)]);
+        let all_nan = vec![f32::NAN; 10];
+        select_nearest(&all_nan, 1, &mut out);
+        assert_eq!(out.len(), 1);
     }
 
     /// Seeding from chunk minima (long first blocks) must keep exactly what offering every
