@@ -178,8 +178,10 @@ pub(super) fn pq_scan(lut: &[f32], codes: &[u8], out: &mut [f32]) {
     unsafe { pq_impl(lut, codes, out) }
 }
 
-/// 8 points x 32 centroids in four passes of 4 points x 16 centroids (8 accumulators each;
-/// AVX2 has only 16 vector registers).
+/// 8 points x 32 centroids in three passes over the dimensions: points 0-5 against centroids
+/// 0-15, then 16-31 (12 accumulators each, the most AVX2's 16 registers allow beside two
+/// centroid vectors and a broadcast: enough independent chains to cover the FMA latency),
+/// then points 6-7 against all 32 (8 accumulators).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_impl(
     xt: &[f32],
@@ -189,25 +191,40 @@ unsafe fn tile_impl(
     use super::tile::{TILE_C, TILE_P};
     let steps = (xt.len() / TILE_P).min(panel.len() / TILE_C);
     let (px, pc) = (xt.as_ptr(), panel.as_ptr());
-    for p0 in [0usize, 4] {
+    // SAFETY: step d reads xt[d*8..d*8+8] and panel[d*32..d*32+32], within `steps`; stores
+    // stay inside the 8 x 32 output.
+    unsafe {
         for j0 in [0usize, 16] {
-            let mut a = [[_mm256_setzero_ps(); 2]; 4];
-            // SAFETY: step d reads xt[d*8 + p0..+4] and panel[d*32 + j0..+16].
-            unsafe {
-                for d in 0..steps {
-                    let c0 = _mm256_loadu_ps(pc.add(d * TILE_C + j0));
-                    let c1 = _mm256_loadu_ps(pc.add(d * TILE_C + j0 + 8));
-                    for (p, ap) in a.iter_mut().enumerate() {
-                        let x = _mm256_set1_ps(*px.add(d * TILE_P + p0 + p));
-                        ap[0] = _mm256_fmadd_ps(x, c0, ap[0]);
-                        ap[1] = _mm256_fmadd_ps(x, c1, ap[1]);
-                    }
+            let mut a = [[_mm256_setzero_ps(); 2]; 6];
+            for d in 0..steps {
+                let c0 = _mm256_loadu_ps(pc.add(d * TILE_C + j0));
+                let c1 = _mm256_loadu_ps(pc.add(d * TILE_C + j0 + 8));
+                for (p, ap) in a.iter_mut().enumerate() {
+                    let x = _mm256_set1_ps(*px.add(d * TILE_P + p));
+                    ap[0] = _mm256_fmadd_ps(x, c0, ap[0]);
+                    ap[1] = _mm256_fmadd_ps(x, c1, ap[1]);
                 }
-                for (p, ap) in a.iter().enumerate() {
-                    let row = acc_out[p0 + p].as_mut_ptr().add(j0);
-                    _mm256_storeu_ps(row, ap[0]);
-                    _mm256_storeu_ps(row.add(8), ap[1]);
+            }
+            for (p, ap) in a.iter().enumerate() {
+                let row = acc_out[p].as_mut_ptr().add(j0);
+                _mm256_storeu_ps(row, ap[0]);
+                _mm256_storeu_ps(row.add(8), ap[1]);
+            }
+        }
+        let mut a = [[_mm256_setzero_ps(); 4]; 2];
+        for d in 0..steps {
+            let c = [0usize, 8, 16, 24].map(|o| _mm256_loadu_ps(pc.add(d * TILE_C + o)));
+            for (p, ap) in a.iter_mut().enumerate() {
+                let x = _mm256_set1_ps(*px.add(d * TILE_P + 6 + p));
+                for (acc, &cv) in ap.iter_mut().zip(&c) {
+                    *acc = _mm256_fmadd_ps(x, cv, *acc);
                 }
+            }
+        }
+        for (p, ap) in a.iter().enumerate() {
+            let row = acc_out[6 + p].as_mut_ptr();
+            for (r, &v) in ap.iter().enumerate() {
+                _mm256_storeu_ps(row.add(8 * r), v);
             }
         }
     }
