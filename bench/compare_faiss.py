@@ -15,6 +15,12 @@ interpolated at each FAISS recall point ("QPS at equal recall") and the train+ad
 QPS is given by wall clock and by CPU time (process CPU seconds): on a machine shared with
 other work, the CPU-time figure is the one that is not distorted by preemption.
 Extra arguments after `--` go to `index-node bench` only (e.g. `-- --balance 1`).
+
+To compare both sides on AVX2 alone (as on a CPU without AVX-512), set FAISS's SIMD level,
+OpenBLAS's kernels and Quiver's kernels before the run; the header line shows FAISS's level:
+
+    FAISS_SIMD_LEVEL=AVX2 OPENBLAS_CORETYPE=Haswell QUIVER_KERNELS=avx2 \
+        python3 bench/compare_faiss.py --data DIR --quantizer flat --nlist 1024 --threads 1,2
 """
 
 import argparse
@@ -30,6 +36,14 @@ try:
     import faiss
 except ImportError:  # pragma: no cover - explained to the user
     sys.exit("faiss is not installed: pip install faiss-cpu numpy")
+
+
+def faiss_simd():
+    """FAISS's SIMD level, where the build reports it."""
+    try:
+        return "simd " + faiss.SIMDConfig.get_level_name()
+    except AttributeError:
+        return "simd level not reported"
 
 
 def read_vecs(path, dtype):
@@ -144,7 +158,7 @@ def main():
     queries = read_vecs(os.path.join(args.data, "queries.fvecs"), np.float32)
     gt = read_vecs(os.path.join(args.data, "groundtruth.ivecs"), np.int32)
     print(f"# {args.data}: base {base.shape}, queries {queries.shape}; {args.quantizer} nlist={args.nlist} "
-          f"k={args.k} metric={args.metric}; faiss {faiss.__version__}; extra quiver args: {args.extra}")
+          f"k={args.k} metric={args.metric}; faiss {faiss.__version__} ({faiss_simd()}); extra quiver args: {args.extra}")
     summary = {"qps": [], "cpu_qps": []}
     for threads in [int(t) for t in args.threads.split(",")]:
         fb, frows = run_faiss(args, base, queries, gt, threads)
