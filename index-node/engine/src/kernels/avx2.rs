@@ -265,13 +265,7 @@ unsafe fn columns_impl(w: &[f32], cols: &[f32], base: Option<&[f32]>, scale: f32
             i += 8;
         }
     }
-    for i in full..n {
-        let mut acc = 0.0;
-        for (d, &wd) in w.iter().enumerate() {
-            acc += wd * cols[d * n + i];
-        }
-        out[i] = base.map_or(0.0, |b| b[i]) + scale * acc;
-    }
+    super::scalar::columns_from(full, w, cols, base, scale, out);
 }
 
 pub(super) fn columns(w: &[f32], cols: &[f32], base: Option<&[f32]>, scale: f32, out: &mut [f32]) {

@@ -66,14 +66,25 @@ pub(super) fn pq_scan_unrolled(lut: &[f32], codes: &[u8], out: &mut [f32]) {
 }
 
 pub(super) fn columns(w: &[f32], cols: &[f32], base: Option<&[f32]>, scale: f32, out: &mut [f32]) {
+    columns_from(0, w, cols, base, scale, out);
+}
+
+/// [`columns`] for the outputs from `start` on (the SIMD kernels' remainder).
+pub(super) fn columns_from(
+    start: usize,
+    w: &[f32],
+    cols: &[f32],
+    base: Option<&[f32]>,
+    scale: f32,
+    out: &mut [f32],
+) {
     let n = out.len();
-    assert!(cols.len() >= w.len() * n && base.is_none_or(|b| b.len() >= n));
-    for (i, o) in out.iter_mut().enumerate() {
+    for i in start..n {
         let mut acc = 0.0;
         for (d, &wd) in w.iter().enumerate() {
             acc += wd * cols[d * n + i];
         }
-        *o = base.map_or(0.0, |b| b[i]) + scale * acc;
+        out[i] = base.map_or(0.0, |b| b[i]) + scale * acc;
     }
 }
 
