@@ -760,8 +760,15 @@ impl IvfIndex {
         if self.params.metric == Metric::Cosine {
             normalize_rows(&mut s.query, self.params.dim);
         }
-        // Per-query PQ table (the query's half of the lookup tables).
-        if let Encoder::Pq(pq) = &self.encoder {
+    }
+
+    /// The query's half of the PQ tables, `scale·<q_j, codeword>` (−2 for L2, −1 for dot
+    /// metrics), where the scan of these lists uses it: not for an L2 query that scans one
+    /// list, whose table is made directly from its residual (see `scan_list`).
+    fn query_table(&self, lists: &[(f32, u32)], s: &mut Scratch) {
+        if let Encoder::Pq(pq) = &self.encoder
+            && (self.dot() || (lists.len() > 1 && self.pq_terms.is_some()))
+        {
             s.qtab.resize(pq.m * KSUB, 0.0);
             let scale = if !self.dot() { -2.0 } else { -1.0 };
             pq.dot_table(&s.query, scale, &mut s.qtab);
@@ -794,6 +801,7 @@ impl IvfIndex {
     ) -> (Vec<Neighbor>, SearchStats) {
         let flat = matches!(self.encoder, Encoder::Flat);
         let mut stats = SearchStats::default();
+        self.query_table(coarse, s);
         let mut out = if self.use_half(coarse, k) {
             // Exact results from the half-precision copies: re-rank every entry that the
             // copies' error bounds cannot rule out (see `rerank`).
@@ -807,6 +815,7 @@ impl IvfIndex {
             let mode = ScanMode {
                 labels: true,
                 half: true,
+                single: coarse.len() == 1,
             };
             self.scan_lists(coarse, mode, &mut band, s, &mut stats);
             let cands = band.candidates();
@@ -819,6 +828,7 @@ impl IvfIndex {
             let mode = ScanMode {
                 labels: with_rerank,
                 half: false,
+                single: coarse.len() == 1,
             };
             let mut top = std::mem::take(&mut s.top);
             top.reset(if with_rerank { rerank.max(k) } else { k });
@@ -996,10 +1006,12 @@ impl IvfIndex {
             Encoder::Pq(pq) => {
                 let m = pq.m;
                 s.lut.resize(m * KSUB, 0.0);
-                // Dot metrics scan with the query's table as is.
+                // Dot metrics scan with the query's table as is. For L2, a query that scans
+                // one list makes its table directly from the residual: as cheap as the
+                // query's half alone, and it skips the list's precomputed half (cold).
                 let cst = if dot {
                     coarse_dist // −<q, c>
-                } else if let Some(terms) = &self.pq_terms {
+                } else if let Some(terms) = self.pq_terms.as_ref().filter(|_| !mode.single) {
                     let t = &terms[l as usize * m * KSUB..(l as usize + 1) * m * KSUB];
                     (kern.columns)(&[1.0], &s.qtab, Some(t), 1.0, &mut s.lut);
                     coarse_dist // ‖q − c‖²
@@ -1028,6 +1040,8 @@ impl IvfIndex {
 struct ScanMode {
     labels: bool,
     half: bool,
+    /// The query scans this one list only.
+    single: bool,
 }
 
 /// Maps a block of kernel outputs to distances (`cst + scale·d (+ aux)`) in place and offers
@@ -1334,13 +1348,15 @@ mod tests {
                 p.kmeans.iters = 5;
                 let mut index = IvfIndex::train(p, &base).expect("train");
                 index.add(&ids, &base).expect("add");
-                for query in queries.chunks_exact(dim) {
+                // nprobe 1 makes an L2 PQ table straight from the residual; 4 adds the
+                // list's precomputed half to the query's.
+                for (query, nprobe) in queries.chunks_exact(dim).flat_map(|q| [(q, 1), (q, 4)]) {
                     let mut qn = query.to_vec();
                     if metric == Metric::Cosine {
                         normalize_rows(&mut qn, dim);
                     }
                     let res = index
-                        .search(query, &SearchParams::new(5, 4))
+                        .search(query, &SearchParams::new(5, nprobe))
                         .expect("search");
                     assert_eq!(res.len(), 5);
                     for n in res {

@@ -127,10 +127,13 @@ impl Pq {
     /// `out[j*256 + i] = ‖t_j − codeword(j, i)‖²` for a residual query `t`.
     pub fn l2_table(&self, t: &[f32], out: &mut [f32]) {
         let k = kernels::get();
-        for j in 0..self.m {
-            let tj = &t[j * self.dsub..(j + 1) * self.dsub];
-            let book = &self.codebooks[j * KSUB * self.dsub..(j + 1) * KSUB * self.dsub];
-            (k.l2_batch)(tj, book, &mut out[j * KSUB..(j + 1) * KSUB]);
+        let cols = self.codebooks_t.chunks_exact(self.dsub * KSUB);
+        for ((o, tj), cols) in out
+            .chunks_exact_mut(KSUB)
+            .zip(t.chunks_exact(self.dsub))
+            .zip(cols)
+        {
+            (k.l2_columns)(tj, cols, o);
         }
     }
 

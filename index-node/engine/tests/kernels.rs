@@ -186,6 +186,30 @@ fn columns_match_scalar() {
 }
 
 #[test]
+fn l2_columns_match_scalar() {
+    let reference = kernels::scalar();
+    let mut rng = Rng::new(6);
+    for k in kernels::available() {
+        for &n in &DIMS {
+            for t_len in [1usize, 2, 8, 17] {
+                let t = vecs(&mut rng, t_len);
+                let cols = vecs(&mut rng, t_len * n);
+                let (mut got, mut want) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+                (k.l2_columns)(&t, &cols, &mut got);
+                (reference.l2_columns)(&t, &cols, &mut want);
+                for i in 0..n {
+                    close(
+                        got[i],
+                        want[i],
+                        &format!("{} l2_columns n={n} t={t_len}", k.name),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn tile_kernels_match_scalar() {
     let reference = kernels::scalar();
     let mut rng = Rng::new(3);

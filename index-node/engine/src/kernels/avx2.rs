@@ -272,6 +272,35 @@ pub(super) fn columns(w: &[f32], cols: &[f32], base: Option<&[f32]>, scale: f32,
     unsafe { columns_impl(w, cols, base, scale, out) }
 }
 
+/// `out[i] = Σ_d (t[d] − cols[d·n + i])²`: 8 outputs per step, as in `columns_impl`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn l2_columns_impl(t: &[f32], cols: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(cols.len() >= t.len() * n);
+    let full = n / 8 * 8;
+    let pc = cols.as_ptr();
+    let po = out.as_mut_ptr();
+    // SAFETY: i + 8 <= full <= n, and column d spans pc + d*n .. pc + (d+1)*n within
+    // cols (asserted above).
+    unsafe {
+        let mut i = 0;
+        while i < full {
+            let mut acc = _mm256_setzero_ps();
+            for (d, &td) in t.iter().enumerate() {
+                let diff = _mm256_sub_ps(_mm256_set1_ps(td), _mm256_loadu_ps(pc.add(d * n + i)));
+                acc = _mm256_fmadd_ps(diff, diff, acc);
+            }
+            _mm256_storeu_ps(po.add(i), acc);
+            i += 8;
+        }
+    }
+    super::scalar::l2_columns_from(full, t, cols, out);
+}
+
+pub(super) fn l2_columns(t: &[f32], cols: &[f32], out: &mut [f32]) {
+    unsafe { l2_columns_impl(t, cols, out) }
+}
+
 /// Half-precision rows (F16C conversion), four at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn batch_f16_impl<const L2: bool>(q: &[f32], rows: &[u16], out: &mut [f32]) {

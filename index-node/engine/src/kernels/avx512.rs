@@ -255,6 +255,35 @@ pub(super) fn columns(w: &[f32], cols: &[f32], base: Option<&[f32]>, scale: f32,
     unsafe { columns_impl(w, cols, base, scale, out) }
 }
 
+/// `out[i] = Σ_d (t[d] − cols[d·n + i])²`: 16 outputs per step, as in `columns_impl`.
+#[target_feature(enable = "avx512f")]
+unsafe fn l2_columns_impl(t: &[f32], cols: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(cols.len() >= t.len() * n);
+    let full = n / 16 * 16;
+    let pc = cols.as_ptr();
+    let po = out.as_mut_ptr();
+    // SAFETY: i + 16 <= full <= n, and column d spans pc + d*n .. pc + (d+1)*n within
+    // cols (asserted above).
+    unsafe {
+        let mut i = 0;
+        while i < full {
+            let mut acc = _mm512_setzero_ps();
+            for (d, &td) in t.iter().enumerate() {
+                let diff = _mm512_sub_ps(_mm512_set1_ps(td), _mm512_loadu_ps(pc.add(d * n + i)));
+                acc = _mm512_fmadd_ps(diff, diff, acc);
+            }
+            _mm512_storeu_ps(po.add(i), acc);
+            i += 16;
+        }
+    }
+    super::scalar::l2_columns_from(full, t, cols, out);
+}
+
+pub(super) fn l2_columns(t: &[f32], cols: &[f32], out: &mut [f32]) {
+    unsafe { l2_columns_impl(t, cols, out) }
+}
+
 /// Half-precision rows, four at a time: half the bytes of the f32 scan for the same work.
 #[target_feature(enable = "avx512f")]
 unsafe fn batch_f16_impl<const L2: bool>(q: &[f32], rows: &[u16], out: &mut [f32]) {

@@ -42,6 +42,9 @@ pub struct Kernels {
     /// zero when absent: PQ lookup tables from dimension-major codebooks, and a list's
     /// precomputed table plus the query's.
     pub columns: ColumnsFn,
+    /// `out[i] = Σ_d (t[d] − cols[d·n + i])²`, `n = out.len()`: a PQ table of squared
+    /// distances straight from dimension-major codebooks.
+    pub l2_columns: fn(&[f32], &[f32], &mut [f32]),
     /// Dot products of a tile of 8 points with a panel of 32 centroids (see [`tile`]).
     pub dot_tile: fn(&[f32], &[f32], &mut [[f32; tile::TILE_C]; tile::TILE_P]),
     /// `out[i] = f16(x[i])` (round to nearest even); returns `(Σ (h − x)², Σ x²)` with `h` the
@@ -58,6 +61,7 @@ static SCALAR: Kernels = Kernels {
     sq8_dot_batch: scalar::sq8_dot_batch,
     pq_scan: scalar::pq_scan,
     columns: scalar::columns,
+    l2_columns: scalar::l2_columns,
     l2_batch_f16: scalar::l2_batch_f16,
     dot_batch_f16: scalar::dot_batch_f16,
     dot_tile: tile::tile_scalar,
@@ -74,6 +78,7 @@ static AVX2: Kernels = Kernels {
     sq8_dot_batch: avx2::sq8_dot_batch,
     pq_scan: avx2::pq_scan,
     columns: avx2::columns,
+    l2_columns: avx2::l2_columns,
     l2_batch_f16: avx2::l2_batch_f16,
     dot_batch_f16: avx2::dot_batch_f16,
     dot_tile: avx2::dot_tile,
@@ -90,6 +95,7 @@ static AVX512: Kernels = Kernels {
     sq8_dot_batch: avx512::sq8_dot_batch,
     pq_scan: avx512::pq_scan,
     columns: avx512::columns,
+    l2_columns: avx512::l2_columns,
     l2_batch_f16: avx512::l2_batch_f16,
     dot_batch_f16: avx512::dot_batch_f16,
     dot_tile: avx512::dot_tile,

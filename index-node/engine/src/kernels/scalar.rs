@@ -69,6 +69,23 @@ pub(super) fn columns(w: &[f32], cols: &[f32], base: Option<&[f32]>, scale: f32,
     columns_from(0, w, cols, base, scale, out);
 }
 
+pub(super) fn l2_columns(t: &[f32], cols: &[f32], out: &mut [f32]) {
+    l2_columns_from(0, t, cols, out);
+}
+
+/// [`l2_columns`] for the outputs from `start` on (the SIMD kernels' remainder).
+pub(super) fn l2_columns_from(start: usize, t: &[f32], cols: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    for i in start..n {
+        let mut acc = 0.0;
+        for (d, &td) in t.iter().enumerate() {
+            let diff = td - cols[d * n + i];
+            acc += diff * diff;
+        }
+        out[i] = acc;
+    }
+}
+
 /// [`columns`] for the outputs from `start` on (the SIMD kernels' remainder).
 pub(super) fn columns_from(
     start: usize,
