@@ -158,8 +158,10 @@ fn half_precision_kernels_match_scalar() {
     }
 }
 
+/// `columns` (with and without a base) and `l2_columns`, over the dimension-major layout of
+/// PQ codebooks.
 #[test]
-fn columns_match_scalar() {
+fn column_kernels_match_scalar() {
     let reference = kernels::scalar();
     let mut rng = Rng::new(4);
     for k in kernels::available() {
@@ -168,42 +170,23 @@ fn columns_match_scalar() {
                 let w = vecs(&mut rng, w_len);
                 let cols = vecs(&mut rng, w_len * n);
                 let base = vecs(&mut rng, n);
-                for base in [None, Some(&base[..])] {
+                let run = |what: &str, f: &dyn Fn(&kernels::Kernels, &mut [f32])| {
                     let (mut got, mut want) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-                    (k.columns)(&w, &cols, base, -2.0, &mut got);
-                    (reference.columns)(&w, &cols, base, -2.0, &mut want);
+                    f(k, &mut got);
+                    f(reference, &mut want);
                     for i in 0..n {
                         close(
                             got[i],
                             want[i],
-                            &format!("{} columns n={n} w={w_len}", k.name),
+                            &format!("{} {what} n={n} w={w_len}", k.name),
                         );
                     }
-                }
-            }
-        }
-    }
-}
-
-#[test]
-fn l2_columns_match_scalar() {
-    let reference = kernels::scalar();
-    let mut rng = Rng::new(6);
-    for k in kernels::available() {
-        for &n in &DIMS {
-            for t_len in [1usize, 2, 8, 17] {
-                let t = vecs(&mut rng, t_len);
-                let cols = vecs(&mut rng, t_len * n);
-                let (mut got, mut want) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-                (k.l2_columns)(&t, &cols, &mut got);
-                (reference.l2_columns)(&t, &cols, &mut want);
-                for i in 0..n {
-                    close(
-                        got[i],
-                        want[i],
-                        &format!("{} l2_columns n={n} t={t_len}", k.name),
-                    );
-                }
+                };
+                run("columns", &|k, out| (k.columns)(&w, &cols, None, -2.0, out));
+                run("columns+base", &|k, out| {
+                    (k.columns)(&w, &cols, Some(&base), -2.0, out)
+                });
+                run("l2_columns", &|k, out| (k.l2_columns)(&w, &cols, out));
             }
         }
     }
