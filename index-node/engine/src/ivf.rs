@@ -762,12 +762,19 @@ impl IvfIndex {
         }
     }
 
+    /// Whether an L2 PQ scan of `lists` lists adds each list's precomputed table to the
+    /// query's. A query that scans one list makes its table straight from the residual
+    /// instead: as cheap as the query's half alone, and the list's half is cold.
+    fn pq_precomputed(&self, lists: usize) -> bool {
+        self.pq_terms.is_some() && !self.dot() && lists > 1
+    }
+
     /// The query's half of the PQ tables, `scale·<q_j, codeword>` (−2 for L2, −1 for dot
-    /// metrics), where the scan of these lists uses it: not for an L2 query that scans one
-    /// list, whose table is made directly from its residual (see `scan_list`).
-    fn query_table(&self, lists: &[(f32, u32)], s: &mut Scratch) {
+    /// metrics), where the scan uses it: dot metrics scan with it as is, L2 adds it to the
+    /// lists' precomputed halves.
+    fn query_table(&self, precomputed: bool, s: &mut Scratch) {
         if let Encoder::Pq(pq) = &self.encoder
-            && (self.dot() || (lists.len() > 1 && self.pq_terms.is_some()))
+            && (self.dot() || precomputed)
         {
             s.qtab.resize(pq.m * KSUB, 0.0);
             let scale = if !self.dot() { -2.0 } else { -1.0 };
@@ -801,7 +808,8 @@ impl IvfIndex {
     ) -> (Vec<Neighbor>, SearchStats) {
         let flat = matches!(self.encoder, Encoder::Flat);
         let mut stats = SearchStats::default();
-        self.query_table(coarse, s);
+        let pq_precomputed = self.pq_precomputed(coarse.len());
+        self.query_table(pq_precomputed, s);
         let mut out = if self.use_half(coarse, k) {
             // Exact results from the half-precision copies: re-rank every entry that the
             // copies' error bounds cannot rule out (see `rerank`).
@@ -815,7 +823,7 @@ impl IvfIndex {
             let mode = ScanMode {
                 labels: true,
                 half: true,
-                single: coarse.len() == 1,
+                pq_precomputed,
             };
             self.scan_lists(coarse, mode, &mut band, s, &mut stats);
             let cands = band.candidates();
@@ -828,7 +836,7 @@ impl IvfIndex {
             let mode = ScanMode {
                 labels: with_rerank,
                 half: false,
-                single: coarse.len() == 1,
+                pq_precomputed,
             };
             let mut top = std::mem::take(&mut s.top);
             top.reset(if with_rerank { rerank.max(k) } else { k });
@@ -1006,12 +1014,10 @@ impl IvfIndex {
             Encoder::Pq(pq) => {
                 let m = pq.m;
                 s.lut.resize(m * KSUB, 0.0);
-                // Dot metrics scan with the query's table as is. For L2, a query that scans
-                // one list makes its table directly from the residual: as cheap as the
-                // query's half alone, and it skips the list's precomputed half (cold).
+                // Dot metrics scan with the query's table as is (see `query_table`).
                 let cst = if dot {
                     coarse_dist // −<q, c>
-                } else if let Some(terms) = self.pq_terms.as_ref().filter(|_| !mode.single) {
+                } else if let Some(terms) = self.pq_terms.as_ref().filter(|_| mode.pq_precomputed) {
                     let t = &terms[l as usize * m * KSUB..(l as usize + 1) * m * KSUB];
                     (kern.columns)(&[1.0], &s.qtab, Some(t), 1.0, &mut s.lut);
                     coarse_dist // ‖q − c‖²
@@ -1040,8 +1046,8 @@ impl IvfIndex {
 struct ScanMode {
     labels: bool,
     half: bool,
-    /// The query scans this one list only.
-    single: bool,
+    /// L2 PQ tables add the list's precomputed half (see `pq_precomputed`).
+    pq_precomputed: bool,
 }
 
 /// Maps a block of kernel outputs to distances (`cst + scale·d (+ aux)`) in place and offers

@@ -114,26 +114,24 @@ impl Pq {
     /// `out[j*256 + i] = scale * <q_j, codeword(j, i)>`.
     pub fn dot_table(&self, q: &[f32], scale: f32, out: &mut [f32]) {
         let k = kernels::get();
+        self.per_subquantizer(q, out, |qj, cols, o| (k.columns)(qj, cols, None, scale, o));
+    }
+
+    /// `out[j*256 + i] = ‖t_j − codeword(j, i)‖²` for a residual query `t`.
+    pub fn l2_table(&self, t: &[f32], out: &mut [f32]) {
+        let k = kernels::get();
+        self.per_subquantizer(t, out, |tj, cols, o| (k.l2_columns)(tj, cols, o));
+    }
+
+    /// Calls `f(q_j, codebook j dimension-major, table j)` for every sub-quantizer j.
+    fn per_subquantizer(&self, q: &[f32], out: &mut [f32], f: impl Fn(&[f32], &[f32], &mut [f32])) {
         let cols = self.codebooks_t.chunks_exact(self.dsub * KSUB);
         for ((o, qj), cols) in out
             .chunks_exact_mut(KSUB)
             .zip(q.chunks_exact(self.dsub))
             .zip(cols)
         {
-            (k.columns)(qj, cols, None, scale, o);
-        }
-    }
-
-    /// `out[j*256 + i] = ‖t_j − codeword(j, i)‖²` for a residual query `t`.
-    pub fn l2_table(&self, t: &[f32], out: &mut [f32]) {
-        let k = kernels::get();
-        let cols = self.codebooks_t.chunks_exact(self.dsub * KSUB);
-        for ((o, tj), cols) in out
-            .chunks_exact_mut(KSUB)
-            .zip(t.chunks_exact(self.dsub))
-            .zip(cols)
-        {
-            (k.l2_columns)(tj, cols, o);
+            f(qj, cols, o);
         }
     }
 
