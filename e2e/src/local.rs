@@ -15,6 +15,10 @@ pub enum LocalError {
     Io(#[from] std::io::Error),
 }
 
+/// The ClusterIP of `default/kubernetes` (the first address of the Service range); the
+/// API server's certificate names it.
+pub const KUBERNETES_SERVICE_IP: &str = "127.96.0.1";
+
 pub struct LocalConfig {
     pub state_dir: PathBuf,
     pub port: u16,
@@ -72,6 +76,7 @@ impl Local {
         sc.addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.port));
         sc.history = cfg.history;
         sc.bookmark_interval = cfg.bookmark_interval;
+        sc.extra_ips = vec![KUBERNETES_SERVICE_IP.to_string()];
         let server = ApiServer::start(sc).await?;
         let client = client_for(&server.kubeconfig).await?;
         let mut tasks = if cfg.controllers {
@@ -79,6 +84,12 @@ impl Local {
         } else {
             Vec::new()
         };
+        // Default accounts and the CA ConfigMap belong with the API server's CA: pods cannot
+        // be admitted without them, so they run even when the other controllers do not.
+        tasks.push(tokio::spawn(crate::controllers::serviceaccounts::run(
+            client.clone(),
+            server.ca_pem.clone(),
+        )));
         if cfg.kubelet {
             let mut kcfg = crate::kubelet::KubeletConfig::new(
                 cfg.node.clone(),
@@ -87,6 +98,7 @@ impl Local {
             );
             kcfg.backoff_base = cfg.restart_backoff;
             kcfg.ip_block = cfg.pod_ip_block;
+            kcfg.api_server = Some((server.addr.ip().to_string(), server.addr.port()));
             tasks.push(tokio::spawn(crate::kubelet::run(client, kcfg)));
         }
         Ok(Self { server, tasks })

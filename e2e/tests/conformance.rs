@@ -325,10 +325,11 @@ async fn scale_subresource_of_workloads() {
             .await
             .expect("create");
         let sc = api.get_scale("d").await.expect("get scale");
+        // ScaleSpec.replicas is `omitempty`: a real server leaves a zero count out.
         assert_eq!(
             sc.spec.as_ref().and_then(|s| s.replicas),
-            Some(0),
-            "replicas as created"
+            None,
+            "replicas as created (0, omitted)"
         );
         assert_eq!(
             sc.status.as_ref().and_then(|s| s.selector.as_deref()),
@@ -417,10 +418,12 @@ async fn label_and_field_selectors() {
         let c = Cluster::start().await;
         let ns = c.namespace("sel").await;
         let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        // Every namespace also holds the `kube-root-ca.crt` ConfigMap (the controller
+        // manager's), so each query also selects the test's own objects by `set`.
         for (n, l) in [
-            ("a", json!({"tier": "web", "env": "prod"})),
-            ("b", json!({"tier": "db", "env": "prod"})),
-            ("c", json!({"tier": "web"})),
+            ("a", json!({"set": "t", "tier": "web", "env": "prod"})),
+            ("b", json!({"set": "t", "tier": "db", "env": "prod"})),
+            ("c", json!({"set": "t", "tier": "web"})),
         ] {
             api.create(&PostParams::default(), &cm(n, l, json!({})))
                 .await
@@ -430,7 +433,7 @@ async fn label_and_field_selectors() {
             let api = api.clone();
             async move {
                 names(
-                    &api.list(&ListParams::default().labels(sel))
+                    &api.list(&ListParams::default().labels(&format!("set=t,{sel}")))
                         .await
                         .expect("list")
                         .items,
@@ -451,19 +454,25 @@ async fn label_and_field_selectors() {
         let f = api
             .list(
                 &ListParams::default()
+                    .labels("set=t")
                     .fields(&format!("metadata.namespace={},metadata.name!=b", ns.name)),
             )
             .await
             .expect("field");
         assert_eq!(names(&f.items), ["a", "c"]);
         let page = api
-            .list(&ListParams::default().limit(2))
+            .list(&ListParams::default().labels("set=t").limit(2))
             .await
             .expect("page");
         assert_eq!(page.items.len(), 2);
         let token = page.metadata.continue_.clone().expect("continue token");
         let rest = api
-            .list(&ListParams::default().limit(2).continue_token(&token))
+            .list(
+                &ListParams::default()
+                    .labels("set=t")
+                    .limit(2)
+                    .continue_token(&token),
+            )
             .await
             .expect("page 2");
         assert_eq!(names(&rest.items), ["c"]);
@@ -512,7 +521,11 @@ async fn finalizers_delay_deletion_and_deletecollection() {
         )
         .await
         .expect("deletecollection");
-        let left = api.list(&ListParams::default()).await.expect("list");
+        // `g` leaves out the namespace's own `kube-root-ca.crt`.
+        let left = api
+            .list(&ListParams::default().labels("g"))
+            .await
+            .expect("list");
         assert_eq!(names(&left.items), ["y1"]);
         drop(ns);
         c.stop().await;
@@ -732,6 +745,11 @@ async fn watch_from_compacted_version_is_gone() {
         match ev {
             Ok(Some(WatchEvent::Error(status))) => assert_eq!(status.code, 410, "{status:?}"),
             Err(kube::Error::Api(status)) => assert_eq!(status.code, 410),
+            // A real server keeps history until etcd compacts it (every 5 minutes by
+            // default), which a client cannot force: on a young cluster "1" is still there.
+            Ok(Some(_)) if c.external => {
+                eprintln!("skipped: this server has not compacted resourceVersion 1 yet");
+            }
             other => panic!("expected 410, got {other:?}"),
         }
         drop(ns);
@@ -912,7 +930,26 @@ async fn custom_resources_are_served_validated_and_pruned() {
         // kubectl asks for strict field validation: unknown fields are then refused.
         let strict = PatchParams::apply("strict-test").validation_strict();
         let body = json!({"apiVersion": format!("{group}/v1"), "kind": "Widget", "metadata": {"name": "strict"}, "spec": {"size": 3, "bogus": 1}});
-        let (code, reason) = api_err(api.patch("strict", &strict, &Patch::Apply(body)).await.expect_err("strict"));
+        // Server-side apply: real servers answer 500 with no reason and the field in the
+        // message (kubernetes/kubernetes#139253); a server with that fixed answers 400.
+        let status = match api.patch("strict", &strict, &Patch::Apply(body)).await.expect_err("strict apply") {
+            kube::Error::Api(s) => s,
+            other => panic!("expected an API error, got {other}"),
+        };
+        assert!(matches!(status.code, 400 | 500), "{status:?}");
+        assert!(status.message.contains("bogus"), "the message names the field: {status:?}");
+        // A strict create (kubectl create/replace): a strict decoding error, 400.
+        let req = http::Request::post(format!("/apis/{group}/v1/namespaces/{}/widgets?fieldValidation=Strict", ns.name))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&obj("strict2", json!({"size": 3, "bogus": 1}))).expect("body"))
+            .expect("request");
+        let (code, reason) = match c.client.request::<Value>(req).await.expect_err("strict create") {
+            kube::Error::Api(s) => {
+                assert!(s.message.contains("unknown field \"spec.bogus\""), "{s:?}");
+                (s.code, s.reason)
+            }
+            other => panic!("expected an API error, got {other}"),
+        };
         assert_eq!((code, reason.as_str()), (400, "BadRequest"));
         let (code, _) = api_err(api.patch("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"size": 100}}))).await.expect_err("update validated"));
         assert_eq!(code, 422);
@@ -1023,6 +1060,254 @@ async fn garbage_collection_background_foreground_orphan() {
             dep.owner_references().is_empty(),
             "orphaned dependent loses its owner reference"
         );
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+// kube-runtime's own helpers, as an operator uses them: each must behave as on a real cluster.
+
+#[tokio::test]
+async fn runtime_finalizer_helper_adds_runs_cleanup_and_removes() {
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::{Event as Fin, finalizer};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("rt-fin").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        api.create(&PostParams::default(), &cm("guarded", json!({}), json!({})))
+            .await
+            .expect("create");
+        let applied = Arc::new(AtomicUsize::new(0));
+        let cleaned = Arc::new(AtomicUsize::new(0));
+        let run = |obj: ConfigMap| {
+            let (api, applied, cleaned) = (api.clone(), applied.clone(), cleaned.clone());
+            async move {
+                finalizer(&api, "quiver.dev/cleanup", Arc::new(obj), |ev| async move {
+                    match ev {
+                        Fin::Apply(_) => applied.fetch_add(1, Ordering::SeqCst),
+                        Fin::Cleanup(_) => cleaned.fetch_add(1, Ordering::SeqCst),
+                    };
+                    Ok::<_, std::convert::Infallible>(Action::await_change())
+                })
+                .await
+            }
+        };
+        // First pass: no finalizers at all, so the helper sends `test` against null + `add`.
+        run(api.get("guarded").await.expect("get"))
+            .await
+            .expect("finalizer added");
+        let obj = api.get("guarded").await.expect("get");
+        assert_eq!(obj.finalizers(), ["quiver.dev/cleanup"]);
+        run(obj).await.expect("apply");
+        assert_eq!(applied.load(Ordering::SeqCst), 1);
+        api.delete("guarded", &DeleteParams::default())
+            .await
+            .expect("delete");
+        let obj = api.get("guarded").await.expect("held by the finalizer");
+        assert!(obj.metadata.deletion_timestamp.is_some());
+        run(obj).await.expect("cleanup");
+        assert_eq!(cleaned.load(Ordering::SeqCst), 1);
+        eventually(10, "finalized object gone", || async {
+            api.get_opt("guarded")
+                .await
+                .ok()
+                .and_then(|o| o.is_none().then_some(()))
+        })
+        .await;
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn runtime_controller_reconciles_on_changes_of_owned_objects() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Resource;
+    use kube::runtime::controller::{Action, Controller};
+    use kube::runtime::watcher;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    bounded(90, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("rt-ctrl").await;
+        let parents: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        let secrets: Api<Secret> = Api::namespaced(c.client.clone(), &ns.name);
+        let count = Arc::new(AtomicUsize::new(0));
+        struct Ctx {
+            secrets: Api<Secret>,
+            count: Arc<AtomicUsize>,
+        }
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct E(#[from] kube::Error);
+        async fn reconcile(parent: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, E> {
+            ctx.count.fetch_add(1, Ordering::SeqCst);
+            let owner = parent.controller_owner_ref(&()).expect("owner ref");
+            let child = json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": format!("{}-child", parent.name_any()), "ownerReferences": [owner]},
+                "stringData": {"k": "v"}});
+            ctx.secrets
+                .patch(&format!("{}-child", parent.name_any()), &PatchParams::apply("rt-test").force(), &Patch::Apply(child))
+                .await?;
+            Ok(Action::await_change())
+        }
+        fn error_policy(_: Arc<ConfigMap>, _: &E, _: Arc<Ctx>) -> Action {
+            Action::requeue(Duration::from_millis(200))
+        }
+        let ctx = Arc::new(Ctx { secrets: secrets.clone(), count: count.clone() });
+        let controller = tokio::spawn(
+            Controller::new(parents.clone(), watcher::Config::default().labels("role=parent"))
+                .owns(secrets.clone(), watcher::Config::default())
+                .run(reconcile, error_policy, ctx)
+                .for_each(|_| async {}),
+        );
+        parents
+            .create(&PostParams::default(), &cm("p", json!({"role": "parent"}), json!({})))
+            .await
+            .expect("parent");
+        eventually(30, "owned child made", || async { secrets.get_opt("p-child").await.ok().flatten() }).await;
+        // Let the child's own creation event land before counting.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let before = count.load(Ordering::SeqCst);
+        secrets
+            .patch("p-child", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})))
+            .await
+            .expect("touch child");
+        eventually(30, "a reconcile of the owner after its child changed", || async {
+            (count.load(Ordering::SeqCst) > before).then_some(())
+        })
+        .await;
+        controller.abort();
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn runtime_watcher_with_streaming_lists() {
+    use kube::runtime::watcher::{self, Event as W};
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("rt-watch").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        for n in ["s1", "s2", "s3"] {
+            api.create(
+                &PostParams::default(),
+                &cm(n, json!({"stream": "t"}), json!({})),
+            )
+            .await
+            .expect("create");
+        }
+        let mut w = watcher::watcher(
+            api.clone(),
+            watcher::Config::default()
+                .labels("stream=t")
+                .streaming_lists(),
+        )
+        .boxed();
+        let mut initial = Vec::new();
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(20), w.next())
+                .await
+                .expect("event in time")
+                .expect("stream open");
+            match ev {
+                Ok(W::Init) => {}
+                Ok(W::InitApply(o)) => initial.push(o.name_any()),
+                Ok(W::InitDone) => break,
+                Ok(other) => panic!("unexpected before the initial events ended: {other:?}"),
+                // Servers before 1.32 refuse sendInitialEvents unless the WatchList gate is on.
+                Err(e) if c.external => {
+                    eprintln!("skipped: this server does not stream initial events ({e})");
+                    return;
+                }
+                Err(e) => panic!("watcher: {e}"),
+            }
+        }
+        initial.sort();
+        assert_eq!(
+            initial,
+            ["s1", "s2", "s3"],
+            "initial events end with the bookmark"
+        );
+        api.create(
+            &PostParams::default(),
+            &cm("s4", json!({"stream": "t"}), json!({})),
+        )
+        .await
+        .expect("create");
+        let ev = tokio::time::timeout(Duration::from_secs(20), w.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
+        match ev {
+            W::Apply(o) => assert_eq!(o.name_any(), "s4"),
+            other => panic!("expected Apply of s4, got {other:?}"),
+        }
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn runtime_event_recorder_creates_then_counts_a_series() {
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::Resource;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("rt-events").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        let obj = api
+            .create(&PostParams::default(), &cm("subject", json!({}), json!({})))
+            .await
+            .expect("create");
+        let recorder = Recorder::new(
+            c.client.clone(),
+            Reporter {
+                controller: "quiver-e2e".into(),
+                instance: Some("test".into()),
+            },
+        );
+        let ev = Event {
+            type_: EventType::Normal,
+            reason: "Tested".into(),
+            note: Some("twice the same".into()),
+            action: "Testing".into(),
+            secondary: None,
+        };
+        let reference = obj.object_ref(&());
+        recorder
+            .publish(&ev, &reference)
+            .await
+            .expect("first event");
+        recorder
+            .publish(&ev, &reference)
+            .await
+            .expect("second event (a series)");
+        let events: Api<K8sEvent> = Api::namespaced(c.client.clone(), &ns.name);
+        let list = events.list(&ListParams::default()).await.expect("events");
+        let mine: Vec<&K8sEvent> = list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("Tested"))
+            .collect();
+        assert_eq!(mine.len(), 1, "one Event object for the repeated event");
+        let e = mine[0];
+        assert_eq!(
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()),
+            Some("subject")
+        );
+        assert_eq!(e.reporting_controller.as_deref(), Some("quiver-e2e"));
+        assert_eq!(e.series.as_ref().map(|s| s.count), Some(2));
         drop(ns);
         c.stop().await;
     })

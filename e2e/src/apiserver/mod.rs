@@ -1,6 +1,8 @@
 //! An in-memory Kubernetes API server stand-in (HTTP on loopback).
 
+pub mod admission;
 mod apply;
+pub mod auth;
 mod discovery;
 pub mod error;
 mod http;
@@ -12,6 +14,7 @@ pub mod selectors;
 pub mod store;
 mod table;
 pub mod time;
+pub mod tls;
 mod watch;
 
 use std::net::SocketAddr;
@@ -33,6 +36,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("writing kubeconfig {path}: {source}")]
     Kubeconfig {
         path: PathBuf,
@@ -48,6 +53,9 @@ pub struct Config {
     /// Watch history kept (events); older resourceVersions get 410.
     pub history: usize,
     pub bookmark_interval: Duration,
+    /// Addresses besides loopback that the serving certificate names (e.g. the ClusterIP
+    /// of the `kubernetes` Service).
+    pub extra_ips: Vec<String>,
 }
 
 impl Config {
@@ -57,6 +65,7 @@ impl Config {
             kubeconfig: kubeconfig.into(),
             history: 10_000,
             bookmark_interval: Duration::from_secs(10),
+            extra_ips: Vec::new(),
         }
     }
 }
@@ -64,17 +73,22 @@ impl Config {
 pub struct ApiServer {
     pub addr: SocketAddr,
     pub kubeconfig: PathBuf,
+    /// PEM of the cluster CA (what pods get as `ca.crt`).
+    pub ca_pem: String,
     pub store: Arc<Store>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
-/// A kubeconfig (JSON is valid YAML) for an unauthenticated HTTP server.
-pub fn write_kubeconfig(path: &Path, server: &str) -> std::io::Result<()> {
+/// A kubeconfig (JSON is valid YAML) for the server; the user has no credentials, which
+/// the stand-in serves as the cluster admin.
+pub fn write_kubeconfig(path: &Path, server: &str, ca_pem: &str) -> std::io::Result<()> {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     let cfg = json!({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "quiver-local", "cluster": {"server": server}}],
+        "clusters": [{"name": "quiver-local", "cluster": {"server": server, "certificate-authority-data": ca}}],
         "users": [{"name": "quiver-local", "user": {}}],
         "contexts": [{"name": "quiver-local", "context": {"cluster": "quiver-local", "user": "quiver-local", "namespace": "default"}}],
         "current-context": "quiver-local",
@@ -98,17 +112,20 @@ impl ApiServer {
             addr: cfg.addr,
             source,
         })?;
-        write_kubeconfig(&cfg.kubeconfig, &format!("http://{addr}")).map_err(|source| {
-            ServerError::Kubeconfig {
+        let pki = tls::Pki::generate(&cfg.extra_ips)?;
+        write_kubeconfig(&cfg.kubeconfig, &format!("https://{addr}"), &pki.ca_pem).map_err(
+            |source| ServerError::Kubeconfig {
                 path: cfg.kubeconfig.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
+        let listener = tls::TlsListener::new(listener, &pki)?;
         let store = Arc::new(Store::new(cfg.history));
         let state = Arc::new(http::AppState {
             store: store.clone(),
             addr: addr.to_string(),
             bookmark_interval: cfg.bookmark_interval,
+            tokens: auth::Tokens::default(),
         });
         let app = axum::Router::new().fallback(http::handle).with_state(state);
         let (tx, rx) = oneshot::channel::<()>();
@@ -124,6 +141,7 @@ impl ApiServer {
         Ok(Self {
             addr,
             kubeconfig: cfg.kubeconfig,
+            ca_pem: pki.ca_pem,
             store,
             shutdown: Some(tx),
             task,

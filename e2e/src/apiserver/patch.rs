@@ -144,7 +144,17 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), ApiError> {
                 add(doc, path, v)?;
             }
             "test" => {
-                let v = get(doc, path)?;
+                // As the API server's json-patch library: a missing key under an existing
+                // parent tests equal to null (kube-runtime's finalizer helper relies on it).
+                let v = match doc.pointer(path) {
+                    Some(v) => v.clone(),
+                    None => {
+                        let parts = pointer_parts(path)?;
+                        let init = parts.split_last().map(|(_, i)| i).unwrap_or_default();
+                        parent_mut(doc, init)?;
+                        Value::Null
+                    }
+                };
                 if v != op["value"] {
                     return Err(invalid(format!("testing value {path} failed")));
                 }
@@ -273,6 +283,32 @@ mod tests {
         assert_eq!(doc, json!({"a": 1, "l": [1, 2, 3]}));
         let err = json_patch(&mut doc, &json!([{"op": "test", "path": "/a", "value": 2}]))
             .expect_err("must fail");
+        assert_eq!(err.code, 422);
+    }
+
+    #[test]
+    fn json_patch_test_of_missing_key_equals_null() {
+        let mut doc = json!({"metadata": {"name": "x"}});
+        json_patch(
+            &mut doc,
+            &json!([{"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": ["f"]}]),
+        )
+        .expect("test of a missing key against null passes");
+        assert_eq!(doc["metadata"]["finalizers"], json!(["f"]));
+        // ...but not against a value, and not when the parent is missing too.
+        let mut doc = json!({"metadata": {}});
+        let err = json_patch(
+            &mut doc,
+            &json!([{"op": "test", "path": "/metadata/x", "value": 1}]),
+        )
+        .expect_err("missing is not 1");
+        assert_eq!(err.code, 422);
+        let err = json_patch(
+            &mut doc,
+            &json!([{"op": "test", "path": "/spec/x", "value": null}]),
+        )
+        .expect_err("no parent");
         assert_eq!(err.code, 422);
     }
 }

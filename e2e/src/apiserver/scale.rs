@@ -86,6 +86,12 @@ pub fn to_scale(paths: &ScalePaths, obj: &Value) -> Value {
     if !selector.is_empty() {
         status["selector"] = json!(selector);
     }
+    // ScaleSpec.replicas is `omitempty` in the Go type: a real server omits a zero count.
+    let mut spec = json!({});
+    match at(obj, &paths.spec_replicas).as_i64().unwrap_or(0) {
+        0 => {}
+        n => spec["replicas"] = json!(n),
+    }
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -93,7 +99,7 @@ pub fn to_scale(paths: &ScalePaths, obj: &Value) -> Value {
             "name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
             "resourceVersion": m["resourceVersion"], "creationTimestamp": m["creationTimestamp"],
         },
-        "spec": {"replicas": at(obj, &paths.spec_replicas).as_i64().unwrap_or(0)},
+        "spec": spec,
         "status": status,
     })
 }

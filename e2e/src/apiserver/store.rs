@@ -412,6 +412,7 @@ impl Store {
             return Err(ApiError::bad_request("the body must be an object"));
         }
         let uid = new_uid();
+        inner.admit(res, ns, &mut obj)?;
         apply_defaults(&res.key(), &mut obj, &uid);
         let mut fresh = obj.clone();
         if let Some(m) = fresh["metadata"].as_object_mut() {
@@ -466,6 +467,7 @@ impl Store {
                 // Apply creates the object when it does not exist.
                 let uid = new_uid();
                 let mut applied = body.clone();
+                inner.admit(res, ns, &mut applied)?;
                 apply_defaults(&res.key(), &mut applied, &uid);
                 let created = apply::apply(
                     &json!({"metadata": {}}),
@@ -636,6 +638,20 @@ impl Store {
 }
 
 impl Inner {
+    /// Mutating admission of a new object (pods: the ServiceAccount plugin).
+    fn admit(&self, res: &ResourceInfo, ns: &str, obj: &mut Value) -> Result<(), ApiError> {
+        if res.key() != "/pods" {
+            return Ok(());
+        }
+        let accounts = self.objects.get("/serviceaccounts");
+        let suffix = super::time::random_suffix();
+        super::admission::admit_pod(obj, ns, &suffix, |sa| {
+            accounts
+                .and_then(|m| m.get(&(ns.to_string(), sa.to_string())))
+                .cloned()
+        })
+    }
+
     fn get(&self, res: &ResourceInfo, ns: &str, name: &str) -> Result<&Value, ApiError> {
         self.objects
             .get(&res.key())

@@ -5,6 +5,7 @@
 pub mod deployment;
 pub mod gc;
 pub mod job;
+pub mod serviceaccounts;
 pub mod statefulset;
 
 use std::fmt::Debug;

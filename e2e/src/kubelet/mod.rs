@@ -49,6 +49,12 @@ pub struct KubeletConfig {
     /// Pod IPs come from 127.<block>.x / 127.x.<block+n>…; separate kubelets on one host
     /// need separate blocks.
     pub ip_block: u32,
+    /// The API server as pods reach it (`KUBERNETES_SERVICE_HOST`/`_PORT`): the address
+    /// this kubelet itself uses, which the server's certificate names.
+    pub api_server: Option<(String, u16)>,
+    /// Bind-mount the service-account directory at its real path in each container's own
+    /// mount namespace (needs root); checked at start by [`run`].
+    pub bind_mounts: bool,
 }
 
 impl KubeletConfig {
@@ -60,7 +66,32 @@ impl KubeletConfig {
             backoff_base: Duration::from_secs(10),
             backoff_max: Duration::from_secs(300),
             ip_block: 1,
+            api_server: None,
+            bind_mounts: true,
         }
+    }
+
+    /// The variables a real kubelet gives every container for the `kubernetes` Service.
+    pub fn service_env(&self) -> Vec<(String, String)> {
+        let Some((host, port)) = &self.api_server else {
+            return Vec::new();
+        };
+        vec![
+            ("KUBERNETES_SERVICE_HOST".into(), host.clone()),
+            ("KUBERNETES_SERVICE_PORT".into(), port.to_string()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.to_string()),
+        ]
+    }
+
+    /// Host and port of a server URL such as `https://127.0.0.1:6443` (IPv6 brackets kept
+    /// off, as the variables carry them).
+    pub fn api_server_from_url(url: &http::Uri) -> Option<(String, u16)> {
+        let host = url.host()?.trim_start_matches('[').trim_end_matches(']');
+        let port = url.port_u16().unwrap_or(match url.scheme_str() {
+            Some("http") => 80,
+            _ => 443,
+        });
+        Some((host.to_string(), port))
     }
 }
 
@@ -167,7 +198,16 @@ struct Worker {
 }
 
 /// Runs until aborted; aborting drops the workers, which kills their processes.
-pub async fn run(client: Client, cfg: KubeletConfig) {
+pub async fn run(client: Client, mut cfg: KubeletConfig) {
+    if cfg.bind_mounts {
+        cfg.bind_mounts = process::can_bind_mount(&cfg.root);
+        if !cfg.bind_mounts {
+            tracing::warn!(
+                path = crate::apiserver::admission::SERVICE_ACCOUNT_DIR,
+                "cannot bind-mount (not root?): the service-account directory is only rewritten in arguments, so kube::Config::incluster() in pods will not find its token"
+            );
+        }
+    }
     let cfg = Arc::new(cfg);
     let ips = Arc::new(IpPool::new(cfg.ip_block));
     while let Err(e) = register_node(&client, &cfg.node).await {

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{Value, json};
 use tokio::process::Child;
 use tokio::sync::watch;
@@ -121,6 +121,8 @@ pub struct PodWorker {
     containers: Vec<Container>,
     volumes: Option<HashMap<String, PathBuf>>,
     refs: Refs,
+    /// When projected tokens are due for renewal.
+    refresh_at: Option<Instant>,
     start_time: String,
     last_status: Value,
 }
@@ -168,6 +170,7 @@ impl PodWorker {
             containers,
             volumes: None,
             refs: Refs::default(),
+            refresh_at: None,
             start_time,
             last_status: Value::Null,
         }
@@ -213,6 +216,7 @@ impl PodWorker {
         let spec = &self.pod["spec"];
         let mut cm_names = Vec::new();
         let mut secret_names = Vec::new();
+        let mut token_sources = Vec::new();
         for v in spec["volumes"]
             .as_array()
             .map(Vec::as_slice)
@@ -220,6 +224,20 @@ impl PodWorker {
         {
             cm_names.extend(v["configMap"]["name"].as_str().map(String::from));
             secret_names.extend(v["secret"]["secretName"].as_str().map(String::from));
+            for src in v["projected"]["sources"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                cm_names.extend(src["configMap"]["name"].as_str().map(String::from));
+                secret_names.extend(src["secret"]["name"].as_str().map(String::from));
+                if src["serviceAccountToken"].is_object() {
+                    token_sources.push((
+                        v["name"].as_str().unwrap_or_default().to_string(),
+                        src["serviceAccountToken"].clone(),
+                    ));
+                }
+            }
         }
         let all: Vec<&Value> = spec["containers"]
             .as_array()
@@ -250,6 +268,18 @@ impl PodWorker {
             }
         }
         let mut refs = Refs::default();
+        let mut shortest = None::<i64>;
+        for (volume, src) in token_sources {
+            let (token, ttl) = self.request_token(&src).await?;
+            shortest = Some(shortest.map_or(ttl, |s| s.min(ttl)));
+            let path = src["path"].as_str().unwrap_or("token");
+            refs.tokens
+                .insert(format!("{volume}/{path}"), token.into_bytes());
+        }
+        // As the kubelet: a projected token is renewed once 80 % of its lifetime has passed.
+        self.refresh_at =
+            shortest.map(|ttl| Instant::now() + Duration::from_secs((ttl.max(1) as u64) * 8 / 10));
+        refs.service_env = self.cfg.service_env();
         for n in cm_names {
             let cm = cms.get(&n).await?;
             refs.add_config_map(&n, &serde_json::to_value(cm)?);
@@ -262,6 +292,36 @@ impl PodWorker {
         Ok(())
     }
 
+    /// A token for the pod's service account, bound to the pod, as a projected
+    /// `serviceAccountToken` source asks (audience, expirationSeconds); with its lifetime.
+    async fn request_token(&self, src: &Value) -> Result<(String, i64), KubeletError> {
+        let sa = self.pod["spec"]["serviceAccountName"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default");
+        let mut spec = json!({
+            "expirationSeconds": src["expirationSeconds"].as_i64().unwrap_or(3600),
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": self.name(), "uid": self.pod["metadata"]["uid"]},
+        });
+        if let Some(aud) = src["audience"].as_str().filter(|a| !a.is_empty()) {
+            spec["audiences"] = json!([aud]);
+        }
+        let body =
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.ns());
+        let tr: Value = api
+            .create_subresource("token", sa, &PostParams::default(), &body)
+            .await?;
+        let token = tr["status"]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let ttl = tr["spec"]["expirationSeconds"]
+            .as_i64()
+            .unwrap_or_else(|| spec["expirationSeconds"].as_i64().unwrap_or(3600));
+        Ok((token, ttl))
+    }
+
     fn restart_policy(&self) -> &str {
         self.pod["spec"]["restartPolicy"]
             .as_str()
@@ -269,6 +329,20 @@ impl PodWorker {
     }
 
     async fn step(&mut self) -> Result<(), KubeletError> {
+        if self.volumes.is_some() && self.refresh_at.is_some_and(|t| Instant::now() >= t) {
+            // Renew tokens (and re-read the ConfigMaps and Secrets of volumes, as a kubelet
+            // does periodically); on failure the old files stay and it is tried again soon.
+            match self.load_refs().await {
+                Ok(()) => {
+                    self.volumes =
+                        Some(process::prepare_volumes(&self.pod, &self.dirs, &self.refs)?);
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %self.name(), error = %e, "renewing projected volumes failed");
+                    self.refresh_at = Some(Instant::now() + Duration::from_secs(10));
+                }
+            }
+        }
         if self.volumes.is_none() {
             if let Err(e) = self.load_refs().await {
                 for c in &mut self.containers {
@@ -318,7 +392,12 @@ impl PodWorker {
             volumes,
             &self.refs,
         ) {
-            Ok(s) => s,
+            Ok(mut s) => {
+                if !self.cfg.bind_mounts {
+                    s.binds.clear();
+                }
+                s
+            }
             Err((reason, message)) => {
                 c.waiting = Some((reason, message));
                 c.next_start = Instant::now() + Duration::from_secs(5);

@@ -450,6 +450,7 @@ mod tests {
             workdir: dir.clone(),
             log: dir.join("log"),
             mounts: vec![("/data".into(), data.clone())],
+            binds: vec![],
         };
         let c = json!({"command": ["my-server"]});
         let t = Target {

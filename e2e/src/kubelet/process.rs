@@ -99,6 +99,10 @@ pub fn field_ref(pod: &Value, path: &str) -> Option<String> {
 pub struct Refs {
     pub config_maps: HashMap<String, HashMap<String, Vec<u8>>>,
     pub secrets: HashMap<String, HashMap<String, Vec<u8>>>,
+    /// Projected service-account tokens, by `<volume>/<path>`.
+    pub tokens: HashMap<String, Vec<u8>>,
+    /// Variables every container gets first (`KUBERNETES_SERVICE_HOST`/`_PORT`).
+    pub service_env: Vec<(String, String)>,
 }
 
 impl Refs {
@@ -184,6 +188,7 @@ pub fn container_env(pod: &Value, c: &Value, refs: &Refs) -> Vec<(String, String
                 .into(),
         ),
     ];
+    env.extend(refs.service_env.iter().cloned());
     let lookup = |map: &HashMap<String, HashMap<String, Vec<u8>>>,
                   name: &str,
                   key: &str|
@@ -274,32 +279,80 @@ pub fn prepare_volumes(
             None
         };
         if let Some((Some(data), items)) = files {
-            let mut keys: Vec<(String, String)> = match items.as_array() {
-                Some(items) => items
-                    .iter()
-                    .filter_map(|i| {
-                        Some((
-                            i["key"].as_str()?.to_string(),
-                            i["path"].as_str()?.to_string(),
-                        ))
-                    })
-                    .collect(),
-                None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
-            };
-            keys.sort();
-            for (k, p) in keys {
-                if let Some(bytes) = data.get(&k) {
-                    let target = path.join(&p);
-                    if let Some(parent) = target.parent() {
-                        std::fs::create_dir_all(parent)?;
-                    }
-                    std::fs::write(target, bytes)?;
+            write_keys(&path, data, items)?;
+        }
+        // Projected: token, ConfigMap, Secret and downward-API sources in one directory
+        // (what `kube-api-access-*` is made of).
+        for src in v["projected"]["sources"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if let Some(n) = src["configMap"]["name"].as_str()
+                && let Some(data) = refs.config_maps.get(n)
+            {
+                write_keys(&path, data, &src["configMap"]["items"])?;
+            } else if let Some(n) = src["secret"]["name"].as_str()
+                && let Some(data) = refs.secrets.get(n)
+            {
+                write_keys(&path, data, &src["secret"]["items"])?;
+            } else if src["serviceAccountToken"].is_object() {
+                let p = src["serviceAccountToken"]["path"]
+                    .as_str()
+                    .unwrap_or("token");
+                if let Some(token) = refs.tokens.get(&format!("{name}/{p}")) {
+                    write_file(&path.join(p), token)?;
+                }
+            } else if let Some(items) = src["downwardAPI"]["items"].as_array() {
+                for i in items {
+                    let (Some(p), Some(f)) =
+                        (i["path"].as_str(), i["fieldRef"]["fieldPath"].as_str())
+                    else {
+                        continue;
+                    };
+                    write_file(
+                        &path.join(p),
+                        field_ref(pod, f).unwrap_or_default().as_bytes(),
+                    )?;
                 }
             }
         }
         out.insert(name.to_string(), path);
     }
     Ok(out)
+}
+
+/// Writes a file atomically (a reader never sees half a renewed token).
+fn write_file(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = target.with_extension("quiver-tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, target)
+}
+
+/// The keys of a ConfigMap or Secret as files: all of them, or the `items` chosen.
+fn write_keys(dir: &Path, data: &HashMap<String, Vec<u8>>, items: &Value) -> std::io::Result<()> {
+    let mut keys: Vec<(String, String)> = match items.as_array() {
+        Some(items) => items
+            .iter()
+            .filter_map(|i| {
+                Some((
+                    i["key"].as_str()?.to_string(),
+                    i["path"].as_str()?.to_string(),
+                ))
+            })
+            .collect(),
+        None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+    };
+    keys.sort();
+    for (k, p) in keys {
+        if let Some(bytes) = data.get(&k) {
+            write_file(&dir.join(&p), bytes)?;
+        }
+    }
+    Ok(())
 }
 
 /// Mount path → host path, longest first, for rewriting container paths.
@@ -357,6 +410,18 @@ pub struct Spec {
     pub log: PathBuf,
     /// Container mount path -> host directory, for exec probes run later.
     pub mounts: Vec<(String, PathBuf)>,
+    /// Host directory -> container path, bind-mounted in the process's own mount
+    /// namespace: for paths programs hard-code (the service-account directory that
+    /// `kube::Config::incluster()` and client-go read), where rewriting arguments cannot help.
+    pub binds: Vec<(PathBuf, String)>,
+}
+
+/// Mount paths that programs read without being told: bind-mounted, not only rewritten.
+pub fn is_well_known_mount(path: &str) -> bool {
+    path == "/var/run/secrets"
+        || path.starts_with("/var/run/secrets/")
+        || path == "/run/secrets"
+        || path.starts_with("/run/secrets/")
 }
 
 /// Builds what to run; `Err` is a waiting reason and message.
@@ -408,6 +473,11 @@ pub fn build(
         }
         None => rootfs,
     };
+    let binds = mounts
+        .iter()
+        .filter(|(mp, _)| is_well_known_mount(mp))
+        .map(|(mp, host)| (host.clone(), mp.clone()))
+        .collect();
     Ok(Spec {
         program,
         args,
@@ -415,6 +485,7 @@ pub fn build(
         workdir,
         log: dirs.log(c["name"].as_str().unwrap_or("container")),
         mounts,
+        binds,
     })
 }
 
@@ -439,7 +510,89 @@ pub fn spawn(spec: &Spec) -> std::io::Result<Child> {
         // Its own process group, so signals reach everything it starts.
         .process_group(0)
         .kill_on_drop(true);
+    if !spec.binds.is_empty() {
+        let mut binds = Vec::new();
+        for (host, target) in &spec.binds {
+            // The mount point must exist on the host; an empty directory is all it takes.
+            std::fs::create_dir_all(target)?;
+            binds.push((
+                c_path(host.as_os_str())?,
+                c_path(std::ffi::OsStr::new(target))?,
+            ));
+        }
+        // SAFETY: the closure runs between fork and exec and only makes syscalls on
+        // strings allocated before the fork.
+        unsafe {
+            cmd.pre_exec(move || bind_in_new_namespace(&binds));
+        }
+    }
     cmd.spawn()
+}
+
+fn c_path(p: &std::ffi::OsStr) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path with a NUL byte"))
+}
+
+/// In the child before exec: a private mount namespace with each `(host, target)` bound.
+fn bind_in_new_namespace(binds: &[(std::ffi::CString, std::ffi::CString)]) -> std::io::Result<()> {
+    let null = std::ptr::null::<libc::c_char>();
+    // SAFETY: plain syscalls on valid NUL-terminated strings; nothing is allocated.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Mounts made here must not propagate back to the host.
+        if libc::mount(
+            null,
+            c"/".as_ptr(),
+            null,
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        for (src, dst) in binds {
+            if libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                null,
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether this kubelet may bind-mount (root, or CAP_SYS_ADMIN): tried once at start on a
+/// throwaway process, so pods are not failed for it later.
+pub fn can_bind_mount(scratch: &Path) -> bool {
+    let src = scratch.join("bind-probe");
+    let dst = scratch.join("bind-probe-target");
+    if std::fs::create_dir_all(&src).is_err() || std::fs::create_dir_all(&dst).is_err() {
+        return false;
+    }
+    let (Ok(s), Ok(d)) = (c_path(src.as_os_str()), c_path(dst.as_os_str())) else {
+        return false;
+    };
+    let binds = vec![(s, d)];
+    let mut cmd = std::process::Command::new("/bin/true");
+    // SAFETY: as in `spawn`.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            bind_in_new_namespace(&binds)
+        });
+    }
+    let ok = cmd.status().is_ok_and(|s| s.success());
+    let _ = std::fs::remove_dir(&src);
+    let _ = std::fs::remove_dir(&dst);
+    ok
 }
 
 /// Sends `sig` to the process group of `child`.

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use quiver_e2e::local::{Local, LocalConfig};
@@ -67,6 +67,13 @@ impl Cluster {
         api.create(&PostParams::default(), &ns)
             .await
             .expect("create namespace");
+        // Pods are refused until the namespace's `default` ServiceAccount exists (on a
+        // real cluster too: the controller manager makes it a moment later).
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &name);
+        eventually(30, "the namespace's default ServiceAccount", || async {
+            sas.get_opt("default").await.ok().flatten().map(|_| ())
+        })
+        .await;
         Ns {
             name,
             client: self.client.clone(),
