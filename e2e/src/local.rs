@@ -53,19 +53,62 @@ impl LocalConfig {
     }
 }
 
+/// The client configuration of a kubeconfig file (its current context).
+pub async fn config_for(kubeconfig: &std::path::Path) -> Result<kube::Config, LocalError> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| LocalError::Client(format!("{}: {e}", kubeconfig.display())))?;
+    kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| LocalError::Client(format!("{}: {e}", kubeconfig.display())))
+}
+
 /// A kube client for a kubeconfig file.
 pub async fn client_for(kubeconfig: &std::path::Path) -> Result<kube::Client, LocalError> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)
-        .map_err(|e| LocalError::Client(e.to_string()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| LocalError::Client(e.to_string()))?;
+    let cfg = config_for(kubeconfig).await?;
     kube::Client::try_from(cfg).map_err(|e| LocalError::Client(e.to_string()))
+}
+
+/// What a node runs beside its pods: the process kubelet and the Service proxy. Works
+/// against any API server (the stand-in, or a real control plane in kubelet-only mode).
+pub struct Node {
+    pub name: String,
+    client: kube::Client,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    pub fn start(client: kube::Client, kcfg: crate::kubelet::KubeletConfig) -> Self {
+        let name = kcfg.node.clone();
+        let tasks = vec![tokio::spawn(crate::kubelet::run(client.clone(), kcfg))];
+        Self {
+            name,
+            client,
+            tasks,
+        }
+    }
+
+    /// Stops the kubelet (its pods' processes are killed) and, with `deregister`, deletes
+    /// the Node object, as a node that leaves the cluster for good.
+    pub async fn stop(self, deregister: bool) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if deregister {
+            let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(self.client);
+            let _ = nodes
+                .delete(&self.name, &kube::api::DeleteParams::default())
+                .await;
+        }
+    }
 }
 
 pub struct Local {
     pub server: ApiServer,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    node: Option<Node>,
 }
 
 impl Local {
@@ -90,7 +133,7 @@ impl Local {
             client.clone(),
             server.ca_pem.clone(),
         )));
-        if cfg.kubelet {
+        let node = if cfg.kubelet {
             let mut kcfg = crate::kubelet::KubeletConfig::new(
                 cfg.node.clone(),
                 state_dir.join("pods"),
@@ -99,12 +142,17 @@ impl Local {
             kcfg.backoff_base = cfg.restart_backoff;
             kcfg.ip_block = cfg.pod_ip_block;
             kcfg.api_server = Some((server.addr.ip().to_string(), server.addr.port()));
-            tasks.push(tokio::spawn(crate::kubelet::run(client, kcfg)));
-        }
-        Ok(Self { server, tasks })
+            Some(Node::start(client, kcfg))
+        } else {
+            None
+        };
+        Ok(Self { server, tasks, node })
     }
 
     pub async fn stop(self) {
+        if let Some(n) = self.node {
+            n.stop(false).await;
+        }
         for t in &self.tasks {
             t.abort();
         }
@@ -130,5 +178,31 @@ pub async fn run_until_signal(cfg: LocalConfig) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     local.stop().await;
     let _ = std::fs::remove_file(&pid_file);
+    Ok(())
+}
+
+/// Kubelet-only mode: this machine as a node of the cluster in `kubeconfig` (the stand-in or
+/// a real control plane), until SIGINT/SIGTERM.
+pub async fn run_node_until_signal(
+    kubeconfig: &std::path::Path,
+    mut kcfg: crate::kubelet::KubeletConfig,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let config = config_for(kubeconfig).await?;
+    if kcfg.api_server.is_none() {
+        kcfg.api_server = crate::kubelet::KubeletConfig::api_server_from_url(&config.cluster_url);
+    }
+    let client = kube::Client::try_from(config).map_err(|e| LocalError::Client(e.to_string()))?;
+    std::fs::create_dir_all(&kcfg.root)?;
+    tracing::info!(node = %kcfg.node, kubeconfig = %kubeconfig.display(), "kubelet-only mode");
+    let node = Node::start(client, kcfg);
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down; the pods' processes stop with the kubelet");
+    node.stop(false).await;
     Ok(())
 }

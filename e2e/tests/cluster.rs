@@ -1,6 +1,7 @@
 //! Controllers and the process kubelet, end to end, with `quiver-testpod` as the container.
-//! These need a kubelet that can run the test binary, so they always use the in-process
-//! stand-in (QUIVER_E2E_KUBECONFIG is ignored here).
+//! By default each test runs the whole stand-in in-process. With QUIVER_E2E_KUBECONFIG the
+//! tests use that cluster's API server and controller manager and attach only a process
+//! kubelet (and Service proxy), limited to the test's namespace, as a node of their own.
 
 mod common;
 
@@ -10,16 +11,19 @@ use common::{bounded, eventually};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, ServiceAccount};
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::{Client, ResourceExt};
-use quiver_e2e::local::{Local, LocalConfig};
+use quiver_e2e::kubelet::KubeletConfig;
+use quiver_e2e::local::{Local, LocalConfig, Node};
 use serde_json::{Value, json};
 
 struct Env {
-    local: Local,
+    local: Option<Local>,
+    /// The kubelet attached to an outside cluster.
+    node: Option<Node>,
     client: Client,
     ns: String,
     dir: std::path::PathBuf,
@@ -30,27 +34,53 @@ async fn start() -> Env {
         "quiver-cluster-{}",
         std::process::id()
     )));
-    let mut cfg = LocalConfig::new(dir.clone());
-    cfg.images.insert(
-        "testpod".into(),
-        env!("CARGO_BIN_EXE_quiver-testpod").into(),
-    );
-    cfg.restart_backoff = Duration::from_millis(500);
+    let images = [(
+        "testpod".to_string(),
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_quiver-testpod")),
+    )];
     // Tests in this binary run at once; each kubelet gets its own pod IP range.
     static BLOCK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(10);
-    cfg.pod_ip_block = BLOCK.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
-    let local = Local::start(cfg).await.expect("start");
-    let client = quiver_e2e::local::client_for(&local.server.kubeconfig)
-        .await
-        .expect("client");
+    let ip_block = BLOCK.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
     let ns = common::unique("t");
+    let (local, node, client) = match std::env::var("QUIVER_E2E_KUBECONFIG") {
+        Ok(path) => {
+            let path = std::path::Path::new(&path);
+            let config = quiver_e2e::local::config_for(path).await.expect("kubeconfig");
+            let mut kcfg = KubeletConfig::new(format!("quiver-e2e-{ns}"), dir.join("pods"), images.into());
+            kcfg.api_server = KubeletConfig::api_server_from_url(&config.cluster_url);
+            kcfg.namespace = Some(ns.clone());
+            kcfg.ip_block = ip_block;
+            kcfg.backoff_base = Duration::from_millis(500);
+            let client = Client::try_from(config).expect("client");
+            let node = Node::start(client.clone(), kcfg);
+            (None, Some(node), client)
+        }
+        Err(_) => {
+            let mut cfg = LocalConfig::new(dir.clone());
+            cfg.images = images.into();
+            cfg.restart_backoff = Duration::from_millis(500);
+            cfg.pod_ip_block = ip_block;
+            let local = Local::start(cfg).await.expect("start");
+            let client = quiver_e2e::local::client_for(&local.server.kubeconfig)
+                .await
+                .expect("client");
+            (Some(local), None, client)
+        }
+    };
     let nsobj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &nsobj)
         .await
         .expect("namespace");
+    // Pods are admitted only once the namespace's default ServiceAccount exists.
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    eventually(30, "default ServiceAccount", || async {
+        sas.get_opt("default").await.ok().flatten().map(|_| ())
+    })
+    .await;
     Env {
         local,
+        node,
         client,
         ns,
         dir,
@@ -59,7 +89,16 @@ async fn start() -> Env {
 
 impl Env {
     async fn stop(self) {
-        self.local.stop().await;
+        if let Some(node) = self.node {
+            // Outside clusters keep no trace: the namespace and the test's Node go.
+            let _ = Api::<Namespace>::all(self.client.clone())
+                .delete(&self.ns, &DeleteParams::default())
+                .await;
+            node.stop(true).await;
+        }
+        if let Some(local) = self.local {
+            local.stop().await;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
     fn api<K>(&self) -> Api<K>
@@ -479,6 +518,60 @@ async fn deployment_rolls_to_a_new_template() {
         assert_eq!(rs.len(), 2);
         let old = rs.iter().find(|r| r.labels().get("pod-template-hash") == Some(&first_hash)).expect("old rs");
         assert_eq!(old.spec.replicas, Some(0));
+        env.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pod_reads_the_api_with_in_cluster_config_and_its_own_token() {
+    bounded(120, async {
+        let env = start().await;
+        // The account may read pods, nothing else (a real cluster enforces it).
+        let rbac = [
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "reader"}}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pod-reader"},
+                   "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "pod-reader"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": env.ns}]}),
+        ];
+        for obj in rbac {
+            let ar = kube::discovery::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                obj["apiVersion"].as_str().and_then(|a| a.split_once('/')).map(|(g, _)| g).unwrap_or(""),
+                "v1",
+                obj["kind"].as_str().unwrap_or_default(),
+            ));
+            let api: Api<kube::api::DynamicObject> = Api::namespaced_with(env.client.clone(), &env.ns, &ar);
+            let o: kube::api::DynamicObject = serde_json::from_value(obj).expect("object");
+            api.create(&PostParams::default(), &o).await.expect("create RBAC object");
+        }
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "whoami"}, "spec": {
+            "serviceAccountName": "reader", "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": "testpod", "args": ["whoami"],
+                "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}]}}))
+        .expect("pod");
+        let pods: Api<Pod> = env.api();
+        let created = pods.create(&PostParams::default(), &pod).await.expect("create pod");
+        // Admission gave it the projected service-account volume.
+        let spec = created.spec.as_ref().expect("spec");
+        assert!(
+            spec.volumes.iter().flatten().any(|v| v.name.starts_with("kube-api-access-") && v.projected.is_some()),
+            "kube-api-access volume: {:?}",
+            spec.volumes
+        );
+        let phase = eventually(60, "whoami pod finished", || async {
+            let p = pods.get("whoami").await.ok()?;
+            let phase = p.status?.phase?;
+            matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+        })
+        .await;
+        let log = quiver_e2e::kubelet::read_logs(&env.dir.join("pods"), &env.ns, "whoami", Some("main"))
+            .expect("log");
+        assert_eq!(phase, "Succeeded", "{log}");
+        assert!(log.contains(&format!("user=system:serviceaccount:{}:reader", env.ns)), "{log}");
+        assert!(log.contains(&format!("namespace={}", env.ns)), "{log}");
+        assert!(log.contains(&format!("pod-uid={}", created.uid().expect("uid"))), "{log}");
         env.stop().await;
     })
     .await;

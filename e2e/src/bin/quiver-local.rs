@@ -1,4 +1,4 @@
-//! `quiver-local up|down|logs`: the local cluster on one machine.
+//! `quiver-local up|kubelet|down|logs`: the local cluster on one machine.
 
 use std::path::PathBuf;
 
@@ -37,6 +37,26 @@ enum Cmd {
         #[arg(long)]
         no_kubelet: bool,
     },
+    /// Kubelet-only mode: run just the process kubelet and the Service proxy against any
+    /// API server (a real control plane, or another `up --no-kubelet`), until SIGINT/SIGTERM.
+    Kubelet {
+        /// The cluster to join.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        /// Image to local binary, e.g. `index-node=target/release/index-node` (repeatable).
+        #[arg(long = "image")]
+        images: Vec<String>,
+        /// Node name to register.
+        #[arg(long, default_value = "quiver-node")]
+        node: String,
+        /// Only bind and run pods of this namespace (default: every unscheduled pod).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// First loopback block for pod IPs (127.0.<block>.1 onwards); separate kubelets on
+        /// one machine need separate blocks.
+        #[arg(long, default_value_t = 1)]
+        ip_block: u32,
+    },
     /// Stop a running `up` (SIGTERM to the pid in the state directory).
     Down,
     /// Print a container's log: `logs <pod> [-c container] [-n namespace]`.
@@ -49,6 +69,15 @@ enum Cmd {
     },
 }
 
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -58,13 +87,7 @@ fn main() -> Result<()> {
             node,
             no_kubelet,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logs();
             let images = quiver_e2e::kubelet::parse_image_table(&images)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -76,6 +99,26 @@ fn main() -> Result<()> {
             cfg.node = node;
             cfg.kubelet = !no_kubelet;
             rt.block_on(quiver_e2e::local::run_until_signal(cfg))
+        }
+        Cmd::Kubelet {
+            kubeconfig,
+            images,
+            node,
+            namespace,
+            ip_block,
+        } => {
+            init_logs();
+            let images = quiver_e2e::kubelet::parse_image_table(&images)?;
+            std::fs::create_dir_all(&cli.state_dir)?;
+            let root = std::fs::canonicalize(&cli.state_dir)?.join("pods");
+            let mut kcfg = quiver_e2e::kubelet::KubeletConfig::new(node, root, images);
+            kcfg.namespace = namespace;
+            kcfg.ip_block = ip_block;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(quiver_e2e::local::run_node_until_signal(&kubeconfig, kcfg))
         }
         Cmd::Down => {
             let pid_file = cli.state_dir.join("quiver-local.pid");

@@ -3,6 +3,10 @@
 //! `quiver-testpod serve <port> [ready-after-ms]`: HTTP on $POD_IP (or 0.0.0.0): `/healthz`
 //! is 200, `/ready` is 200 after the delay (503 before). Runs until signalled.
 //! `quiver-testpod exit <code> [sleep-ms]`: prints its env, sleeps, exits with `code`.
+//! `quiver-testpod whoami`: with in-cluster config exactly as a pod's program uses it
+//! (`kube::Config::incluster()`: the service-account files at their real path and
+//! `KUBERNETES_SERVICE_HOST`), asks the API who it is and reads its own Pod; prints
+//! `user=...` and `pod-uid=...`, exits 1 with the error otherwise.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -29,9 +33,16 @@ fn main() {
             eprintln!("exiting with {code}");
             std::process::exit(code);
         }
+        Some("whoami") => match whoami() {
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("whoami: {e}");
+                std::process::exit(1);
+            }
+        },
         _ => {
             eprintln!(
-                "usage: quiver-testpod serve <port> [ready-after-ms] | exit <code> [sleep-ms]"
+                "usage: quiver-testpod serve <port> [ready-after-ms] | exit <code> [sleep-ms] | whoami"
             );
             std::process::exit(2);
         }
@@ -69,4 +80,40 @@ fn serve(port: u16, ready_after: Duration) {
             "HTTP/1.1 {code} {text}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
     }
+}
+
+fn whoami() -> Result<(), String> {
+    use k8s_openapi::api::core::v1::Pod;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let cfg = kube::Config::incluster().map_err(|e| format!("in-cluster config: {e}"))?;
+        let ns = cfg.default_namespace.clone();
+        let client = kube::Client::try_from(cfg).map_err(|e| e.to_string())?;
+        let review = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+        let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+            .header("content-type", "application/json")
+            .body(review.to_string().into_bytes())
+            .map_err(|e| e.to_string())?;
+        let answer: serde_json::Value = client
+            .request(req)
+            .await
+            .map_err(|e| format!("SelfSubjectReview: {e}"))?;
+        let user = answer["status"]["userInfo"]["username"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        println!("namespace={ns}");
+        println!("user={user}");
+        let name = std::env::var("POD_NAME").map_err(|_| "POD_NAME is not set".to_string())?;
+        let pods: kube::Api<Pod> = kube::Api::namespaced(client, &ns);
+        let me = pods
+            .get(&name)
+            .await
+            .map_err(|e| format!("get pod {ns}/{name}: {e}"))?;
+        println!("pod-uid={}", me.metadata.uid.unwrap_or_default());
+        Ok(())
+    })
 }

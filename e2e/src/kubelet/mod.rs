@@ -52,6 +52,9 @@ pub struct KubeletConfig {
     /// The API server as pods reach it (`KUBERNETES_SERVICE_HOST`/`_PORT`): the address
     /// this kubelet itself uses, which the server's certificate names.
     pub api_server: Option<(String, u16)>,
+    /// Only bind and run pods of this namespace (kubelet-only mode beside other nodes or
+    /// other test kubelets); all namespaces when None.
+    pub namespace: Option<String>,
     /// Bind-mount the service-account directory at its real path in each container's own
     /// mount namespace (needs root); checked at start by [`run`].
     pub bind_mounts: bool,
@@ -67,6 +70,7 @@ impl KubeletConfig {
             backoff_max: Duration::from_secs(300),
             ip_block: 1,
             api_server: None,
+            namespace: None,
             bind_mounts: true,
         }
     }
@@ -192,6 +196,13 @@ async fn register_node(client: &Client, node: &str) -> Result<(), KubeletError> 
     Ok(())
 }
 
+fn pods_api(client: &Client, cfg: &KubeletConfig) -> Api<Pod> {
+    match &cfg.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 struct Worker {
     tx: watch::Sender<Value>,
     task: JoinHandle<()>,
@@ -215,7 +226,7 @@ pub async fn run(client: Client, mut cfg: KubeletConfig) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let (tx, mut rx) = mpsc::channel(1);
-    let _watch = trigger_on(Api::<Pod>::all(client.clone()), tx);
+    let _watch = trigger_on(pods_api(&client, &cfg), tx);
     let mut workers: HashMap<String, Worker> = HashMap::new();
     loop {
         if let Err(e) = sync(&client, &cfg, &ips, &mut workers).await {
@@ -235,9 +246,7 @@ async fn sync(
     ips: &Arc<IpPool>,
     workers: &mut HashMap<String, Worker>,
 ) -> Result<(), KubeletError> {
-    let pods = Api::<Pod>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
+    let pods = pods_api(client, cfg).list(&ListParams::default()).await?;
     let mut seen = Vec::new();
     for p in pods.items {
         let v = serde_json::to_value(&p)?;
