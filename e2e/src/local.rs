@@ -146,7 +146,11 @@ impl Local {
         } else {
             None
         };
-        Ok(Self { server, tasks, node })
+        Ok(Self {
+            server,
+            tasks,
+            node,
+        })
     }
 
     pub async fn stop(self) {

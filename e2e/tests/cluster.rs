@@ -26,6 +26,8 @@ struct Env {
     node: Option<Node>,
     client: Client,
     ns: String,
+    /// The node the test's kubelet registered.
+    node_name: String,
     dir: std::path::PathBuf,
 }
 
@@ -42,16 +44,21 @@ async fn start() -> Env {
     static BLOCK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(10);
     let ip_block = BLOCK.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
     let ns = common::unique("t");
+    let mut node_name = "quiver-node".to_string();
     let (local, node, client) = match std::env::var("QUIVER_E2E_KUBECONFIG") {
         Ok(path) => {
             let path = std::path::Path::new(&path);
-            let config = quiver_e2e::local::config_for(path).await.expect("kubeconfig");
-            let mut kcfg = KubeletConfig::new(format!("quiver-e2e-{ns}"), dir.join("pods"), images.into());
+            let config = quiver_e2e::local::config_for(path)
+                .await
+                .expect("kubeconfig");
+            let mut kcfg =
+                KubeletConfig::new(format!("quiver-e2e-{ns}"), dir.join("pods"), images.into());
             kcfg.api_server = KubeletConfig::api_server_from_url(&config.cluster_url);
             kcfg.namespace = Some(ns.clone());
             kcfg.ip_block = ip_block;
             kcfg.backoff_base = Duration::from_millis(500);
             let client = Client::try_from(config).expect("client");
+            node_name = kcfg.node.clone();
             let node = Node::start(client.clone(), kcfg);
             (None, Some(node), client)
         }
@@ -83,6 +90,7 @@ async fn start() -> Env {
         node,
         client,
         ns,
+        node_name,
         dir,
     }
 }
@@ -139,7 +147,7 @@ async fn pod_serves_readiness_then_terminates_on_delete() {
         })
         .await;
         assert!(!ready(&p) || p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).is_some(), "status written");
-        assert_eq!(p.spec.as_ref().and_then(|s| s.node_name.clone()).as_deref(), Some("quiver-node"), "bound to the kubelet's node");
+        assert_eq!(p.spec.as_ref().and_then(|s| s.node_name.clone()).as_deref(), Some(env.node_name.as_str()), "bound to the kubelet's node");
         let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).expect("pod ip");
         assert!(ip.starts_with("127.") && ip != "127.0.0.1", "pod IP {ip}");
         let p = eventually(30, "pod ready", || async {

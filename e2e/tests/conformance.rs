@@ -1313,3 +1313,97 @@ async fn runtime_event_recorder_creates_then_counts_a_series() {
     })
     .await;
 }
+
+async fn whoami(client: &Client) -> kube::Result<String> {
+    let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+        .header("content-type", "application/json")
+        .body(
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+                .to_string()
+                .into_bytes(),
+        )
+        .expect("request");
+    let v: Value = client.request(req).await?;
+    Ok(v["status"]["userInfo"]["username"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[tokio::test]
+async fn token_requests_and_bearer_authentication() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("tok").await;
+        let sas: Api<ServiceAccount> = Api::namespaced(c.client.clone(), &ns.name);
+        let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "robot"}})).expect("sa");
+        sas.create(&PostParams::default(), &sa).await.expect("create sa");
+        let request = |secs: i64| json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": secs}});
+        let tr: Value = sas.create_subresource("token", "robot", &PostParams::default(), &request(900)).await.expect("token");
+        let token = tr["status"]["token"].as_str().expect("token").to_string();
+        assert!(tr["status"]["expirationTimestamp"].is_string(), "{tr}");
+        let (code, _) = api_err(
+            sas.create_subresource::<_, Value>("token", "robot", &PostParams::default(), &request(60)).await.expect_err("under 10 minutes"),
+        );
+        assert_eq!(code, 422);
+        let (code, _) = api_err(
+            sas.create_subresource::<_, Value>("token", "ghost", &PostParams::default(), &request(900)).await.expect_err("no such account"),
+        );
+        assert_eq!(code, 404);
+
+        let base = c.config().await;
+        let with_token = |t: &str| {
+            let mut cfg = base.clone();
+            cfg.auth_info = serde_json::from_value(json!({"token": t})).expect("auth info");
+            Client::try_from(cfg).expect("client")
+        };
+        let robot = with_token(&token);
+        assert_eq!(whoami(&robot).await.expect("whoami"), format!("system:serviceaccount:{}:robot", ns.name));
+        let (code, reason) = api_err(whoami(&with_token("not-a-token")).await.expect_err("made-up token"));
+        assert_eq!((code, reason.as_str()), (401, "Unauthorized"));
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn namespaces_get_a_default_account_and_the_root_ca() {
+    bounded(60, async {
+        let c = Cluster::start().await;
+        // `namespace()` already waits for the default ServiceAccount.
+        let ns = c.namespace("rootca").await;
+        let cms: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        let ca = eventually(30, "kube-root-ca.crt", || async {
+            cms.get_opt("kube-root-ca.crt").await.ok().flatten()
+        })
+        .await;
+        let pem = ca
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .expect("ca.crt");
+        assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
+        // It is the CA that verifies this API server (the kubeconfig's, when it has one).
+        let cfg = c.config().await;
+        if let Some(roots) = cfg.root_cert {
+            let theirs: Vec<u8> = roots.concat();
+            let b64 = pem
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>();
+            use base64::Engine;
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("pem body");
+            assert!(
+                theirs.windows(der.len()).any(|w| w == der.as_slice()),
+                "kube-root-ca.crt is the kubeconfig's CA"
+            );
+        }
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}

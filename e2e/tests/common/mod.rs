@@ -58,6 +58,18 @@ impl Cluster {
         }
     }
 
+    /// The client configuration the tests use (for clients with other credentials).
+    pub async fn config(&self) -> kube::Config {
+        let path = match (&self.local, std::env::var("QUIVER_E2E_KUBECONFIG")) {
+            (Some(l), _) => l.server.kubeconfig.clone(),
+            (None, Ok(p)) => PathBuf::from(p),
+            (None, Err(_)) => panic!("no cluster"),
+        };
+        quiver_e2e::local::config_for(&path)
+            .await
+            .expect("kubeconfig")
+    }
+
     /// A fresh namespace, deleted when the guard drops (so runs against a real cluster clean up).
     pub async fn namespace(&self, prefix: &str) -> Ns {
         let name = unique(prefix);
