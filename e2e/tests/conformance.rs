@@ -1308,6 +1308,23 @@ async fn runtime_event_recorder_creates_then_counts_a_series() {
         );
         assert_eq!(e.reporting_controller.as_deref(), Some("quiver-e2e"));
         assert_eq!(e.series.as_ref().map(|s| s.count), Some(2));
+        // The same object through core/v1, as `kubectl describe` reads it.
+        let core: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(c.client.clone(), &ns.name);
+        let listed = core
+            .list(&ListParams::default().fields(&format!(
+                "involvedObject.name=subject,involvedObject.namespace={}",
+                ns.name
+            )))
+            .await
+            .expect("core events");
+        let ce = listed
+            .items
+            .iter()
+            .find(|e| e.reason.as_deref() == Some("Tested"))
+            .expect("the event through core/v1");
+        assert_eq!(ce.message.as_deref(), Some("twice the same"));
+        assert_eq!(ce.reporting_component.as_deref(), Some("quiver-e2e"));
         drop(ns);
         c.stop().await;
     })

@@ -16,7 +16,7 @@ use super::selectors::Selector;
 use super::store::{DeleteOptions, PatchKind, Store, check_resource_version};
 use super::table;
 use super::watch::{self, WatchRequest};
-use super::{auth, discovery};
+use super::{auth, convert, discovery};
 use super::{patch, scale};
 
 pub struct AppState {
@@ -159,7 +159,22 @@ struct Target {
 fn present(res: &ResourceInfo, version: &str, mut obj: Value) -> Value {
     obj["apiVersion"] = json!(res.api_version(version));
     obj["kind"] = json!(res.kind);
+    if convert::is_events_api(res) {
+        convert::event_from_core(&mut obj);
+    }
     obj
+}
+
+/// A request body as the store keeps the object (events.k8s.io Events as core Events).
+fn stored_form(res: &ResourceInfo, mut body: Value, json_patch: bool) -> Value {
+    if convert::is_events_api(res) {
+        if json_patch {
+            convert::event_json_patch_to_core(&mut body);
+        } else {
+            convert::event_to_core(&mut body);
+        }
+    }
+    body
 }
 
 pub async fn handle(
@@ -575,7 +590,7 @@ fn serve(app: &AppState, method: &Method, t: Target, req: &Req<'_>) -> Result<Re
         }
         ("POST", None) => {
             let ns = ns_for_obj.ok_or_else(ApiError::route_not_found)?;
-            let obj = parse_body(body)?;
+            let obj = stored_form(res, parse_body(body)?, false);
             let created = store.create(res, &ns, obj, manager)?;
             Ok(json_response(201, &present(res, &t.version, created)))
         }
@@ -596,7 +611,7 @@ fn serve(app: &AppState, method: &Method, t: Target, req: &Req<'_>) -> Result<Re
             ))
         }
         ("PUT", Some(name)) => {
-            let obj = parse_body(body)?;
+            let obj = stored_form(res, parse_body(body)?, false);
             Ok(one(store.replace(
                 res,
                 ns_for_obj.as_deref().unwrap_or_default(),
@@ -608,7 +623,7 @@ fn serve(app: &AppState, method: &Method, t: Target, req: &Req<'_>) -> Result<Re
         }
         ("PATCH", Some(name)) => {
             let kind = patch_kind(ct, q)?;
-            let patch = parse_body(body)?;
+            let patch = stored_form(res, parse_body(body)?, matches!(kind, PatchKind::Json));
             let out = store.patch(
                 res,
                 ns_for_obj.as_deref().unwrap_or_default(),

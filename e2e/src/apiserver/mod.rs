@@ -3,6 +3,7 @@
 pub mod admission;
 mod apply;
 pub mod auth;
+mod convert;
 mod discovery;
 pub mod error;
 mod http;

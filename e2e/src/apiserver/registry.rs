@@ -33,6 +33,10 @@ pub struct ResourceInfo {
 impl ResourceInfo {
     /// The store key: objects are stored once per group/plural, served in every version.
     pub fn key(&self) -> String {
+        if super::convert::is_events_api(self) {
+            // One store for both Event APIs, as a real server keeps them.
+            return "/events".into();
+        }
         format!("{}/{}", self.group, self.plural)
     }
 

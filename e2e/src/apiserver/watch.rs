@@ -41,6 +41,9 @@ impl WatchRequest {
         let mut o = obj.clone();
         o["apiVersion"] = json!(self.res.api_version(&self.version));
         o["kind"] = json!(self.res.kind);
+        if super::convert::is_events_api(&self.res) {
+            super::convert::event_from_core(&mut o);
+        }
         o
     }
 
