@@ -360,9 +360,9 @@ async fn finalize(cmd: &BuildCmd, storage: &Storage, started: Instant) -> anyhow
             .map(|d| d.as_secs())
             .unwrap_or(0),
         dim: quantizer.dim(),
-        metric: quantizer.metric().as_str().to_string(),
+        metric: quantizer.metric(),
         nlist,
-        quantizer: quantizer.params().quantizer.to_string(),
+        quantizer: quantizer.params().quantizer,
         default_nprobe: cmd.default_nprobe.clamp(1, nlist.max(1)),
         ntotal,
         spec_hash: cmd.spec_hash.clone(),

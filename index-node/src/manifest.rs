@@ -4,6 +4,7 @@
 //! CRC-32, and carries the shard map. File paths are relative to the index prefix
 //! (`<namespace>/<index>/`), so a rebalanced version can reuse another version's list files.
 
+use quiver_ivf::{Metric, QuantizerKind};
 use serde::{Deserialize, Serialize};
 
 pub const FORMAT: u32 = 1;
@@ -61,9 +62,13 @@ pub struct Manifest {
     pub version: String,
     pub created_unix: u64,
     pub dim: usize,
-    pub metric: String,
+    /// `l2`, `ip` or `cosine` on disk.
+    #[serde(with = "text")]
+    pub metric: Metric,
     pub nlist: usize,
-    pub quantizer: String,
+    /// `flat`, `sq8` or `pq<m>` (e.g. `pq16`) on disk.
+    #[serde(with = "text")]
+    pub quantizer: QuantizerKind,
     pub default_nprobe: usize,
     pub ntotal: u64,
     #[serde(default)]
@@ -75,6 +80,29 @@ pub struct Manifest {
     pub list_sizes: Vec<u64>,
     pub shards: Vec<ShardEntry>,
     pub build: BuildStats,
+}
+
+/// The engine's enums as the strings they display as and parse from (the manifest's format
+/// since format 1: `"metric": "cosine"`, `"quantizer": "pq16"`).
+mod text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(D::Error::custom)
+    }
 }
 
 impl Manifest {
@@ -92,6 +120,13 @@ impl Manifest {
             m.list_sizes.len(),
             m.nlist
         );
+        if let QuantizerKind::Pq { m: pq_m } = m.quantizer {
+            anyhow::ensure!(
+                pq_m >= 1 && m.dim.is_multiple_of(pq_m),
+                "{name}: quantizer pq{pq_m} does not fit dimension {}",
+                m.dim
+            );
+        }
         let mut owner = vec![None; m.nlist];
         for s in &m.shards {
             for &l in &s.lists {
@@ -176,6 +211,99 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(metric: Metric, quantizer: QuantizerKind) -> Manifest {
+        let file = FileEntry {
+            path: "versions/v1/centroids.qivf".into(),
+            size: 1,
+            crc32: 2,
+        };
+        Manifest {
+            format: FORMAT,
+            namespace: "default".into(),
+            index: "docs".into(),
+            version: "v1".into(),
+            created_unix: 0,
+            dim: 32,
+            metric,
+            nlist: 2,
+            quantizer,
+            default_nprobe: 1,
+            ntotal: 10,
+            spec_hash: None,
+            centroids: file,
+            lists: Vec::new(),
+            eval: None,
+            list_sizes: vec![5, 5],
+            shards: vec![ShardEntry {
+                shard: 0,
+                lists: vec![0, 1],
+                vectors: 10,
+            }],
+            build: BuildStats::default(),
+        }
+    }
+
+    /// Typed in memory, the same strings on disk as when they were `String`s.
+    #[test]
+    fn metric_and_quantizer_keep_their_on_disk_strings() {
+        for (metric, quantizer, m_text, q_text) in [
+            (Metric::L2, QuantizerKind::Flat, "l2", "flat"),
+            (Metric::InnerProduct, QuantizerKind::Sq8, "ip", "sq8"),
+            (
+                Metric::Cosine,
+                QuantizerKind::Pq { m: 16 },
+                "cosine",
+                "pq16",
+            ),
+        ] {
+            let m = sample(metric, quantizer);
+            let json = serde_json::to_value(&m).expect("serializes");
+            assert_eq!(json["metric"], m_text);
+            assert_eq!(json["quantizer"], q_text);
+            let bytes = serde_json::to_vec(&json).expect("bytes");
+            assert_eq!(Manifest::parse(&bytes, "m.json").expect("parses"), m);
+        }
+        let mut json = serde_json::to_value(sample(Metric::L2, QuantizerKind::Flat)).expect("ser");
+        json["metric"] = "hamming".into();
+        let e = Manifest::parse(&serde_json::to_vec(&json).expect("bytes"), "m.json")
+            .expect_err("unknown metric");
+        assert!(e.to_string().contains("unknown metric \"hamming\""), "{e}");
+        json["metric"] = "l2".into();
+        json["quantizer"] = "pq7".into();
+        let e = Manifest::parse(&serde_json::to_vec(&json).expect("bytes"), "m.json")
+            .expect_err("pq7 on 32 dimensions");
+        assert!(
+            e.to_string().contains("pq7 does not fit dimension 32"),
+            "{e}"
+        );
+    }
+
+    /// The VectorIndex's metric and quantizer names (quiver-api) are the engine's.
+    #[test]
+    fn spec_names_are_engine_names() {
+        for api in [
+            quiver_api::Metric::L2,
+            quiver_api::Metric::Ip,
+            quiver_api::Metric::Cosine,
+        ] {
+            let engine: Metric = api.as_str().parse().expect("engine knows it");
+            assert_eq!(engine.as_str(), api.as_str());
+        }
+        for (kind, m) in [
+            (quiver_api::QuantizerKind::Flat, None),
+            (quiver_api::QuantizerKind::Sq8, None),
+            (quiver_api::QuantizerKind::Pq, Some(16)),
+        ] {
+            let spec = quiver_api::v1alpha1::QuantizerSpec {
+                kind,
+                m,
+                rerank: false,
+            };
+            let engine: QuantizerKind = spec.engine_name().parse().expect("engine knows it");
+            assert_eq!(engine.to_string(), spec.engine_name());
+        }
+    }
 
     #[test]
     fn balance_is_even_and_complete() {

@@ -207,24 +207,16 @@ impl Storage {
     }
 }
 
-/// Key prefix of one version, relative to the storage root.
+/// Key prefix of one version, relative to the storage root (`quiver_api::layout`).
 pub fn version_prefix(namespace: &str, index: &str, version: &str) -> String {
-    format!("{namespace}/{index}/versions/{version}")
+    quiver_api::layout::version_prefix(namespace, index, version)
 }
 
-/// Rejects names that would escape or split the layout (`/`, `..`, empty).
+/// Checks a namespace, index or version name: a DNS-1123 label (1-63 characters of
+/// `[a-z0-9-]`, starting and ending with a letter or digit), the rule Kubernetes applies to the
+/// same names. Such a name cannot escape or split the layout (`/`, `..`, empty).
 pub fn check_name(field: &str, value: &str) -> anyhow::Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value != "."
-        && value != ".."
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    anyhow::ensure!(
-        ok,
-        "{field} {value:?} must be 1-128 characters of [A-Za-z0-9._-]"
-    );
+    quiver_api::names::check_dns1123_label(field, value)?;
     Ok(())
 }
 
@@ -256,6 +248,53 @@ mod tests {
         assert_eq!(
             s.path("ns/v1/manifest.json").as_ref(),
             "indexes/a/ns/v1/manifest.json"
+        );
+    }
+
+    #[test]
+    fn names_follow_kubernetes() {
+        for ok in ["default", "docs", "v1", "v2-7f3a9c2e", "0"] {
+            assert!(check_name("--version", ok).is_ok(), "{ok}");
+        }
+        // Accepted before, refused by Kubernetes (and so here): upper case, '_', '.', 64+.
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "V1",
+            "v_1",
+            "v1.2",
+            "-v",
+            &"a".repeat(64),
+        ] {
+            let e = check_name("--version", bad).expect_err(bad).to_string();
+            assert!(e.starts_with("--version: "), "{e}");
+        }
+    }
+
+    /// The file names this crate writes are the ones `quiver_api::layout` (the operator, GC
+    /// and docs) names.
+    #[test]
+    fn layout_matches_quiver_api() {
+        use quiver_api::layout;
+        assert_eq!(crate::manifest::MANIFEST, layout::MANIFEST);
+        assert_eq!(crate::train::CENTROIDS, layout::CENTROIDS);
+        assert_eq!(crate::train::TRAIN_INFO, layout::TRAIN_INFO);
+        assert_eq!(crate::build::EVAL_QUERIES, layout::EVAL_QUERIES);
+        assert_eq!(crate::build::EVAL_GT, layout::EVAL_GROUND_TRUTH);
+        let loc = crate::versionloc::VersionLoc {
+            storage: "file:///x".into(),
+            namespace: "search".into(),
+            index: "docs".into(),
+            version: "v2-7f3a9c2e".into(),
+        };
+        let r =
+            layout::VersionRef::new("file:///x", "search", "docs", "v2-7f3a9c2e").expect("valid");
+        assert_eq!(loc.file(layout::MANIFEST), r.manifest());
+        assert_eq!(
+            loc.index_rel(layout::CENTROIDS),
+            r.index_rel(layout::CENTROIDS)
         );
     }
 }

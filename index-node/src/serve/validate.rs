@@ -77,6 +77,8 @@ mod tests {
         assert_eq!(nprobe(None, 50, 16).ok(), Some(16));
         assert!(nprobe(Some(0), 8, 16).is_err() && nprobe(Some(17), 8, 16).is_err());
         assert!(version_name("").is_err() && version_name("a/b").is_err());
-        assert!(version_name("v-1.2_x").is_ok());
+        // Version names are DNS-1123 labels (quiver_api::names), as in Kubernetes.
+        assert!(version_name("v2-7f3a9c2e").is_ok() && version_name("v1").is_ok());
+        assert!(version_name("v-1.2_x").is_err() && version_name("V1").is_err());
     }
 }
