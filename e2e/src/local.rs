@@ -80,6 +80,9 @@ impl Local {
             Vec::new()
         };
         if cfg.kubelet {
+            // The node's Service proxy (kube-proxy's part) runs beside the kubelet.
+            let pcfg = crate::proxy::ProxyConfig::new(state_dir.clone());
+            tasks.push(tokio::spawn(crate::proxy::run(client.clone(), pcfg)));
             let mut kcfg = crate::kubelet::KubeletConfig::new(
                 cfg.node.clone(),
                 state_dir.join("pods"),

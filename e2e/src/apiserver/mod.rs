@@ -9,6 +9,7 @@ pub mod registry;
 mod scale;
 pub mod schema;
 pub mod selectors;
+pub mod services;
 pub mod store;
 mod table;
 pub mod time;
@@ -105,6 +106,7 @@ impl ApiServer {
             }
         })?;
         let store = Arc::new(Store::new(cfg.history));
+        store.add_kubernetes_service(addr);
         let state = Arc::new(http::AppState {
             store: store.clone(),
             addr: addr.to_string(),

@@ -48,7 +48,7 @@ fn splitmix(mut x: u64) -> u64 {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-fn next_random() -> u64 {
+pub fn next_random() -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
