@@ -719,7 +719,8 @@ async fn service_cluster_ip_reaches_only_ready_pods() {
                 flips
             })
         };
-        let mut answers: Vec<(Instant, Result<(u16, String), String>)> = Vec::new();
+        type Answer = (Instant, Result<(u16, String), String>);
+        let mut answers: Vec<Answer> = Vec::new();
         while !flips.is_finished() {
             let t = Instant::now();
             answers.push((t, http_get(addr, "/name").await));

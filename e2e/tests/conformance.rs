@@ -1074,7 +1074,7 @@ async fn services_get_immutable_cluster_ips() {
             .expect("create");
         let ip = cluster_ip(&a);
         let parsed: std::net::IpAddr = ip.parse().expect("an allocated IP");
-        assert_eq!(cluster_ips(&a), [ip.clone()]);
+        assert_eq!(cluster_ips(&a), vec![ip.clone()]);
         let spec = a.spec.clone().expect("spec");
         assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
         assert_eq!(spec.ip_family_policy.as_deref(), Some("SingleStack"));
