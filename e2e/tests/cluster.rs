@@ -562,11 +562,32 @@ async fn web_endpoints(env: &Env) -> Vec<(String, String, bool)> {
 }
 
 async fn all_ready_endpoints(env: &Env, n: usize) -> Vec<(String, String, bool)> {
-    eventually(60, "every pod a ready endpoint", || async {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
         let eps = web_endpoints(env).await;
-        (eps.len() == n && eps.iter().all(|e| e.2)).then_some(eps)
-    })
-    .await
+        if eps.len() == n && eps.iter().all(|e| e.2) {
+            return eps;
+        }
+        if std::time::Instant::now() > deadline {
+            let pods: Vec<(String, Option<String>, bool)> = env
+                .api::<Pod>()
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    (
+                        p.name_any(),
+                        p.status.as_ref().and_then(|s| s.pod_ip.clone()),
+                        ready(p),
+                    )
+                })
+                .collect();
+            panic!("timed out waiting for {n} ready endpoints: {eps:?}; pods {pods:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
