@@ -682,6 +682,20 @@ async fn service_cluster_ip_reaches_only_ready_pods() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(stdout.trim(), format!("{addr} http"));
+        let headless: Service = serde_json::from_value(json!({"metadata": {"name": "hl"}, "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 80}]}}))
+            .expect("service");
+        env.api::<Service>().create(&PostParams::default(), &headless).await.expect("headless");
+        for (svc, why) in [("hl", "headless"), ("missing", "not found")] {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver-local"))
+                .args(["--state-dir"])
+                .arg(&env.dir)
+                .args(["service", svc, "-n", &env.ns])
+                .output()
+                .await
+                .expect("quiver-local service");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && stderr.contains(why), "{svc}: {stderr}");
+        }
         eventually(20, "the proxy answers", || async {
             http_get(addr, "/name")
                 .await

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{Cluster, api_err, bounded, eventually, names, unique};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
@@ -1275,11 +1275,12 @@ async fn service_port_defaults_and_the_kubernetes_service() {
     .await;
 }
 
-/// A pod no scheduler or kubelet takes (its status is written by the test), so that the
-/// EndpointSlice controller can be observed on any cluster.
-fn unscheduled_pod(name: &str) -> Pod {
+/// A pod bound to a Node no kubelet runs (its status is written by the test), so that the
+/// EndpointSlice controller can be observed on any cluster. The real controller leaves out
+/// pods whose Node does not exist, so the Node object must be there.
+fn unscheduled_pod(name: &str, node: &str) -> Pod {
     serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "eps"}},
-        "spec": {"schedulerName": "quiver-e2e-nobody", "containers": [{"name": "c", "image": "registry.example/none:1",
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.example/none:1",
             "ports": [{"name": "http", "containerPort": 8080}]}]}}))
     .expect("pod")
 }
@@ -1323,8 +1324,15 @@ async fn endpointslices_follow_pod_readiness() {
             )
             .await
             .expect("service");
+        let nodes: Api<Node> = Api::all(c.client.clone());
+        let node = unique("quiver-e2e-node");
+        let n: Node = serde_json::from_value(json!({"metadata": {"name": node}})).expect("node");
+        nodes
+            .create(&PostParams::default(), &n)
+            .await
+            .expect("node");
         for (p, ip) in [("p1", "10.244.200.1"), ("p2", "10.244.200.2")] {
-            pods.create(&PostParams::default(), &unscheduled_pod(p))
+            pods.create(&PostParams::default(), &unscheduled_pod(p, &node))
                 .await
                 .expect("pod");
             set_pod_status(&pods, p, ip, true).await;
@@ -1396,9 +1404,12 @@ async fn endpointslices_follow_pod_readiness() {
             (e["conditions"]["ready"] == true).then_some(())
         })
         .await;
-        pods.delete("p2", &DeleteParams::default())
-            .await
-            .expect("delete p2");
+        // Grace 0: no kubelet runs the Node, so nothing would finish a graceful deletion.
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        pods.delete("p2", &now).await.expect("delete p2");
         eventually(20, "p2 gone from the slices", || async {
             let l = slices.list(&by_svc).await.ok()?.items;
             (slice_endpoint(&l, "p2").is_none() && slice_endpoint(&l, "p1").is_some()).then_some(())
@@ -1417,6 +1428,8 @@ async fn endpointslices_follow_pod_readiness() {
             .await
             .expect("list");
         assert!(manual.items.is_empty(), "{:?}", manual.items);
+        let _ = pods.delete("p1", &now).await;
+        let _ = nodes.delete(&node, &DeleteParams::default()).await;
         drop(ns);
         c.stop().await;
     })

@@ -3,13 +3,14 @@
 //! `endpointslice-controller.k8s.io` writes them: one endpoint per pod with an IP (terminal
 //! pods left out), conditions ready/serving/terminating, `targetRef` and `nodeName`, ports
 //! resolved from the Service's `targetPort` (a name against the pod's container ports).
-//! Pods whose ports resolve differently go into different slices. Services without a
+//! Pods whose ports resolve differently go into different slices; pods on a Node that does
+//! not exist are left out (unless `publishNotReadyAddresses`). Services without a
 //! selector are left alone: their slices belong to the user.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -30,7 +31,11 @@ pub async fn run(client: Client) {
     let _watches = [
         AbortOnDrop(trigger_on(Api::<Service>::all(client.clone()), tx.clone())),
         AbortOnDrop(trigger_on(Api::<Pod>::all(client.clone()), tx.clone())),
-        AbortOnDrop(trigger_on(Api::<EndpointSlice>::all(client.clone()), tx)),
+        AbortOnDrop(trigger_on(
+            Api::<EndpointSlice>::all(client.clone()),
+            tx.clone(),
+        )),
+        AbortOnDrop(trigger_on(Api::<Node>::all(client.clone()), tx)),
     ];
     drive("endpointslice", rx, Duration::from_secs(30), || {
         pass(client.clone())
@@ -54,6 +59,13 @@ async fn pass(client: Client) -> Result<()> {
     let list = ListParams::default();
     let services = to_values(Api::<Service>::all(client.clone()).list(&list).await?.items)?;
     let pods = to_values(Api::<Pod>::all(client.clone()).list(&list).await?.items)?;
+    let nodes: std::collections::HashSet<String> = Api::<Node>::all(client.clone())
+        .list(&list)
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
     let slices = to_values(
         Api::<EndpointSlice>::all(client.clone())
             .list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={CONTROLLER_NAME}")))
@@ -63,9 +75,18 @@ async fn pass(client: Client) -> Result<()> {
     for svc in services.iter().filter(|s| !is_terminating(s)) {
         let Some(sel) = selector(svc) else { continue };
         let ns = ns_of(svc);
+        // As the real controller: a pod on a Node that does not exist is left out, unless the
+        // Service publishes not-ready addresses.
+        let publish = svc["spec"]["publishNotReadyAddresses"].as_bool() == Some(true);
         let matching: Vec<&Value> = pods
             .iter()
             .filter(|p| ns_of(p) == ns && selector_matches(&sel, &p["metadata"]["labels"]))
+            .filter(|p| {
+                publish
+                    || p["spec"]["nodeName"]
+                        .as_str()
+                        .is_some_and(|n| nodes.contains(n))
+            })
             .collect();
         let existing: Vec<&Value> = slices
             .iter()
