@@ -5,3 +5,4 @@ pub mod apiserver;
 pub mod controllers;
 pub mod kubelet;
 pub mod local;
+pub mod proxy;

@@ -1,7 +1,7 @@
 //! The whole local cluster in one process: API server, controllers, process kubelet.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::apiserver::{ApiServer, Config};
 
@@ -77,9 +77,19 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn start(client: kube::Client, kcfg: crate::kubelet::KubeletConfig) -> Self {
+    /// `state_dir` is where the Service proxy reports the local addresses it picked.
+    pub fn start(
+        client: kube::Client,
+        kcfg: crate::kubelet::KubeletConfig,
+        state_dir: &std::path::Path,
+    ) -> Self {
         let name = kcfg.node.clone();
-        let tasks = vec![tokio::spawn(crate::kubelet::run(client.clone(), kcfg))];
+        let pcfg = crate::proxy::ProxyConfig::new(state_dir.to_path_buf());
+        let tasks = vec![
+            tokio::spawn(crate::kubelet::run(client.clone(), kcfg)),
+            // The node's Service proxy (kube-proxy's part) runs beside the kubelet.
+            tokio::spawn(crate::proxy::run(client.clone(), pcfg)),
+        ];
         Self {
             name,
             client,
@@ -142,7 +152,7 @@ impl Local {
             kcfg.backoff_base = cfg.restart_backoff;
             kcfg.ip_block = cfg.pod_ip_block;
             kcfg.api_server = Some((server.addr.ip().to_string(), server.addr.port()));
-            Some(Node::start(client, kcfg))
+            Some(Node::start(client, kcfg, &state_dir))
         } else {
             None
         };
@@ -199,7 +209,12 @@ pub async fn run_node_until_signal(
     let client = kube::Client::try_from(config).map_err(|e| LocalError::Client(e.to_string()))?;
     std::fs::create_dir_all(&kcfg.root)?;
     tracing::info!(node = %kcfg.node, kubeconfig = %kubeconfig.display(), "kubelet-only mode");
-    let node = Node::start(client, kcfg);
+    let state_dir = kcfg
+        .root
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| kcfg.root.clone());
+    let node = Node::start(client, kcfg, &state_dir);
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {

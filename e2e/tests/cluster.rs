@@ -11,7 +11,8 @@ use common::{bounded, eventually};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
@@ -59,7 +60,7 @@ async fn start() -> Env {
             kcfg.backoff_base = Duration::from_millis(500);
             let client = Client::try_from(config).expect("client");
             node_name = kcfg.node.clone();
-            let node = Node::start(client.clone(), kcfg);
+            let node = Node::start(client.clone(), kcfg, &dir);
             (None, Some(node), client)
         }
         Err(_) => {
@@ -96,6 +97,15 @@ async fn start() -> Env {
 }
 
 impl Env {
+    /// `--kubeconfig` for `quiver-local` commands, when the cluster is not the stand-in
+    /// (whose kubeconfig lives in the state directory).
+    fn kubeconfig_args(&self) -> Vec<String> {
+        match std::env::var("QUIVER_E2E_KUBECONFIG") {
+            Ok(k) if self.local.is_none() => vec!["--kubeconfig".into(), k],
+            _ => Vec::new(),
+        }
+    }
+
     async fn stop(self) {
         if let Some(node) = self.node {
             // Outside clusters keep no trace: the namespace and the test's Node go.
@@ -580,6 +590,339 @@ async fn pod_reads_the_api_with_in_cluster_config_and_its_own_token() {
         assert!(log.contains(&format!("user=system:serviceaccount:{}:reader", env.ns)), "{log}");
         assert!(log.contains(&format!("namespace={}", env.ns)), "{log}");
         assert!(log.contains(&format!("pod-uid={}", created.uid().expect("uid"))), "{log}");
+        env.stop().await;
+    })
+    .await;
+}
+
+/// One HTTP/1.1 GET (Connection: close): status code and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("no HTTP status in {text:?}"))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
+    };
+    tokio::time::timeout(Duration::from_secs(3), io)
+        .await
+        .map_err(|_| "timed out".to_string())?
+}
+
+/// A Deployment of `replicas` serving testpods behind the Service `web` (port 80 → `http`).
+async fn web_service(env: &Env, replicas: i32) {
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"terminationGracePeriodSeconds": 2, "containers": [serving_container(0)]}}}}))
+    .expect("deployment");
+    env.api::<Deployment>()
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("deployment");
+    let s: Service = serde_json::from_value(
+        json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
+        "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}),
+    )
+    .expect("service");
+    env.api::<Service>()
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("service");
+}
+
+/// The endpoints of Service `web` by pod name: (address, ready).
+async fn web_endpoints(env: &Env) -> Vec<(String, String, bool)> {
+    let slices = env
+        .api::<EndpointSlice>()
+        .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let mut out: Vec<(String, String, bool)> = slices
+        .iter()
+        .flat_map(|s| s.endpoints.iter().flatten())
+        .filter_map(|e| {
+            Some((
+                e.target_ref.as_ref()?.name.clone()?,
+                e.addresses.first()?.clone(),
+                e.conditions.as_ref()?.ready?,
+            ))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn all_ready_endpoints(env: &Env, n: usize) -> Vec<(String, String, bool)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let eps = web_endpoints(env).await;
+        if eps.len() == n && eps.iter().all(|e| e.2) {
+            return eps;
+        }
+        if std::time::Instant::now() > deadline {
+            let pods: Vec<(String, Option<String>, bool)> = env
+                .api::<Pod>()
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    (
+                        p.name_any(),
+                        p.status.as_ref().and_then(|s| s.pod_ip.clone()),
+                        ready(p),
+                    )
+                })
+                .collect();
+            panic!("timed out waiting for {n} ready endpoints: {eps:?}; pods {pods:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn endpointslices_follow_readiness_of_running_pods() {
+    bounded(120, async {
+        let env = start().await;
+        web_service(&env, 2).await;
+        let eps = all_ready_endpoints(&env, 2).await;
+        let (pod, ip, _) = eps[0].clone();
+        let direct: std::net::SocketAddr = format!("{ip}:8080").parse().expect("pod address");
+        assert_eq!(
+            http_get(direct, "/readiness/off").await.expect("flip").0,
+            200
+        );
+        let t = std::time::Instant::now();
+        eventually(10, "endpoint not ready", || async {
+            web_endpoints(&env)
+                .await
+                .iter()
+                .any(|e| e.0 == pod && !e.2)
+                .then_some(())
+        })
+        .await;
+        // The probe runs every second; the slice follows the pod's Ready condition.
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
+        assert!(
+            web_endpoints(&env).await.iter().any(|e| e.0 != pod && e.2),
+            "the other pod stays ready"
+        );
+        assert_eq!(
+            http_get(direct, "/readiness/on").await.expect("flip").0,
+            200
+        );
+        let t = std::time::Instant::now();
+        eventually(10, "endpoint ready again", || async {
+            web_endpoints(&env)
+                .await
+                .iter()
+                .any(|e| e.0 == pod && e.2)
+                .then_some(())
+        })
+        .await;
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
+        env.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn service_cluster_ip_reaches_only_ready_pods() {
+    use std::time::Instant;
+    bounded(150, async {
+        let env = start().await;
+        web_service(&env, 3).await;
+        let eps = all_ready_endpoints(&env, 3).await;
+        let pods: Vec<String> = eps.iter().map(|e| e.0.clone()).collect();
+        let svc = env.api::<Service>().get("web").await.expect("service");
+        let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).expect("clusterIP");
+        let addrs = quiver_e2e::proxy::service_addresses(&env.client, &env.dir, &env.ns, "web")
+            .await
+            .expect("service address");
+        assert_eq!(addrs.len(), 1, "{addrs:?}");
+        let (port_name, addr) = addrs[0].clone();
+        assert_eq!((port_name.as_str(), addr.port()), ("http", 80));
+        if cluster_ip.starts_with("127.") {
+            assert_eq!(
+                addr.ip().to_string(),
+                cluster_ip,
+                "the proxy listens on the clusterIP itself"
+            );
+        }
+        // Async: the API server runs on this test's runtime.
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver-local"))
+            .args(["--state-dir"])
+            .arg(&env.dir)
+            .args(["service", "web", "-n", &env.ns])
+            .args(env.kubeconfig_args())
+            .output()
+            .await
+            .expect("quiver-local service");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.trim(), format!("{addr} http"));
+        let headless: Service = serde_json::from_value(json!({"metadata": {"name": "hl"}, "spec": {"clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 80}]}}))
+            .expect("service");
+        env.api::<Service>().create(&PostParams::default(), &headless).await.expect("headless");
+        for (svc, why) in [("hl", "headless"), ("missing", "not found")] {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiver-local"))
+                .args(["--state-dir"])
+                .arg(&env.dir)
+                .args(["service", svc, "-n", &env.ns])
+                .args(env.kubeconfig_args())
+                .output()
+                .await
+                .expect("quiver-local service");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && stderr.contains(why), "{svc}: {stderr}");
+        }
+        eventually(20, "the proxy answers", || async {
+            http_get(addr, "/name")
+                .await
+                .ok()
+                .filter(|r| r.0 == 200)
+                .map(|_| ())
+        })
+        .await;
+
+        // When each pod's Ready condition changed, as a client of the API sees it.
+        let transitions =
+            std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Instant, bool)>::new()));
+        let pod_api: Api<Pod> = env.api();
+        let list = pod_api
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .expect("pods");
+        let watch = {
+            let (transitions, pod_api) = (transitions.clone(), pod_api.clone());
+            let rv = list.metadata.resource_version.clone().unwrap_or_default();
+            tokio::spawn(async move {
+                let mut events = pod_api
+                    .watch(&WatchParams::default().labels("app=web"), &rv)
+                    .await
+                    .expect("watch")
+                    .boxed();
+                while let Ok(Some(ev)) = events.try_next().await {
+                    if let WatchEvent::Modified(p) = ev {
+                        transitions.lock().expect("lock").push((
+                            p.name_any(),
+                            Instant::now(),
+                            ready(&p),
+                        ));
+                    }
+                }
+            })
+        };
+        // Flip one pod at a time off for 2.5 s, so at least one is always Ready.
+        let flips = {
+            let eps = eps.clone();
+            tokio::spawn(async move {
+                let mut flips = Vec::new();
+                for (pod, ip, _) in eps {
+                    let direct: std::net::SocketAddr =
+                        format!("{ip}:8080").parse().expect("pod address");
+                    let off = Instant::now();
+                    assert_eq!(
+                        http_get(direct, "/readiness/off").await.expect("off").0,
+                        200
+                    );
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    assert_eq!(http_get(direct, "/readiness/on").await.expect("on").0, 200);
+                    flips.push((pod, off, Instant::now()));
+                    tokio::time::sleep(Duration::from_millis(1200)).await;
+                }
+                flips
+            })
+        };
+        type Answer = (Instant, Result<(u16, String), String>);
+        let mut answers: Vec<Answer> = Vec::new();
+        while !flips.is_finished() {
+            let t = Instant::now();
+            answers.push((t, http_get(addr, "/name").await));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let flips = flips.await.expect("flipper");
+        watch.abort();
+        let transitions = transitions.lock().expect("lock").clone();
+        // Not-Ready intervals per pod, from the watch.
+        let mut not_ready: Vec<(String, Instant, Option<Instant>)> = Vec::new();
+        for (pod, t, is_ready) in &transitions {
+            let open = not_ready
+                .iter_mut()
+                .rev()
+                .find(|(p, _, end)| p == pod && end.is_none());
+            match (open, is_ready) {
+                (Some(iv), true) => iv.2 = Some(*t),
+                (None, false) => not_ready.push((pod.clone(), *t, None)),
+                _ => {}
+            }
+        }
+        for p in &pods {
+            assert!(
+                not_ready.iter().any(|iv| &iv.0 == p),
+                "{p} was never seen not Ready: {transitions:?}"
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (t, r) in &answers {
+            let (code, who) = r
+                .as_ref()
+                .unwrap_or_else(|e| panic!("a request failed while pods were Ready: {e}"));
+            assert_eq!(*code, 200);
+            assert!(pods.contains(who), "answer from {who:?}");
+            seen.insert(who.clone());
+            for (p, since, until) in &not_ready {
+                let late = *since + Duration::from_secs(1);
+                assert!(
+                    !(p == who && *t > late && until.is_none_or(|u| *t < u)),
+                    "{who} answered {:?} after the API showed it not Ready",
+                    *t - *since
+                );
+            }
+            for (p, off, on) in &flips {
+                // The readiness probe runs every second: 1 s to notice, 1 s to follow.
+                let late = *off + Duration::from_secs(2);
+                assert!(
+                    !(p == who && *t > late && *t < *on),
+                    "{who} answered {:?} after its readiness was switched off",
+                    *t - *off
+                );
+            }
+        }
+        assert_eq!(seen.len(), 3, "round robin reaches every pod: {seen:?}");
+        assert!(answers.len() > 100, "only {} requests", answers.len());
         env.stop().await;
     })
     .await;

@@ -12,6 +12,7 @@ pub mod registry;
 mod scale;
 pub mod schema;
 pub mod selectors;
+pub mod services;
 pub mod store;
 mod table;
 pub mod time;
@@ -122,6 +123,7 @@ impl ApiServer {
         )?;
         let listener = tls::TlsListener::new(listener, &pki)?;
         let store = Arc::new(Store::new(cfg.history));
+        store.add_kubernetes_service(addr);
         let state = Arc::new(http::AppState {
             store: store.clone(),
             addr: addr.to_string(),

@@ -14,11 +14,13 @@ use super::patch;
 use super::registry::{Registry, ResourceInfo, from_crd};
 use super::schema::validate_object;
 use super::selectors::Selector;
+use super::services;
 use super::time::{new_uid, now_rfc3339, random_suffix, rfc3339, unix_now};
 
 const CRD_KEY: &str = "apiextensions.k8s.io/customresourcedefinitions";
 const NS_KEY: &str = "/namespaces";
 const POD_KEY: &str = "/pods";
+const SVC_KEY: &str = "/services";
 
 #[derive(Debug)]
 pub struct Event {
@@ -281,6 +283,7 @@ fn apply_defaults(key: &str, obj: &mut Value, uid: &str) {
         "/services" => {
             set_default(obj, &["spec", "type"], json!("ClusterIP"));
             set_default(obj, &["spec", "sessionAffinity"], json!("None"));
+            services::default_ports(obj);
         }
         "/persistentvolumeclaims" => {
             set_default(obj, &["spec", "volumeMode"], json!("Filesystem"));
@@ -336,6 +339,23 @@ impl Store {
             }
         }
         store
+    }
+
+    /// The `default/kubernetes` Service a real API server keeps, with its Endpoints and
+    /// EndpointSlice pointing at `api` (the API server's own address).
+    pub fn add_kubernetes_service(&self, api: std::net::SocketAddr) {
+        let (svc, endpoints, slice) = services::kubernetes_objects(api);
+        for (group, plural, obj) in [
+            ("", "services", svc),
+            ("", "endpoints", endpoints),
+            ("discovery.k8s.io", "endpointslices", slice),
+        ] {
+            if let Some(res) = self.resolve(group, "v1", plural)
+                && let Err(e) = self.create(&res, "default", obj, "kube-apiserver")
+            {
+                tracing::warn!(resource = plural, error = %e, "could not create the kubernetes service");
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -659,6 +679,22 @@ impl Inner {
             .ok_or_else(|| ApiError::not_found(&res.group, &res.plural, name))
     }
 
+    /// Cluster IPs held by Services (all but `except`); freed when a Service is removed.
+    fn service_ips(
+        &self,
+        except: Option<(&str, &str)>,
+    ) -> std::collections::HashSet<std::net::Ipv4Addr> {
+        self.objects
+            .get(SVC_KEY)
+            .map(|m| {
+                m.iter()
+                    .filter(|((n, s), _)| except.is_none_or(|(en, es)| en != n || es != s))
+                    .filter_map(|(_, v)| services::allocated(v))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn next_rv(&mut self) -> u64 {
         self.rv += 1;
         self.rv
@@ -794,6 +830,10 @@ impl Inner {
             POD_KEY => obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"}),
             NS_KEY => obj["status"] = json!({"phase": "Active"}),
             _ => {}
+        }
+        if key == SVC_KEY {
+            let used = self.service_ips(None);
+            services::on_write(None, &mut obj, &used, &name)?;
         }
         self.validate(res, &mut obj)?;
         let crd_info = if key == CRD_KEY {
@@ -937,6 +977,10 @@ impl Inner {
                 .unwrap_or_default()
                 .to_string();
             apply_defaults(&res.key(), &mut result, &uid);
+            if res.key() == SVC_KEY {
+                let used = self.service_ips(Some((ns, &name)));
+                services::on_write(Some(&old), &mut result, &used, &name)?;
+            }
         }
         self.validate(res, &mut result)?;
         let key = res.key();

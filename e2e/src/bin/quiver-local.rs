@@ -1,4 +1,4 @@
-//! `quiver-local up|kubelet|down|logs`: the local cluster on one machine.
+//! `quiver-local up|kubelet|down|logs|service`: the local cluster on one machine.
 
 use std::path::PathBuf;
 
@@ -59,6 +59,15 @@ enum Cmd {
     },
     /// Stop a running `up` (SIGTERM to the pid in the state directory).
     Down,
+    /// Print where a client on this machine reaches a Service: `service <name> [-n namespace]`.
+    Service {
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Kubeconfig of the cluster (default: the one in the state directory).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
     /// Print a container's log: `logs <pod> [-c container] [-n namespace]`.
     Logs {
         pod: String,
@@ -143,6 +152,32 @@ fn main() -> Result<()> {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
             bail!("pid {pid} did not stop within 10s")
+        }
+        Cmd::Service {
+            name,
+            namespace,
+            kubeconfig,
+        } => {
+            let kubeconfig = kubeconfig.unwrap_or_else(|| cli.state_dir.join("kubeconfig"));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let addrs = rt.block_on(async {
+                let client = quiver_e2e::local::client_for(&kubeconfig)
+                    .await
+                    .with_context(|| format!("kubeconfig {}", kubeconfig.display()))?;
+                quiver_e2e::proxy::service_addresses(&client, &cli.state_dir, &namespace, &name)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })?;
+            for (port_name, addr) in addrs {
+                if port_name.is_empty() {
+                    println!("{addr}");
+                } else {
+                    println!("{addr} {port_name}");
+                }
+            }
+            Ok(())
         }
         Cmd::Logs {
             pod,

@@ -1,7 +1,8 @@
 //! A tiny container program for kubelet and controller tests.
 //!
 //! `quiver-testpod serve <port> [ready-after-ms]`: HTTP on $POD_IP (or 0.0.0.0): `/healthz`
-//! is 200, `/ready` is 200 after the delay (503 before). Runs until signalled.
+//! is 200, `/ready` is 200 after the delay (503 before) unless `/readiness/off` was called
+//! (`/readiness/on` undoes it), `/name` answers with $POD_NAME. Runs until signalled.
 //! `quiver-testpod exit <code> [sleep-ms]`: prints its env, sleeps, exits with `code`.
 //! `quiver-testpod whoami`: with in-cluster config exactly as a pod's program uses it
 //! (`kube::Config::incluster()`: the service-account files at their real path and
@@ -9,7 +10,9 @@
 //! `user=...` and `pod-uid=...`, exits 1 with the error otherwise.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -60,25 +63,13 @@ fn serve(port: u16, ready_after: Duration) {
     };
     println!("listening on {ip}:{port}");
     let start = Instant::now();
+    let name: Arc<str> = std::env::var("POD_NAME").unwrap_or_default().into();
+    let off = Arc::new(AtomicBool::new(false));
     for stream in listener.incoming() {
-        let Ok(mut s) = stream else { continue };
-        let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).unwrap_or(0);
-        let req = String::from_utf8_lossy(&buf[..n]);
-        let path = req.split_whitespace().nth(1).unwrap_or("/");
-        let ok = match path {
-            "/ready" => start.elapsed() >= ready_after,
-            _ => true,
-        };
-        let (code, text) = if ok {
-            (200, "OK")
-        } else {
-            (503, "Service Unavailable")
-        };
-        let _ = write!(
-            s,
-            "HTTP/1.1 {code} {text}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
+        let Ok(s) = stream else { continue };
+        let (name, off) = (name.clone(), off.clone());
+        // A slow client must not hold up the probes.
+        std::thread::spawn(move || answer(s, start, ready_after, &name, &off));
     }
 }
 
@@ -116,4 +107,41 @@ fn whoami() -> Result<(), String> {
         println!("pod-uid={}", me.metadata.uid.unwrap_or_default());
         Ok(())
     })
+}
+
+fn answer(mut s: TcpStream, start: Instant, ready_after: Duration, name: &str, off: &AtomicBool) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).unwrap_or(0);
+    let req = String::from_utf8_lossy(&buf[..n]);
+    let path = req.split_whitespace().nth(1).unwrap_or("/");
+    let mut body = String::new();
+    let ok = match path {
+        "/ready" => start.elapsed() >= ready_after && !off.load(Ordering::SeqCst),
+        "/readiness/off" => {
+            off.store(true, Ordering::SeqCst);
+            println!("readiness off");
+            true
+        }
+        "/readiness/on" => {
+            off.store(false, Ordering::SeqCst);
+            println!("readiness on");
+            true
+        }
+        "/name" => {
+            body = name.to_string();
+            true
+        }
+        _ => true,
+    };
+    let (code, text) = if ok {
+        (200, "OK")
+    } else {
+        (503, "Service Unavailable")
+    };
+    let _ = write!(
+        s,
+        "HTTP/1.1 {code} {text}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
 }

@@ -1,8 +1,9 @@
 //! Controllers a real control plane runs: garbage collector, StatefulSet, Deployment
-//! (with ReplicaSets) and Job. They use only the Kubernetes API through kube-rs, so they
+//! (with ReplicaSets), Job and EndpointSlice. They use only the Kubernetes API through kube-rs, so they
 //! behave the same against any API server.
 
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod serviceaccounts;
@@ -35,8 +36,18 @@ pub fn spawn_all(client: Client) -> Vec<JoinHandle<()>> {
         tokio::spawn(statefulset::run(client.clone())),
         tokio::spawn(deployment::run(client.clone())),
         tokio::spawn(deployment::run_replicasets(client.clone())),
-        tokio::spawn(job::run(client)),
+        tokio::spawn(job::run(client.clone())),
+        tokio::spawn(endpoints::run(client)),
     ]
+}
+
+/// A task aborted when this handle is dropped (watchers and listeners of a stopped loop).
+pub struct AbortOnDrop(pub JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Sends a unit on `tx` for every watch event of `api`, re-listing when the watch ends.
