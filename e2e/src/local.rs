@@ -84,7 +84,8 @@ impl Node {
         state_dir: &std::path::Path,
     ) -> Self {
         let name = kcfg.node.clone();
-        let pcfg = crate::proxy::ProxyConfig::new(state_dir.to_path_buf());
+        let mut pcfg = crate::proxy::ProxyConfig::new(state_dir.to_path_buf());
+        pcfg.namespace = kcfg.namespace.clone();
         let tasks = vec![
             tokio::spawn(crate::kubelet::run(client.clone(), kcfg)),
             // The node's Service proxy (kube-proxy's part) runs beside the kubelet.

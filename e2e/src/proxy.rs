@@ -55,11 +55,28 @@ pub enum ProxyError {
 pub struct ProxyConfig {
     /// Where [`STATE_FILE`] is written.
     pub state_dir: PathBuf,
+    /// Only serve the Services of this namespace (a test node beside others on one
+    /// machine); every namespace when None, as kube-proxy does.
+    pub namespace: Option<String>,
 }
 
 impl ProxyConfig {
     pub fn new(state_dir: PathBuf) -> Self {
-        Self { state_dir }
+        Self {
+            state_dir,
+            namespace: None,
+        }
+    }
+}
+
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     }
 }
 
@@ -175,9 +192,16 @@ struct State {
 /// Runs the proxy until the task is dropped (listeners close with it).
 pub async fn run(client: Client, cfg: ProxyConfig) {
     let (tx, rx) = mpsc::channel(1);
+    let ns = cfg.namespace.clone();
     let _watches = [
-        AbortOnDrop(trigger_on(Api::<Service>::all(client.clone()), tx.clone())),
-        AbortOnDrop(trigger_on(Api::<EndpointSlice>::all(client.clone()), tx)),
+        AbortOnDrop(trigger_on(
+            scoped::<Service>(&client, ns.as_deref()),
+            tx.clone(),
+        )),
+        AbortOnDrop(trigger_on(
+            scoped::<EndpointSlice>(&client, ns.as_deref()),
+            tx,
+        )),
     ];
     let state = Arc::new(tokio::sync::Mutex::new(State {
         cfg,
@@ -217,9 +241,15 @@ fn pick_local(taken: &HashMap<(String, String), Ipv4Addr>) -> Ipv4Addr {
 impl State {
     async fn pass(&mut self, client: &Client) -> Result<(), ControllerError> {
         let list = ListParams::default();
-        let services = to_values(Api::<Service>::all(client.clone()).list(&list).await?.items)?;
+        let ns = self.cfg.namespace.clone();
+        let services = to_values(
+            scoped::<Service>(client, ns.as_deref())
+                .list(&list)
+                .await?
+                .items,
+        )?;
         let slices = to_values(
-            Api::<EndpointSlice>::all(client.clone())
+            scoped::<EndpointSlice>(client, ns.as_deref())
                 .list(&ListParams::default().labels(SERVICE_NAME_LABEL))
                 .await?
                 .items,
