@@ -140,7 +140,8 @@ mod tests {
     /// Until the file is readable the state is unknown (not "no versions"); once read, a file
     /// that goes missing or turns unreadable keeps the last good state.
     #[tokio::test]
-    async fn file_source_is_unknown_until_read_and_keeps_the_last_good_state() -> anyhow::Result<()> {
+    async fn file_source_is_unknown_until_read_and_keeps_the_last_good_state() -> anyhow::Result<()>
+    {
         let dir = std::env::temp_dir().join(format!("quiver-versions-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("versions.json");

@@ -42,8 +42,7 @@ pub trait Loader: Send + Sync + 'static {
     fn who(&self) -> String;
 
     /// Reads (and warms) one version.
-    fn load(&self, version: &str)
-    -> impl Future<Output = anyhow::Result<Self::Version>> + Send;
+    fn load(&self, version: &str) -> impl Future<Output = anyhow::Result<Self::Version>> + Send;
 
     /// Vectors and bytes held for a loaded version (bytes: `None` when not meaningful).
     fn size(v: &Self::Version) -> (u64, Option<u64>);

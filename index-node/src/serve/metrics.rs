@@ -222,7 +222,10 @@ mod tests {
             "quiver_shard_replicas",
         ] {
             assert!(!shard.iter().any(|s| s == f), "shard exports {f}");
-            assert!(router.iter().any(|s| s == f), "router lacks {f}: {router:?}");
+            assert!(
+                router.iter().any(|s| s == f),
+                "router lacks {f}: {router:?}"
+            );
         }
         assert!(shard.iter().any(|s| s == "quiver_query_duration_seconds"));
     }
@@ -233,7 +236,10 @@ mod tests {
         let readme = include_str!("../../README.md");
         let mut all = families(&Metrics::new("router"));
         all.extend(families(&Metrics::new("shard")));
-        assert_eq!(all.iter().filter(|f| f.starts_with("quiver_")).count(), all.len());
+        assert_eq!(
+            all.iter().filter(|f| f.starts_with("quiver_")).count(),
+            all.len()
+        );
         for f in &all {
             assert!(
                 readme.contains(&format!("`{f}")),

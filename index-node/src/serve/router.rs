@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use quiver_proto::admin_client::AdminClient;
 use prometheus_client::metrics::histogram::Histogram;
 use quiver_ivf::IvfIndex;
+use quiver_proto::admin_client::AdminClient;
 use quiver_proto::shard_client::ShardClient;
 use quiver_proto::{
     BatchSearchRequest, BatchSearchResponse, Counters, SearchRequest, SearchResponse,
@@ -185,11 +185,7 @@ impl RouterState {
         }
     }
 
-    pub fn start(
-        self: Arc<Self>,
-        node: Arc<Node>,
-        mut desired: watch::Receiver<Option<Desired>>,
-    ) {
+    pub fn start(self: Arc<Self>, node: Arc<Node>, mut desired: watch::Receiver<Option<Desired>>) {
         let this = self.clone();
         let mut replicas = self.replicas.clone();
         tokio::spawn(async move {
@@ -376,7 +372,8 @@ impl RouterState {
                 .set((reps.len() - up) as i64);
         }
         let active = self.active.load();
-        self.holder.publish(active.as_ref().map(|a| a.name.as_str()));
+        self.holder
+            .publish(active.as_ref().map(|a| a.name.as_str()));
     }
 
     /// Pins a version: the requested one (must be loaded) or the active one, read once.

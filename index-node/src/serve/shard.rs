@@ -148,10 +148,7 @@ impl ShardState {
                 None => (false, format!("active version {a} is not held")),
             },
             None => {
-                if versions
-                    .values()
-                    .any(|s| matches!(**s, Slot::Loading))
-                {
+                if versions.values().any(|s| matches!(**s, Slot::Loading)) {
                     (false, "loading".into())
                 } else if versions.values().any(|s| matches!(**s, Slot::Warm(_))) {
                     (true, "serving".into())

@@ -13,8 +13,8 @@ use quiver_proto::shard_server::{Shard, ShardServer};
 use quiver_proto::{ShardBatchSearchRequest, ShardSearchRequest, ShardSearchResponse};
 use tonic::{Request, Status};
 
-use quiver_proto::admin_server::{Admin, AdminServer};
 use quiver_proto::StatusRequest;
+use quiver_proto::admin_server::{Admin, AdminServer};
 
 use super::admin::AdminSvc;
 use super::batcher::{Batcher, from_result};
@@ -23,9 +23,9 @@ use super::metrics::Metrics;
 use super::router::{FailureLog, RouterState, RouterVersion};
 use super::shard::{ShardState, ShardSvc, ShardVersion, Slot};
 use super::{Ctx, Node, REFUSED_HEADER, RoleState};
-use crate::versions::Desired;
 use crate::manifest::{BuildStats, FileEntry, Manifest, ShardEntry};
 use crate::storage::Storage;
+use crate::versions::Desired;
 
 const DIM: usize = 8;
 const NLIST: usize = 8;
@@ -420,7 +420,11 @@ async fn serve_node(svc: ShardSvc) -> std::net::SocketAddr {
     addr
 }
 
-fn batcher_to(addr: std::net::SocketAddr, max_k: usize, max_batch: usize) -> (Arc<Batcher>, Histogram) {
+fn batcher_to(
+    addr: std::net::SocketAddr,
+    max_k: usize,
+    max_batch: usize,
+) -> (Arc<Batcher>, Histogram) {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
         .connect_lazy();
@@ -474,12 +478,19 @@ async fn a_big_batch_at_k_1000_is_cut_and_every_query_answered() {
         .filter_map(|r| r.as_ref().ok())
         .map(prost::Message::encoded_len)
         .sum();
-    assert!(wire > 4 << 20, "answers take {wire} bytes: not a test of the limit");
+    assert!(
+        wire > 4 << 20,
+        "answers take {wire} bytes: not a test of the limit"
+    );
     let answers = futures::future::join_all(reqs.iter().map(|r| b.call(r.clone()))).await;
     for (a, s) in answers.iter().zip(&single) {
         same(a, s);
     }
-    assert!(sizes.count() > 2, "the batch was not cut: {} calls", sizes.count());
+    assert!(
+        sizes.count() > 2,
+        "the batch was not cut: {} calls",
+        sizes.count()
+    );
     assert_eq!(sizes.sum() as usize, reqs.len());
 }
 
@@ -537,7 +548,12 @@ async fn duplicate_lists_are_counted_once_and_their_number_capped() {
         .await
         .expect_err("more list ids than lists accepted");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
-    assert!(e.message().starts_with("lists: 9 list ids, more than the 8 lists"), "{}", e.message());
+    assert!(
+        e.message()
+            .starts_with("lists: 9 list ids, more than the 8 lists"),
+        "{}",
+        e.message()
+    );
 }
 
 #[tokio::test]
@@ -561,7 +577,11 @@ async fn huge_coordinates_are_refused_naming_the_problem() {
             .await
             .expect_err("huge vector answered");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        assert!(e.message().starts_with("vector: squared norm"), "{}", e.message());
+        assert!(
+            e.message().starts_with("vector: squared norm"),
+            "{}",
+            e.message()
+        );
     }
 }
 
@@ -674,9 +694,10 @@ async fn the_router_activates_only_a_version_every_shard_holds_warm() {
         metrics.version_gauges(),
     );
     for (name, off) in [("v1", 0), ("v2", V2_OFFSET)] {
-        router
-            .holder
-            .insert(name, super::holder::Slot::Warm(Arc::new(router_version(name, off))));
+        router.holder.insert(
+            name,
+            super::holder::Slot::Warm(Arc::new(router_version(name, off))),
+        );
     }
     let node = Arc::new(Node {
         name: "router".into(),
@@ -693,7 +714,10 @@ async fn the_router_activates_only_a_version_every_shard_holds_warm() {
     wait_for("v2 pending", || router.pending.load().is_some()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(active(&router).as_deref(), Some("v1"));
-    assert_eq!(router.pin(None).map(|v| v.name.clone()).ok().as_deref(), Some("v1"));
+    assert_eq!(
+        router.pin(None).map(|v| v.name.clone()).ok().as_deref(),
+        Some("v1")
+    );
     let st = AdminSvc { node: node.clone() }
         .status(Request::new(StatusRequest {}))
         .await
@@ -702,7 +726,8 @@ async fn the_router_activates_only_a_version_every_shard_holds_warm() {
     assert_eq!(st.active_version, "v1");
     assert_eq!(st.pending_active_version, "v2");
     assert!(
-        st.pending_reason.contains("shard 0 holds it warm on no replica")
+        st.pending_reason
+            .contains("shard 0 holds it warm on no replica")
             && st.pending_reason.contains("corrupt"),
         "{}",
         st.pending_reason
@@ -720,7 +745,11 @@ async fn the_router_activates_only_a_version_every_shard_holds_warm() {
 #[test]
 fn failing_shard_calls_are_logged_at_most_once_a_second_with_a_count() {
     let log = FailureLog::new();
-    assert_eq!(log.record(5), Some(1), "the first failure is logged at once");
+    assert_eq!(
+        log.record(5),
+        Some(1),
+        "the first failure is logged at once"
+    );
     for t in 6..500 {
         assert_eq!(log.record(t), None);
     }
