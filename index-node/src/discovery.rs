@@ -12,43 +12,61 @@ use tokio::sync::watch;
 /// shard number -> replica addresses (`ip:port`).
 pub type Replicas = BTreeMap<u32, Vec<String>>;
 
+/// A source of shard replicas. `None` means "not known yet" (nothing read so far): a router
+/// keeps the replicas it has rather than taking that for "no replicas".
 pub trait ReplicaSource: Send + 'static {
-    fn watch(self: Box<Self>) -> watch::Receiver<Replicas>;
+    fn watch(self: Box<Self>) -> watch::Receiver<Option<Replicas>>;
 }
 
 pub struct StaticReplicas(pub Replicas);
 
 impl ReplicaSource for StaticReplicas {
-    fn watch(self: Box<Self>) -> watch::Receiver<Replicas> {
-        watch::channel(self.0).1
+    fn watch(self: Box<Self>) -> watch::Receiver<Option<Replicas>> {
+        watch::channel(Some(self.0)).1
     }
 }
 
-/// JSON file `{"0": ["127.0.0.2:7000", ...], "1": [...]}`, polled.
+/// JSON file `{"0": ["127.0.0.2:7000", ...], "1": [...]}`, polled. Unknown until first read;
+/// an unreadable file afterwards keeps the last good state.
 pub struct FileReplicas {
     pub path: PathBuf,
     pub interval: Duration,
 }
 
 impl ReplicaSource for FileReplicas {
-    fn watch(self: Box<Self>) -> watch::Receiver<Replicas> {
-        let (tx, rx) = watch::channel(read(&self.path).unwrap_or_default());
+    fn watch(self: Box<Self>) -> watch::Receiver<Option<Replicas>> {
+        let mut last_err = String::new();
+        let first = match read(&self.path) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e,
+                    "cannot read replicas file; shard replicas not known yet");
+                last_err = e;
+                None
+            }
+        };
+        let (tx, rx) = watch::channel(first);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(self.interval).await;
                 match read(&self.path) {
                     Ok(r) => {
+                        last_err.clear();
                         tx.send_if_modified(|cur| {
-                            let changed = *cur != r;
+                            let changed = cur.as_ref() != Some(&r);
                             if changed {
                                 tracing::info!(replicas = ?r, "shard replicas changed");
-                                *cur = r;
+                                *cur = Some(r);
                             }
                             changed
                         });
                     }
                     Err(e) => {
-                        tracing::debug!(path = %self.path.display(), error = %e, "cannot read replicas file")
+                        if e != last_err {
+                            tracing::warn!(path = %self.path.display(), error = %e,
+                                "cannot read replicas file; keeping the last state");
+                            last_err = e;
+                        }
                     }
                 }
                 if tx.is_closed() {
@@ -110,23 +128,34 @@ mod watch_tests {
         let dir = std::env::temp_dir().join(format!("quiver-replicas-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("replicas.json");
-        std::fs::write(&path, r#"{"0": ["127.0.0.2:7000"]}"#)?;
+        let _ = std::fs::remove_file(&path);
         let mut rx = Box::new(FileReplicas {
             path: path.clone(),
             interval: Duration::from_millis(20),
         })
         .watch();
-        assert_eq!(rx.borrow()[&0], vec!["127.0.0.2:7000".to_string()]);
+        // Not there yet: unknown, not "no replicas".
+        assert_eq!(*rx.borrow_and_update(), None);
+        std::fs::write(&path, r#"{"0": ["127.0.0.2:7000"]}"#)?;
+        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await??;
+        let n = |rx: &watch::Receiver<Option<Replicas>>| rx.borrow().as_ref().map(|r| r.len());
+        assert_eq!(
+            rx.borrow().as_ref().map(|r| r[&0].clone()),
+            Some(vec!["127.0.0.2:7000".to_string()])
+        );
         std::fs::write(
             &path,
             r#"{"0": ["127.0.0.3:7000"], "1": ["127.0.0.4:7000"]}"#,
         )?;
         tokio::time::timeout(Duration::from_secs(5), rx.changed()).await??;
-        assert_eq!(rx.borrow().len(), 2);
-        // A broken file changes nothing.
+        assert_eq!(n(&rx), Some(2));
+        // A broken file, then a missing one, change nothing.
         std::fs::write(&path, "{not json")?;
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(rx.borrow().len(), 2);
+        assert_eq!(n(&rx), Some(2));
+        std::fs::remove_file(&path)?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(n(&rx), Some(2));
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

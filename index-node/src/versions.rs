@@ -21,44 +21,58 @@ pub struct Desired {
 }
 
 /// A source of [`Desired`] states. Implementations publish every change on the channel.
+///
+/// `None` means "not known yet": the source has not produced a state (a file that cannot be
+/// read yet, a watch that has not listed yet). A node holds what it has until the source
+/// says otherwise, so a node whose source is late or down never drops a version that
+/// routers may still route to.
 pub trait VersionSource: Send + 'static {
-    fn watch(self: Box<Self>) -> watch::Receiver<Desired>;
+    fn watch(self: Box<Self>) -> watch::Receiver<Option<Desired>>;
 }
 
 /// Fixed by flags.
 pub struct StaticVersions(pub Desired);
 
 impl VersionSource for StaticVersions {
-    fn watch(self: Box<Self>) -> watch::Receiver<Desired> {
+    fn watch(self: Box<Self>) -> watch::Receiver<Option<Desired>> {
         // The sender is dropped: receivers keep the last value, which never changes.
-        watch::channel(self.0).1
+        watch::channel(Some(self.0)).1
     }
 }
 
 /// A JSON file `{"versions": [...], "active": "..."}` polled every `interval`. A missing or
-/// unparsable file keeps the last good state (logged), so a half-written file changes nothing.
+/// unparsable file keeps the last good state (logged), so a half-written file changes nothing;
+/// until the file has been read once the state is unknown (`None`), not empty.
 pub struct FileVersions {
     pub path: PathBuf,
     pub interval: Duration,
 }
 
 impl VersionSource for FileVersions {
-    fn watch(self: Box<Self>) -> watch::Receiver<Desired> {
-        let first = read(&self.path).unwrap_or_default();
+    fn watch(self: Box<Self>) -> watch::Receiver<Option<Desired>> {
+        let mut last_err = String::new();
+        let first = match read(&self.path) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e,
+                    "cannot read versions file; desired versions not known yet, holding what is loaded");
+                last_err = e;
+                None
+            }
+        };
         let (tx, rx) = watch::channel(first);
         tokio::spawn(async move {
-            let mut last_err = String::new();
             loop {
                 tokio::time::sleep(self.interval).await;
                 match read(&self.path) {
                     Ok(d) => {
                         last_err.clear();
                         tx.send_if_modified(|cur| {
-                            if *cur == d {
+                            if cur.as_ref() == Some(&d) {
                                 false
                             } else {
                                 tracing::info!(versions = ?d.versions, active = ?d.active, "desired versions changed");
-                                *cur = d;
+                                *cur = Some(d);
                                 true
                             }
                         });
@@ -116,5 +130,41 @@ impl VersionArgs {
                     .or_else(|| self.versions.last().cloned()),
             })),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Until the file is readable the state is unknown (not "no versions"); once read, a file
+    /// that goes missing or turns unreadable keeps the last good state.
+    #[tokio::test]
+    async fn file_source_is_unknown_until_read_and_keeps_the_last_good_state() -> anyhow::Result<()>
+    {
+        let dir = std::env::temp_dir().join(format!("quiver-versions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("versions.json");
+        let _ = std::fs::remove_file(&path);
+        let mut rx = Box::new(FileVersions {
+            path: path.clone(),
+            interval: Duration::from_millis(10),
+        })
+        .watch();
+        assert_eq!(*rx.borrow(), None);
+        std::fs::write(&path, r#"{"versions": ["v1"], "active": "v1"}"#)?;
+        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await??;
+        let want = Some(Desired {
+            versions: vec!["v1".into()],
+            active: Some("v1".into()),
+        });
+        assert_eq!(*rx.borrow_and_update(), want);
+        std::fs::write(&path, "{not json")?;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        std::fs::remove_file(&path)?;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(*rx.borrow(), want);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 }

@@ -387,6 +387,16 @@ async fn scenario() {
         .unwrap()
         .into_inner();
     assert_eq!(hs.status, ServingStatus::Serving as i32);
+    for service in ["quiver.v1.Query", "quiver.v1.Admin"] {
+        let hs = h
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(hs.status, ServingStatus::Serving as i32, "{service}");
+    }
 
     // Both replicas of shard 1 gone: partial answers only when asked for, naming the shard.
     shards[2].signal("-KILL");

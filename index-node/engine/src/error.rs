@@ -27,6 +27,16 @@ pub enum IvfError {
         col: usize,
         value: f32,
     },
+    #[error(
+        "{what}: vector {row} has squared norm {norm2:.3e}, above the limit {limit:.3e}: its \
+         distances would overflow single precision (scale the vectors down)"
+    )]
+    NormOverflow {
+        what: &'static str,
+        row: usize,
+        norm2: f64,
+        limit: f64,
+    },
     #[error("invalid parameter {name}: {reason}")]
     InvalidParameter { name: &'static str, reason: String },
     #[error("{what}: {got} training points for {need} clusters; need at least {need}")]
@@ -71,7 +81,18 @@ impl IvfError {
     }
 }
 
-/// Checks that `data` holds whole rows of `dim` finite values.
+/// Largest squared norm of a vector the engine accepts. Squared L2 distances are at most
+/// `2·|q|² + 2·|x|²`, so with both norms below `f32::MAX / 8` no distance overflows to
+/// infinity (an overflowing distance would be dropped, and the query would answer nothing).
+pub const MAX_SQUARED_NORM: f64 = f32::MAX as f64 / 8.0;
+
+/// `|v|²`, summed in double precision (exact enough to compare with [`MAX_SQUARED_NORM`]).
+pub fn squared_norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+}
+
+/// Checks that `data` holds whole rows of `dim` finite values whose squared norms stay below
+/// [`MAX_SQUARED_NORM`].
 pub(crate) fn check_vectors(what: &'static str, data: &[f32], dim: usize) -> Result<usize> {
     if dim == 0 {
         return Err(IvfError::param("dim", "must be at least 1"));
@@ -90,6 +111,23 @@ pub(crate) fn check_vectors(what: &'static str, data: &[f32], dim: usize) -> Res
             col: pos % dim,
             value: data[pos],
         });
+    }
+    // A single-precision pass (it vectorises); an overflow shows as infinity, which fails the
+    // comparison too. Only a rejected row is summed again, exactly, for the message.
+    let limit = MAX_SQUARED_NORM as f32;
+    for (row, v) in data.chunks_exact(dim).enumerate() {
+        let n2: f32 = v.iter().map(|x| x * x).sum();
+        if n2 > limit {
+            let norm2 = squared_norm(v);
+            if norm2 > MAX_SQUARED_NORM {
+                return Err(IvfError::NormOverflow {
+                    what,
+                    row,
+                    norm2,
+                    limit: MAX_SQUARED_NORM,
+                });
+            }
+        }
     }
     Ok(data.len() / dim)
 }

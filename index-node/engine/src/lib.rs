@@ -27,7 +27,7 @@ mod rng;
 mod sq8;
 pub mod topk;
 
-pub use error::{IvfError, Result};
+pub use error::{IvfError, MAX_SQUARED_NORM, Result, squared_norm};
 pub use invlist::InvertedList;
 pub use ivf::{IvfIndex, IvfParams, ListStats, QuantizerKind, SearchParams, SearchStats};
 pub use kmeans::{KMeansInit, KMeansParams};

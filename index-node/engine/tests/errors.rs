@@ -50,6 +50,47 @@ fn nan_and_infinite_values() {
     assert!(err.to_string().contains("vector 1, component 1"), "{err}");
 }
 
+/// Finite but huge coordinates: their distances would overflow to infinity and be dropped
+/// (an answer with no ids), so queries, added vectors and training data are refused.
+#[test]
+fn vectors_whose_squared_norm_overflows_are_refused() {
+    let (mut index, _) = index();
+    for q in [
+        {
+            let mut q = vec![0.5f32; DIM];
+            q[0] = 1e20;
+            q
+        },
+        vec![1e19f32; DIM],
+    ] {
+        let err = index
+            .search(&q, &SearchParams::new(10, 4))
+            .expect_err("huge query accepted");
+        assert!(
+            matches!(err, IvfError::NormOverflow { row: 0, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("squared norm"), "{err}");
+    }
+    // Large but safe coordinates still find their neighbours.
+    let q = vec![1e17f32; DIM];
+    assert!(q.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() < quiver_ivf::MAX_SQUARED_NORM);
+    assert_eq!(
+        index
+            .search(&q, &SearchParams::new(10, 4))
+            .expect("search")
+            .len(),
+        10
+    );
+    let mut v = vec![0.5f32; 2 * DIM];
+    v[DIM + 2] = 1e20;
+    let err = index.add(&[1, 2], &v).expect_err("huge vector added");
+    assert!(
+        matches!(err, IvfError::NormOverflow { row: 1, .. }),
+        "{err}"
+    );
+}
+
 #[test]
 fn zero_k_and_nprobe() {
     let (index, d) = index();

@@ -11,8 +11,42 @@ use quiver_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use super::{Node, RoleState, router, shard, validate};
+use super::holder::{Slot, Slots};
+use super::{Node, RoleState, validate};
 use crate::manifest::imbalance;
+
+/// The holder's one state per version, as the status reports it.
+fn versions<V>(
+    slots: &Slots<V>,
+    active: &str,
+    size: impl Fn(&V) -> (u64, u64, u32),
+) -> Vec<VersionStatus> {
+    slots
+        .iter()
+        .map(|(name, slot)| {
+            let mut vs = VersionStatus {
+                version: name.clone(),
+                ..Default::default()
+            };
+            match slot.as_ref() {
+                Slot::Loading => vs.state = VersionState::Loading as i32,
+                Slot::Failed(f) => {
+                    vs.state = VersionState::Failed as i32;
+                    vs.reason = f.reason.clone();
+                }
+                Slot::Warm(v) => {
+                    vs.state = if active == name {
+                        VersionState::Active as i32
+                    } else {
+                        VersionState::Warm as i32
+                    };
+                    (vs.vectors, vs.bytes, vs.lists) = size(v);
+                }
+            }
+            vs
+        })
+        .collect()
+}
 
 pub struct AdminSvc {
     pub node: Arc<Node>,
@@ -32,64 +66,36 @@ impl quiver_proto::admin_server::Admin for AdminSvc {
             versions: Vec::new(),
             active_version: String::new(),
             ready,
+            pending_active_version: String::new(),
+            pending_reason: String::new(),
         };
         match &self.node.inner {
             RoleState::Shard(s) => {
                 out.role = quiver_proto::Role::Shard as i32;
                 out.shard = s.shard;
-                let active = s.active.load();
-                out.active_version = active.as_ref().clone().unwrap_or_default();
-                for (name, slot) in s.versions.load().iter() {
-                    let mut vs = VersionStatus {
-                        version: name.clone(),
-                        ..Default::default()
-                    };
-                    match slot.as_ref() {
-                        shard::Slot::Loading => vs.state = VersionState::Loading as i32,
-                        shard::Slot::Failed(f) => {
-                            vs.state = VersionState::Failed as i32;
-                            vs.reason = f.reason.clone();
-                        }
-                        shard::Slot::Warm(v) => {
-                            vs.state = if active.as_deref() == Some(name.as_str()) {
-                                VersionState::Active as i32
-                            } else {
-                                VersionState::Warm as i32
-                            };
-                            vs.vectors = v.vectors;
-                            vs.bytes = v.bytes;
-                            vs.lists = v.owned.iter().filter(|o| **o).count() as u32;
-                        }
-                    }
-                    out.versions.push(vs);
-                }
+                out.active_version = s.active.load().as_ref().clone().unwrap_or_default();
+                out.versions = versions(&s.holder.slots(), &out.active_version, |v| {
+                    (
+                        v.vectors,
+                        v.bytes,
+                        v.owned.iter().filter(|o| **o).count() as u32,
+                    )
+                });
             }
             RoleState::Router(r) => {
                 out.role = quiver_proto::Role::Router as i32;
-                let active = r.active.load();
-                out.active_version = active.as_ref().map(|v| v.name.clone()).unwrap_or_default();
-                for (name, slot) in r.versions.load().iter() {
-                    let mut vs = VersionStatus {
-                        version: name.clone(),
-                        ..Default::default()
-                    };
-                    match slot.as_ref() {
-                        router::Slot::Loading => vs.state = VersionState::Loading as i32,
-                        router::Slot::Failed(f) => {
-                            vs.state = VersionState::Failed as i32;
-                            vs.reason = f.reason.clone();
-                        }
-                        router::Slot::Ready(v) => {
-                            vs.state = if out.active_version == *name {
-                                VersionState::Active as i32
-                            } else {
-                                VersionState::Warm as i32
-                            };
-                            vs.vectors = v.manifest.ntotal;
-                            vs.lists = v.manifest.nlist as u32;
-                        }
-                    }
-                    out.versions.push(vs);
+                out.active_version = r
+                    .active
+                    .load()
+                    .as_ref()
+                    .map(|v| v.name.clone())
+                    .unwrap_or_default();
+                out.versions = versions(&r.holder.slots(), &out.active_version, |v| {
+                    (v.manifest.ntotal, 0, v.manifest.nlist as u32)
+                });
+                if let Some(p) = r.pending.load().as_ref() {
+                    out.pending_active_version = p.version.clone();
+                    out.pending_reason = p.reason.clone();
                 }
             }
         }

@@ -9,9 +9,17 @@
 //!
 //! Every queued query keeps its own pinned version; the shard answers each from exactly that
 //! version, and the caller still checks the version of each answer. Failures come back per
-//! query (a whole-call failure is given to every query of the batch), with the refusal mark
-//! restored, so the caller's retry and failover logic is the same as for a single call.
+//! query, with the refusal mark restored, so the caller's retry and failover logic is the same
+//! as for a single call.
+//!
+//! One query never fails another: a batch is cut so that its request and its answer stay
+//! within [`CALL_BUDGET`] (estimated from each query's vector, lists and k), both ends accept
+//! messages of [`message_limit`], and a batch the shard refuses as a whole for its content
+//! (too large, too many queries for the shard's `--max-batch`) is split in halves and sent
+//! again, down to single queries. Only transport failures (replica down, timeout) reach every
+//! query of a call, and each query then fails over to another replica on its own.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -25,6 +33,41 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 type Answer = Result<ShardSearchResponse, Status>;
+
+/// Bytes of one hit in a ShardSearchResponse at most: the id as a varint (up to 10 bytes)
+/// and the distance (4 bytes), in packed fields.
+pub const HIT_BYTES: usize = 14;
+/// Bytes of one query's request or answer besides its vector, lists and hits (version name,
+/// field tags and lengths, counters), with margin.
+const QUERY_OVERHEAD: usize = 128;
+/// Estimated bytes of requests, and of answers, that one ShardBatchSearch carries at most (a
+/// single query larger than this still goes, alone). At k = 1000 that is ~75 queries a call,
+/// at k = 10 the whole `--max-batch`.
+pub const CALL_BUDGET: usize = 1 << 20;
+
+/// Largest message either end of a router <-> shard call accepts: four batches' worth of
+/// budget plus one full answer at `max_k`, never below gRPC's usual 4 MiB.
+pub fn message_limit(max_k: usize) -> usize {
+    (4 * CALL_BUDGET + max_k.saturating_mul(HIT_BYTES) + QUERY_OVERHEAD).max(4 << 20)
+}
+
+/// (request bytes, answer bytes) one query adds to a batch, at most.
+fn cost(r: &ShardSearchRequest) -> (usize, usize) {
+    let fixed = QUERY_OVERHEAD + r.version.len();
+    (
+        fixed + 4 * r.vector.len() + 5 * r.lists.len(),
+        fixed + HIT_BYTES * r.k as usize,
+    )
+}
+
+/// Whether a whole-call failure of a batch may come from its content (its size, its number of
+/// queries): then the halves are sent again rather than failing every query with it.
+fn splittable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+    )
+}
 
 const BATCH_UNKNOWN: u8 = 0;
 const BATCH_YES: u8 = 1;
@@ -132,7 +175,14 @@ impl Batcher {
             q.inflight -= 1;
             return None;
         }
-        let n = q.waiting.len().min(self.max_batch);
+        let (mut n, mut req_bytes, mut answer_bytes) = (0, 0, 0);
+        for w in q.waiting.iter().take(self.max_batch) {
+            let (a, b) = cost(&w.req);
+            if n > 0 && (req_bytes + a > CALL_BUDGET || answer_bytes + b > CALL_BUDGET) {
+                break;
+            }
+            (n, req_bytes, answer_bytes) = (n + 1, req_bytes + a, answer_bytes + b);
+        }
         Some(q.waiting.drain(..n).collect())
     }
 
@@ -158,7 +208,14 @@ impl Batcher {
     }
 
     /// One answer per query, in order.
-    async fn answer(&self, mut reqs: Vec<ShardSearchRequest>) -> Vec<Answer> {
+    fn answer(
+        &self,
+        reqs: Vec<ShardSearchRequest>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Vec<Answer>> + Send + '_>> {
+        Box::pin(self.answer_inner(reqs))
+    }
+
+    async fn answer_inner(&self, mut reqs: Vec<ShardSearchRequest>) -> Vec<Answer> {
         let n = reqs.len();
         self.sizes.observe(n as f64);
         if n == 1 {
@@ -171,8 +228,10 @@ impl Batcher {
         if support == BATCH_NO {
             return self.singles(reqs).await;
         }
-        // Until the replica has shown it serves batches, keep a copy to fall back on.
+        // Until the replica has shown it serves batches, keep a copy to fall back on; keep
+        // one as well to split a batch the shard refuses as a whole.
         let fallback = (support == BATCH_UNKNOWN).then(|| reqs.clone());
+        let retry = fallback.is_none().then(|| reqs.clone());
         let mut client = self.client.clone();
         let mut r = Request::new(ShardBatchSearchRequest { queries: reqs });
         r.set_timeout(self.timeout);
@@ -193,6 +252,19 @@ impl Batcher {
                 tracing::info!("shard replica has no ShardBatchSearch; sending single calls");
                 self.batch_rpc.store(BATCH_NO, Ordering::Relaxed);
                 return self.singles(fallback.unwrap_or_default()).await;
+            }
+            Ok(Err(s)) if splittable(s.code()) => {
+                // The shard (or our decoder) refused the call as a whole for its content:
+                // send the halves again, so each query ends up with its own answer or error.
+                let Some(mut reqs) = fallback.or(retry) else {
+                    return vec![Err(s); n];
+                };
+                tracing::debug!(queries = n, code = ?s.code(), error = %s.message(),
+                    "shard refused a batch as a whole; splitting it");
+                let right = reqs.split_off(n / 2);
+                let (mut a, b) = futures::future::join(self.answer(reqs), self.answer(right)).await;
+                a.extend(b);
+                return a;
             }
             Ok(Err(s)) => s,
             Err(_) => Status::deadline_exceeded("shard batch call timed out"),

@@ -81,26 +81,6 @@ impl Metrics {
         registry.register("errors", "Failed requests by gRPC code", m.errors.clone());
         registry.register("inflight_queries", "Queries in flight", m.inflight.clone());
         registry.register(
-            "shard_calls",
-            "Router calls to shards by shard and outcome",
-            m.shard_calls.clone(),
-        );
-        registry.register(
-            "shard_call_duration_seconds",
-            "Router-to-shard call latency",
-            m.shard_seconds.clone(),
-        );
-        registry.register(
-            "shard_batch_queries",
-            "Router: queries per call to a shard replica",
-            m.shard_batch.clone(),
-        );
-        registry.register(
-            "shard_replicas",
-            "Router: shard replicas by state (down = skipped after a failure)",
-            m.shard_replicas.clone(),
-        );
-        registry.register(
             "version_state",
             "Per version: 0 loading, 1 warm, 2 active, -1 failed",
             m.version_state.clone(),
@@ -120,6 +100,29 @@ impl Metrics {
             "Answered queries by version",
             m.answers_by_version.clone(),
         );
+        // Router -> shard call families exist only on routers (a shard makes no such calls).
+        if role == "router" {
+            registry.register(
+                "shard_calls",
+                "Router calls to shards by shard and outcome",
+                m.shard_calls.clone(),
+            );
+            registry.register(
+                "shard_call_duration_seconds",
+                "Router-to-shard call latency",
+                m.shard_seconds.clone(),
+            );
+            registry.register(
+                "shard_batch_queries",
+                "Router: queries per call to a shard replica",
+                m.shard_batch.clone(),
+            );
+            registry.register(
+                "shard_replicas",
+                "Router: shard replicas by state (down = skipped after a failure)",
+                m.shard_replicas.clone(),
+            );
+        }
         Self { registry, ..m }
     }
 
@@ -129,12 +132,14 @@ impl Metrics {
             .inc();
     }
 
-    pub fn forget_version(&self, version: &str) {
-        let l = vec![("version", version.to_string())];
-        self.version_state.remove(&l);
-        self.version_vectors.remove(&l);
-        self.version_bytes.remove(&l);
-        self.answers_by_version.remove(&l);
+    /// The per-version families, for the version holder.
+    pub fn version_gauges(&self) -> VersionGauges {
+        VersionGauges {
+            state: self.version_state.clone(),
+            vectors: self.version_vectors.clone(),
+            bytes: self.version_bytes.clone(),
+            answers: self.answers_by_version.clone(),
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -143,5 +148,103 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         s
+    }
+}
+
+/// Handles on the per-version families (they share their series with [`Metrics`]).
+#[derive(Clone)]
+pub struct VersionGauges {
+    state: Family<Labels, Gauge>,
+    vectors: Family<Labels, Gauge>,
+    bytes: Family<Labels, Gauge>,
+    answers: Family<Labels, Counter>,
+}
+
+impl VersionGauges {
+    pub fn state(&self, version: &str, state: i64) {
+        self.state.get_or_create(&labels(version)).set(state);
+    }
+
+    pub fn sizes(&self, version: &str, vectors: u64, bytes: Option<u64>) {
+        let l = labels(version);
+        self.vectors.get_or_create(&l).set(vectors as i64);
+        if let Some(b) = bytes {
+            self.bytes.get_or_create(&l).set(b as i64);
+        }
+    }
+
+    /// Removes every series of a dropped version (keeps label cardinality bounded).
+    pub fn forget(&self, version: &str) {
+        let l = labels(version);
+        self.state.remove(&l);
+        self.vectors.remove(&l);
+        self.bytes.remove(&l);
+        self.answers.remove(&l);
+    }
+}
+
+fn labels(version: &str) -> Labels {
+    vec![("version", version.to_string())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Metric family names in the text exposition (`# TYPE <name> <kind>`), with one series
+    /// in every labelled family (an empty family is not exposed at all).
+    fn families(m: &Metrics) -> Vec<String> {
+        let l = |k: &'static str| vec![(k, "0".to_string())];
+        m.errors.get_or_create(&l("code")).inc();
+        m.shard_calls.get_or_create(&l("shard")).inc();
+        m.shard_seconds.get_or_create(&l("shard")).observe(0.1);
+        m.shard_replicas.get_or_create(&l("shard")).set(1);
+        let g = m.version_gauges();
+        g.state("v", 1);
+        g.sizes("v", 1, Some(1));
+        m.answers_by_version.get_or_create(&l("version")).inc();
+        m.encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn router_only_families_are_not_exported_by_shards() {
+        let shard = families(&Metrics::new("shard"));
+        let router = families(&Metrics::new("router"));
+        for f in [
+            "quiver_shard_batch_queries",
+            "quiver_shard_calls",
+            "quiver_shard_call_duration_seconds",
+            "quiver_shard_replicas",
+        ] {
+            assert!(!shard.iter().any(|s| s == f), "shard exports {f}");
+            assert!(
+                router.iter().any(|s| s == f),
+                "router lacks {f}: {router:?}"
+            );
+        }
+        assert!(shard.iter().any(|s| s == "quiver_query_duration_seconds"));
+    }
+
+    /// The README's metric table names every family either role exports.
+    #[test]
+    fn readme_lists_every_metric_family() {
+        let readme = include_str!("../../README.md");
+        let mut all = families(&Metrics::new("router"));
+        all.extend(families(&Metrics::new("shard")));
+        assert_eq!(
+            all.iter().filter(|f| f.starts_with("quiver_")).count(),
+            all.len()
+        );
+        for f in &all {
+            assert!(
+                readme.contains(&format!("`{f}")),
+                "README.md does not list the metric family {f}"
+            );
+        }
     }
 }

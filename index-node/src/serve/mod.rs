@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod batcher;
+pub mod holder;
 pub mod http;
 pub mod metrics;
 pub mod router;
@@ -95,57 +96,6 @@ pub struct ServeCmd {
 /// Response metadata key a shard sets when it refuses a version it does not hold warm.
 pub const REFUSED_HEADER: &str = "quiver-refused";
 
-/// How often nodes re-check their desired state (also drives retries of failed versions).
-pub const RECONCILE_EVERY: Duration = Duration::from_millis(100);
-
-/// A version that failed to load, and when to try again. Transient storage errors heal on
-/// their own; a corrupt file keeps failing, at most once per `MAX_BACKOFF`.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub reason: String,
-    pub retry_at: std::time::Instant,
-}
-
-const FIRST_BACKOFF: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-impl Failure {
-    pub fn due(&self) -> bool {
-        std::time::Instant::now() >= self.retry_at
-    }
-
-    pub fn retry_in(&self) -> Duration {
-        self.retry_at
-            .saturating_duration_since(std::time::Instant::now())
-    }
-}
-
-/// Consecutive load failures per version, for exponential backoff.
-#[derive(Default)]
-pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, u32>>);
-
-impl Failures {
-    pub fn failed(&self, version: &str, reason: String) -> Failure {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(version.to_string()).or_insert(0);
-        let backoff = FIRST_BACKOFF
-            .saturating_mul(1u32 << (*n).min(10))
-            .min(MAX_BACKOFF);
-        *n += 1;
-        Failure {
-            reason,
-            retry_at: std::time::Instant::now() + backoff,
-        }
-    }
-
-    pub fn succeeded(&self, version: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(version);
-    }
-}
-
 /// State shared by the services of one process.
 pub struct Node {
     pub name: String,
@@ -235,7 +185,11 @@ async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
             let shard = cmd
                 .shard
                 .ok_or_else(|| anyhow::anyhow!("--shard is required with --role shard"))?;
-            RoleState::Shard(shard::ShardState::new(ctx.clone(), shard))
+            RoleState::Shard(shard::ShardState::new(
+                ctx.clone(),
+                shard,
+                metrics.version_gauges(),
+            ))
         }
         Role::Router => {
             let source: Box<dyn ReplicaSource> = match (&cmd.shards, &cmd.shards_file) {
@@ -254,6 +208,7 @@ async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
                 Duration::from_millis(cmd.shard_timeout_ms.max(1)),
                 cmd.shard_inflight,
                 metrics.shard_batch.clone(),
+                metrics.version_gauges(),
             ))
         }
     };
@@ -264,7 +219,7 @@ async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
         inner,
     });
     match &node.inner {
-        RoleState::Shard(s) => s.clone().start(node.clone(), desired.clone()),
+        RoleState::Shard(s) => s.clone().start(desired.clone()),
         RoleState::Router(r) => r.clone().start(node.clone(), desired.clone()),
     }
 
@@ -292,10 +247,15 @@ async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
         .add_service(health_svc)
         .add_service(admin);
     let router = match &node.inner {
-        RoleState::Shard(s) => builder.add_service(ShardServer::new(shard::ShardSvc {
-            state: s.clone(),
-            node: node.clone(),
-        })),
+        RoleState::Shard(s) => builder.add_service(
+            ShardServer::new(shard::ShardSvc {
+                state: s.clone(),
+                node: node.clone(),
+            })
+            // Batches from routers are cut to batcher::CALL_BUDGET; accept that with margin.
+            .max_decoding_message_size(batcher::message_limit(ctx.max_k as usize))
+            .max_encoding_message_size(batcher::message_limit(ctx.max_k as usize)),
+        ),
         RoleState::Router(r) => builder.add_service(QueryServer::new(router::QuerySvc {
             state: r.clone(),
             node: node.clone(),
@@ -350,23 +310,44 @@ async fn shutdown_signal() {
     }
 }
 
-/// Mirrors readiness into the gRPC health service ("" = the whole server).
+/// What gRPC health answers for each name: the whole server ("") and the role's own service
+/// follow readiness; Admin answers whenever the process is up and not shutting down (the
+/// operator needs status while versions load).
+pub fn health_statuses(node: &Node) -> Vec<(&'static str, tonic_health::ServingStatus)> {
+    use tonic::server::NamedService;
+    use tonic_health::ServingStatus::{NotServing, Serving};
+    let (ready, _) = node.readiness();
+    let ready = if ready { Serving } else { NotServing };
+    let up = if node.shutting_down.load(Ordering::SeqCst) {
+        NotServing
+    } else {
+        Serving
+    };
+    let role = match &node.inner {
+        RoleState::Shard(_) => <ShardServer<shard::ShardSvc> as NamedService>::NAME,
+        RoleState::Router(_) => <QueryServer<router::QuerySvc> as NamedService>::NAME,
+    };
+    vec![
+        ("", ready),
+        (role, ready),
+        (<AdminServer<admin::AdminSvc> as NamedService>::NAME, up),
+    ]
+}
+
+/// Mirrors readiness into the gRPC health service.
 async fn health_loop(
     node: Arc<Node>,
     health: tonic_health::server::HealthReporter,
     _stop: watch::Receiver<bool>,
 ) {
-    let mut last = None;
+    let mut last = Vec::new();
     loop {
-        let (ready, _) = node.readiness();
-        if last != Some(ready) {
-            let status = if ready {
-                tonic_health::ServingStatus::Serving
-            } else {
-                tonic_health::ServingStatus::NotServing
-            };
-            health.set_service_status("", status).await;
-            last = Some(ready);
+        let now = health_statuses(&node);
+        if now != last {
+            for &(service, status) in &now {
+                health.set_service_status(service, status).await;
+            }
+            last = now;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -10,16 +10,19 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus_client::metrics::histogram::Histogram;
 use quiver_ivf::IvfIndex;
+use quiver_proto::admin_client::AdminClient;
 use quiver_proto::shard_client::ShardClient;
 use quiver_proto::{
     BatchSearchRequest, BatchSearchResponse, Counters, SearchRequest, SearchResponse,
-    ShardSearchRequest,
+    ShardSearchRequest, StatusRequest, VersionState as PbState,
 };
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
-use super::batcher::Batcher;
+use super::batcher::{self, Batcher};
+use super::holder::{self, Loader, VersionHolder};
+use super::metrics::VersionGauges;
 use super::{Ctx, Node, validate};
 use crate::discovery::Replicas;
 use crate::loader::{self, Eval};
@@ -36,17 +39,93 @@ pub struct RouterVersion {
     pub eval: Option<Eval>,
 }
 
-pub enum Slot {
-    Loading,
-    Ready(Arc<RouterVersion>),
-    Failed(super::Failure),
+/// Loads what a router needs of a version: manifest, centroids, evaluation set.
+pub struct RouterLoader {
+    pub ctx: Ctx,
 }
+
+impl Loader for RouterLoader {
+    type Version = RouterVersion;
+
+    fn who(&self) -> String {
+        "router".into()
+    }
+
+    async fn load(&self, version: &str) -> anyhow::Result<RouterVersion> {
+        let c = &self.ctx;
+        let manifest = loader::read_manifest(&c.storage, &c.namespace, &c.index, version).await?;
+        let quantizer =
+            loader::read_quantizer(&c.storage, &c.namespace, &c.index, &manifest).await?;
+        let eval = loader::read_eval(&c.storage, &c.namespace, &c.index, &manifest).await?;
+        Ok(RouterVersion {
+            name: version.to_string(),
+            owners: manifest.list_owners(),
+            probes: (0..manifest.nlist).map(|_| AtomicU64::new(0)).collect(),
+            manifest,
+            quantizer,
+            eval,
+        })
+    }
+
+    fn size(v: &RouterVersion) -> (u64, Option<u64>) {
+        (v.manifest.ntotal, None)
+    }
+}
+
+pub type Slot = holder::Slot<RouterVersion>;
 
 struct Replica {
     addr: String,
     calls: Arc<Batcher>,
+    /// The replica's Admin service (same connection), asked before switching versions.
+    admin: AdminClient<Channel>,
     /// Milliseconds since `RouterState::epoch` until which the replica is skipped.
     down_until: AtomicU64,
+    failures: FailureLog,
+}
+
+/// Rate-limits the log line of failing calls to one replica: at most one line per
+/// `LOG_EVERY`, carrying how many calls failed since the previous line.
+pub(crate) struct FailureLog {
+    /// Milliseconds (router epoch) of the last line; `NEVER` before the first.
+    last_ms: AtomicU64,
+    count: AtomicU64,
+}
+
+const NEVER: u64 = u64::MAX;
+const LOG_EVERY_MS: u64 = 1000;
+
+impl FailureLog {
+    pub(crate) fn new() -> Self {
+        Self {
+            last_ms: AtomicU64::new(NEVER),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one failure; returns the failures to report when a line is due now.
+    pub(crate) fn record(&self, now_ms: u64) -> Option<u64> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == NEVER || now_ms >= last.saturating_add(LOG_EVERY_MS);
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.count.swap(0, Ordering::Relaxed))
+        } else {
+            None
+        }
+    }
+}
+
+/// Why the desired active version is not active yet (routers report it in Admin status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub version: String,
+    pub reason: String,
 }
 
 struct Pool {
@@ -55,9 +134,11 @@ struct Pool {
 
 pub struct RouterState {
     pub ctx: Ctx,
-    pub versions: ArcSwap<BTreeMap<String, Arc<Slot>>>,
+    pub holder: Arc<VersionHolder<RouterLoader>>,
     /// The version new queries pin to: swapped atomically, read once per query.
     pub active: ArcSwapOption<RouterVersion>,
+    /// The desired active version while the router refuses to switch to it, and why.
+    pub pending: ArcSwapOption<Pending>,
     pool: ArcSwap<Pool>,
     rr: AtomicUsize,
     epoch: Instant,
@@ -65,8 +146,7 @@ pub struct RouterState {
     /// Calls in flight per replica before further queries wait and go out as one batch.
     shard_inflight: usize,
     batch_sizes: Histogram,
-    replicas: watch::Receiver<Replicas>,
-    failures: super::Failures,
+    replicas: watch::Receiver<Option<Replicas>>,
 }
 
 /// How long a failed replica is skipped before it is tried again.
@@ -75,15 +155,17 @@ const DOWN_FOR: Duration = Duration::from_millis(1000);
 impl RouterState {
     pub fn new(
         ctx: Ctx,
-        replicas: watch::Receiver<Replicas>,
+        replicas: watch::Receiver<Option<Replicas>>,
         shard_timeout: Duration,
         shard_inflight: usize,
         batch_sizes: Histogram,
+        gauges: VersionGauges,
     ) -> Arc<Self> {
         Arc::new(Self {
+            holder: VersionHolder::new(RouterLoader { ctx: ctx.clone() }, gauges),
             ctx,
-            versions: ArcSwap::from_pointee(BTreeMap::new()),
             active: ArcSwapOption::empty(),
+            pending: ArcSwapOption::empty(),
             pool: ArcSwap::from_pointee(Pool {
                 shards: BTreeMap::new(),
             }),
@@ -93,7 +175,6 @@ impl RouterState {
             shard_inflight: shard_inflight.max(1),
             batch_sizes,
             replicas,
-            failures: Default::default(),
         })
     }
 
@@ -104,33 +185,33 @@ impl RouterState {
         }
     }
 
-    pub fn start(self: Arc<Self>, node: Arc<Node>, mut desired: watch::Receiver<Desired>) {
+    pub fn start(self: Arc<Self>, node: Arc<Node>, mut desired: watch::Receiver<Option<Desired>>) {
         let this = self.clone();
         let mut replicas = self.replicas.clone();
         tokio::spawn(async move {
             loop {
+                // Unknown (nothing read yet): keep the replicas we have.
                 let r = replicas.borrow_and_update().clone();
-                this.set_replicas(&r);
+                if let Some(r) = r {
+                    this.set_replicas(&r);
+                }
                 if replicas.changed().await.is_err() {
                     return;
                 }
             }
         });
         tokio::spawn(async move {
-            // Re-reconcile every 100 ms as well as on changes: a version that finishes
-            // loading may be the desired active one.
+            // Also on every finished load and every 100 ms: a version that finishes loading
+            // may be the desired active one, and shards may have finished warming it.
             let mut closed = false;
             loop {
                 let d = desired.borrow_and_update().clone();
-                self.reconcile(&node, &d).await;
-                if closed {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                } else {
-                    tokio::select! {
-                        r = desired.changed() => closed = r.is_err(),
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
+                self.holder.converge(d.as_ref());
+                if let Some(d) = &d {
+                    self.activate(d).await;
                 }
+                self.publish(&node);
+                self.holder.wait(&mut desired, &mut closed).await;
             }
         });
     }
@@ -149,21 +230,28 @@ impl RouterState {
                 let rep = match existing {
                     Some(e) => e,
                     None => match Endpoint::from_shared(format!("http://{addr}")) {
-                        Ok(ep) => Arc::new(Replica {
-                            addr: addr.clone(),
-                            calls: Arc::new(Batcher::new(
-                                ShardClient::new(
-                                    ep.connect_timeout(Duration::from_millis(500))
-                                        .tcp_nodelay(true)
-                                        .connect_lazy(),
-                                ),
-                                self.shard_inflight,
-                                self.ctx.max_batch,
-                                self.shard_timeout,
-                                self.batch_sizes.clone(),
-                            )),
-                            down_until: AtomicU64::new(0),
-                        }),
+                        Ok(ep) => {
+                            let channel = ep
+                                .connect_timeout(Duration::from_millis(500))
+                                .tcp_nodelay(true)
+                                .connect_lazy();
+                            let limit = batcher::message_limit(self.ctx.max_k as usize);
+                            Arc::new(Replica {
+                                addr: addr.clone(),
+                                calls: Arc::new(Batcher::new(
+                                    ShardClient::new(channel.clone())
+                                        .max_decoding_message_size(limit)
+                                        .max_encoding_message_size(limit),
+                                    self.shard_inflight,
+                                    self.ctx.max_batch,
+                                    self.shard_timeout,
+                                    self.batch_sizes.clone(),
+                                )),
+                                admin: AdminClient::new(channel),
+                                down_until: AtomicU64::new(0),
+                                failures: FailureLog::new(),
+                            })
+                        }
                         Err(e) => {
                             tracing::warn!(addr = %addr, error = %e, "bad replica address");
                             continue;
@@ -177,100 +265,93 @@ impl RouterState {
         self.pool.store(Arc::new(Pool { shards }));
     }
 
-    async fn reconcile(self: &Arc<Self>, node: &Arc<Node>, d: &Desired) {
-        let current = self.versions.load_full();
-        for k in current.keys() {
-            if !d.versions.contains(k) {
-                tracing::info!(version = %k, "dropping version");
-                node.metrics.forget_version(k);
-            }
+    /// Switches to the desired active version once this router holds it and every shard of
+    /// its map holds it warm on at least one replica; until then the current version keeps
+    /// serving and `pending` (Admin status, and a log line whenever the reason changes) says
+    /// why. Switching is one pointer swap.
+    async fn activate(&self, d: &Desired) {
+        let Some(want) = &d.active else {
+            self.pending.store(None);
+            return;
+        };
+        let cur = self.active.load_full();
+        if cur.as_ref().map(|v| &v.name) == Some(want) {
+            self.pending.store(None);
+            return;
         }
-        let to_load: Vec<String> = d
-            .versions
-            .iter()
-            .filter(|v| match current.get(*v).map(|s| s.as_ref()) {
-                None => true,
-                Some(Slot::Failed(f)) => f.due(),
-                Some(_) => false,
-            })
-            .cloned()
-            .collect();
-        // rcu, not store: a load task may be publishing its result concurrently.
-        self.versions.rcu(|cur| {
-            let mut m: BTreeMap<String, Arc<Slot>> = cur
-                .iter()
-                .filter(|(k, _)| d.versions.contains(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            for name in &to_load {
-                let e = m
-                    .entry(name.clone())
-                    .or_insert_with(|| Arc::new(Slot::Loading));
-                if matches!(**e, Slot::Failed(_)) {
-                    *e = Arc::new(Slot::Loading);
-                }
+        let ready = match self.holder.get(want).as_deref() {
+            Some(Slot::Warm(v)) => match self.shards_hold(v).await {
+                Ok(()) => Ok(v.clone()),
+                Err(e) => Err(e),
+            },
+            Some(Slot::Loading) => Err("still loading on this router".to_string()),
+            Some(Slot::Failed(f)) => Err(format!("failed to load on this router: {}", f.reason)),
+            None => Err("not among the versions to hold".to_string()),
+        };
+        match ready {
+            Ok(v) => {
+                tracing::info!(from = ?cur.as_ref().map(|v| v.name.clone()), to = %want, "switching active version");
+                self.active.store(Some(v));
+                self.pending.store(None);
             }
-            m
-        });
-        for name in to_load {
-            let this = self.clone();
-            let node = node.clone();
-            tokio::spawn(async move {
-                let slot = match this.load(&name).await {
-                    Ok(v) => {
-                        this.failures.succeeded(&name);
-                        tracing::info!(version = %name, "version loaded");
-                        Slot::Ready(Arc::new(v))
-                    }
-                    Err(e) => {
-                        let f = this.failures.failed(&name, format!("{e:#}"));
-                        tracing::error!(version = %name, reason = %f.reason,
-                            retry_in_secs = f.retry_in().as_secs(), "version failed to load");
-                        Slot::Failed(f)
-                    }
+            Err(reason) => {
+                let p = Pending {
+                    version: want.clone(),
+                    reason,
                 };
-                let slot = Arc::new(slot);
-                this.versions.rcu(|cur| {
-                    let mut m = BTreeMap::clone(cur);
-                    if let Some(s) = m.get_mut(&name)
-                        && matches!(**s, Slot::Loading)
-                    {
-                        *s = slot.clone();
-                    }
-                    m
-                });
-                this.publish(&node);
-            });
-        }
-        // Swap only to a version that is loaded; otherwise keep serving the current one.
-        if let Some(want) = &d.active {
-            let cur = self.active.load();
-            if cur.as_ref().map(|v| &v.name) != Some(want)
-                && let Some(Slot::Ready(v)) = self.versions.load().get(want).map(|s| s.as_ref())
-            {
-                {
-                    tracing::info!(from = ?cur.as_ref().map(|v| v.name.clone()), to = %want, "switching active version");
-                    self.active.store(Some(v.clone()));
+                if self.pending.load().as_deref() != Some(&p) {
+                    tracing::warn!(version = %p.version, reason = %p.reason,
+                        serving = ?cur.as_ref().map(|v| v.name.clone()),
+                        "not switching to the desired active version yet");
+                    self.pending.store(Some(Arc::new(p)));
                 }
             }
         }
-        self.publish(node);
     }
 
-    async fn load(&self, version: &str) -> anyhow::Result<RouterVersion> {
-        let c = &self.ctx;
-        let manifest = loader::read_manifest(&c.storage, &c.namespace, &c.index, version).await?;
-        let quantizer =
-            loader::read_quantizer(&c.storage, &c.namespace, &c.index, &manifest).await?;
-        let eval = loader::read_eval(&c.storage, &c.namespace, &c.index, &manifest).await?;
-        Ok(RouterVersion {
-            name: version.to_string(),
-            owners: manifest.list_owners(),
-            probes: (0..manifest.nlist).map(|_| AtomicU64::new(0)).collect(),
-            manifest,
-            quantizer,
-            eval,
-        })
+    /// Ok when every shard that owns lists in `v`'s map has a replica that reports `v` warm
+    /// (asked through the replicas' Admin status); else which shards do not, and why.
+    async fn shards_hold(&self, v: &RouterVersion) -> Result<(), String> {
+        let pool = self.pool.load_full();
+        let checks = v
+            .manifest
+            .shards
+            .iter()
+            .filter(|e| !e.lists.is_empty())
+            .map(|e| {
+                let replicas = pool.shards.get(&e.shard).cloned().unwrap_or_default();
+                async move {
+                    if replicas.is_empty() {
+                        return Err(format!("shard {}: no replica known", e.shard));
+                    }
+                    let asks = replicas.iter().map(|r| replica_holds(r, &v.name));
+                    let said = futures::future::join_all(asks).await;
+                    if said.iter().any(|s| s.is_ok()) {
+                        Ok(())
+                    } else {
+                        let why: Vec<String> = replicas
+                            .iter()
+                            .zip(said)
+                            .filter_map(|(r, s)| s.err().map(|e| format!("{} {e}", r.addr)))
+                            .collect();
+                        Err(format!(
+                            "shard {} holds it warm on no replica ({})",
+                            e.shard,
+                            why.join("; ")
+                        ))
+                    }
+                }
+            });
+        let missing: Vec<String> = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing.join("; "))
+        }
     }
 
     fn publish(&self, node: &Node) {
@@ -291,25 +372,8 @@ impl RouterState {
                 .set((reps.len() - up) as i64);
         }
         let active = self.active.load();
-        for (name, slot) in self.versions.load().iter() {
-            let l = vec![("version", name.clone())];
-            let state = match slot.as_ref() {
-                Slot::Loading => 0,
-                Slot::Ready(v) => {
-                    node.metrics
-                        .version_vectors
-                        .get_or_create(&l)
-                        .set(v.manifest.ntotal as i64);
-                    if active.as_ref().map(|a| &a.name) == Some(name) {
-                        2
-                    } else {
-                        1
-                    }
-                }
-                Slot::Failed(_) => -1,
-            };
-            node.metrics.version_state.get_or_create(&l).set(state);
-        }
+        self.holder
+            .publish(active.as_ref().map(|a| a.name.as_str()));
     }
 
     /// Pins a version: the requested one (must be loaded) or the active one, read once.
@@ -317,8 +381,8 @@ impl RouterState {
         match requested {
             Some(name) => {
                 validate::version_name(name)?;
-                match self.versions.load().get(name).map(|s| s.as_ref()) {
-                    Some(Slot::Ready(v)) => Ok(v.clone()),
+                match self.holder.get(name).as_deref() {
+                    Some(Slot::Warm(v)) => Ok(v.clone()),
                     Some(Slot::Loading) => Err(Status::unavailable(format!(
                         "version {name} is still loading"
                     ))),
@@ -340,6 +404,14 @@ impl RouterState {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// One warning per replica per second at most, with the failures counted since the last.
+    fn log_failure(&self, shard: u32, rep: &Replica, s: &Status) {
+        if let Some(count) = rep.failures.record(self.now_ms()) {
+            tracing::warn!(shard, replica = %rep.addr, code = ?s.code(), error = %s.message(),
+                count, "shard calls failing");
+        }
     }
 
     /// One query on a pinned version.
@@ -488,6 +560,7 @@ impl RouterState {
                         .shard_calls
                         .get_or_create(&labels("error"))
                         .inc();
+                    self.log_failure(shard, rep, &s);
                     return Err(Status::internal(format!(
                         "shard {shard} replica {} rejected the request: {}",
                         rep.addr,
@@ -499,7 +572,7 @@ impl RouterState {
                         .shard_calls
                         .get_or_create(&labels("error"))
                         .inc();
-                    tracing::debug!(shard, replica = %rep.addr, code = ?s.code(), error = %s.message(), "shard call failed; trying another replica");
+                    self.log_failure(shard, rep, &s);
                     // A replica refusing this version (still loading it) is up and serves
                     // other versions: try the next one without marking it down.
                     if s.metadata().get(super::REFUSED_HEADER).is_none() {
@@ -519,6 +592,28 @@ impl RouterState {
         Err(last)
     }
 }
+
+/// Asks one replica whether it holds `version` warm.
+async fn replica_holds(rep: &Replica, version: &str) -> Result<(), String> {
+    let mut admin = rep.admin.clone();
+    let mut req = Request::new(StatusRequest {});
+    req.set_timeout(STATUS_TIMEOUT);
+    let st = match tokio::time::timeout(STATUS_TIMEOUT, admin.status(req)).await {
+        Ok(Ok(st)) => st.into_inner(),
+        Ok(Err(e)) => return Err(format!("unreachable: {}", e.message())),
+        Err(_) => return Err("status timed out".into()),
+    };
+    match st.versions.iter().find(|v| v.version == version) {
+        Some(v) if v.state == PbState::Warm as i32 || v.state == PbState::Active as i32 => Ok(()),
+        Some(v) if v.state == PbState::Failed as i32 => Err(format!("failed: {}", v.reason)),
+        Some(v) if v.state == PbState::Loading as i32 => Err("loading".into()),
+        Some(_) => Err("in an unknown state".into()),
+        None => Err("does not hold it".into()),
+    }
+}
+
+/// Deadline of one Admin status call to a replica before a version switch.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(1000);
 
 pub struct QuerySvc {
     pub state: Arc<RouterState>,

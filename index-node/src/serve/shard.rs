@@ -2,7 +2,6 @@
 //! routers. A version it does not hold warm is refused with UNAVAILABLE; it never answers from
 //! another version.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -17,6 +16,8 @@ use quiver_proto::{
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use super::holder::{self, Loader, VersionHolder};
+use super::metrics::VersionGauges;
 use super::{Ctx, Node, validate};
 use crate::loader::{self, LoadedLists};
 use crate::manifest::Manifest;
@@ -34,152 +35,20 @@ pub struct ShardVersion {
     pub bytes: u64,
 }
 
-pub enum Slot {
-    Loading,
-    Warm(Arc<ShardVersion>),
-    Failed(super::Failure),
-}
-
-pub struct ShardState {
+/// Loads this shard's lists of a version and warms them.
+pub struct ShardLoader {
     pub ctx: Ctx,
     pub shard: u32,
-    pub versions: ArcSwap<BTreeMap<String, Arc<Slot>>>,
-    pub active: ArcSwap<Option<String>>,
-    failures: super::Failures,
 }
 
-impl ShardState {
-    pub fn new(ctx: Ctx, shard: u32) -> Arc<Self> {
-        Arc::new(Self {
-            ctx,
-            shard,
-            versions: ArcSwap::from_pointee(BTreeMap::new()),
-            active: ArcSwap::from_pointee(None),
-            failures: Default::default(),
-        })
+impl Loader for ShardLoader {
+    type Version = ShardVersion;
+
+    fn who(&self) -> String {
+        format!("shard {}", self.shard)
     }
 
-    /// Ready when the active version (or, with none, every held version) is loaded.
-    pub fn readiness(&self) -> (bool, String) {
-        let versions = self.versions.load();
-        let active = self.active.load();
-        match active.as_ref() {
-            Some(a) => match versions.get(a).map(|s| s.as_ref()) {
-                Some(Slot::Warm(_)) => (true, format!("serving {a}")),
-                Some(Slot::Loading) => (false, format!("active version {a} is loading")),
-                Some(Slot::Failed(f)) => {
-                    (false, format!("active version {a} failed: {}", f.reason))
-                }
-                None => (false, format!("active version {a} is not held")),
-            },
-            None => {
-                if versions.values().any(|s| matches!(**s, Slot::Loading)) {
-                    (false, "loading".into())
-                } else if versions.values().any(|s| matches!(**s, Slot::Warm(_))) {
-                    (true, "serving".into())
-                } else {
-                    (false, "no version loaded".into())
-                }
-            }
-        }
-    }
-
-    /// Converges to the desired versions: load new ones in the background, drop removed ones.
-    pub fn start(self: Arc<Self>, node: Arc<Node>, mut desired: watch::Receiver<Desired>) {
-        tokio::spawn(async move {
-            // Also re-reconcile periodically: failed versions are retried with backoff.
-            let mut closed = false;
-            loop {
-                let d = desired.borrow_and_update().clone();
-                self.reconcile(&node, &d);
-                if closed {
-                    tokio::time::sleep(super::RECONCILE_EVERY).await;
-                } else {
-                    tokio::select! {
-                        r = desired.changed() => closed = r.is_err(),
-                        _ = tokio::time::sleep(super::RECONCILE_EVERY) => {}
-                    }
-                }
-            }
-        });
-    }
-
-    fn reconcile(self: &Arc<Self>, node: &Arc<Node>, d: &Desired) {
-        self.active.store(Arc::new(d.active.clone()));
-        let current = self.versions.load_full();
-        for name in current.keys() {
-            if !d.versions.contains(name) {
-                tracing::info!(version = %name, "dropping version");
-                node.metrics.forget_version(name);
-            }
-        }
-        let to_load: Vec<String> = d
-            .versions
-            .iter()
-            .filter(|v| match current.get(*v).map(|s| s.as_ref()) {
-                None => true,
-                Some(Slot::Failed(f)) => f.due(),
-                Some(_) => false,
-            })
-            .cloned()
-            .collect();
-        // rcu, not store: a load task may be publishing its result concurrently.
-        self.versions.rcu(|cur| {
-            let mut m: BTreeMap<String, Arc<Slot>> = cur
-                .iter()
-                .filter(|(k, _)| d.versions.contains(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            for name in &to_load {
-                let e = m
-                    .entry(name.clone())
-                    .or_insert_with(|| Arc::new(Slot::Loading));
-                if matches!(**e, Slot::Failed(_)) {
-                    *e = Arc::new(Slot::Loading);
-                }
-            }
-            m
-        });
-        for name in to_load {
-            let this = self.clone();
-            let node = node.clone();
-            tokio::spawn(async move { this.load(&node, name).await });
-        }
-        self.publish(node);
-    }
-
-    async fn load(self: Arc<Self>, node: &Arc<Node>, version: String) {
-        tracing::info!(version = %version, shard = self.shard, "loading version");
-        let started = Instant::now();
-        let slot = match self.load_inner(&version).await {
-            Ok(v) => {
-                self.failures.succeeded(&version);
-                tracing::info!(version = %version, shard = self.shard, vectors = v.vectors, bytes = v.bytes,
-                    seconds = started.elapsed().as_secs_f64(), "version warm");
-                Slot::Warm(Arc::new(v))
-            }
-            Err(e) => {
-                let f = self.failures.failed(&version, format!("{e:#}"));
-                tracing::error!(version = %version, shard = self.shard, reason = %f.reason,
-                    retry_in_secs = f.retry_in().as_secs(), "version failed to load");
-                Slot::Failed(f)
-            }
-        };
-        let slot = Arc::new(slot);
-        // Only replace our own Loading slot: the version may have been dropped meanwhile.
-        self.versions.rcu(|cur| {
-            let mut m = BTreeMap::clone(cur);
-            if let Some(s) = m.get_mut(&version)
-                && matches!(**s, Slot::Loading)
-            {
-                *s = slot.clone();
-            }
-            m
-        });
-        self.publish(node);
-    }
-
-    async fn load_inner(&self, version: &str) -> anyhow::Result<ShardVersion> {
+    async fn load(&self, version: &str) -> anyhow::Result<ShardVersion> {
         let c = &self.ctx;
         let m = loader::read_manifest(&c.storage, &c.namespace, &c.index, version).await?;
         let entry = m.shard(self.shard).ok_or_else(|| {
@@ -235,36 +104,80 @@ impl ShardState {
         Ok(v)
     }
 
-    /// Per-version gauges.
-    fn publish(&self, node: &Node) {
+    fn size(v: &ShardVersion) -> (u64, Option<u64>) {
+        (v.vectors, Some(v.bytes))
+    }
+}
+
+pub type Slot = holder::Slot<ShardVersion>;
+
+pub struct ShardState {
+    pub ctx: Ctx,
+    pub shard: u32,
+    pub holder: Arc<VersionHolder<ShardLoader>>,
+    pub active: ArcSwap<Option<String>>,
+}
+
+impl ShardState {
+    pub fn new(ctx: Ctx, shard: u32, gauges: VersionGauges) -> Arc<Self> {
+        Arc::new(Self {
+            holder: VersionHolder::new(
+                ShardLoader {
+                    ctx: ctx.clone(),
+                    shard,
+                },
+                gauges,
+            ),
+            ctx,
+            shard,
+            active: ArcSwap::from_pointee(None),
+        })
+    }
+
+    /// Ready when the active version (or, with none, every held version) is loaded.
+    pub fn readiness(&self) -> (bool, String) {
+        let versions = self.holder.slots();
         let active = self.active.load();
-        for (name, slot) in self.versions.load().iter() {
-            let l = vec![("version", name.clone())];
-            let state = match slot.as_ref() {
-                Slot::Loading => 0,
-                Slot::Warm(v) => {
-                    node.metrics
-                        .version_vectors
-                        .get_or_create(&l)
-                        .set(v.vectors as i64);
-                    node.metrics
-                        .version_bytes
-                        .get_or_create(&l)
-                        .set(v.bytes as i64);
-                    if active.as_deref() == Some(name.as_str()) {
-                        2
-                    } else {
-                        1
-                    }
+        match active.as_ref() {
+            Some(a) => match versions.get(a).map(|s| s.as_ref()) {
+                Some(Slot::Warm(_)) => (true, format!("serving {a}")),
+                Some(Slot::Loading) => (false, format!("active version {a} is loading")),
+                Some(Slot::Failed(f)) => {
+                    (false, format!("active version {a} failed: {}", f.reason))
                 }
-                Slot::Failed(_) => -1,
-            };
-            node.metrics.version_state.get_or_create(&l).set(state);
+                None => (false, format!("active version {a} is not held")),
+            },
+            None => {
+                if versions.values().any(|s| matches!(**s, Slot::Loading)) {
+                    (false, "loading".into())
+                } else if versions.values().any(|s| matches!(**s, Slot::Warm(_))) {
+                    (true, "serving".into())
+                } else {
+                    (false, "no version loaded".into())
+                }
+            }
         }
     }
 
+    /// Converges to the desired versions: load new ones in the background, drop removed ones.
+    /// While the desired state is unknown (`None`) it holds what it has.
+    pub fn start(self: Arc<Self>, mut desired: watch::Receiver<Option<Desired>>) {
+        tokio::spawn(async move {
+            let mut closed = false;
+            loop {
+                let d = desired.borrow_and_update().clone();
+                if let Some(d) = &d {
+                    self.active.store(Arc::new(d.active.clone()));
+                }
+                self.holder.converge(d.as_ref());
+                self.holder.publish(self.active.load().as_deref());
+                self.holder.wait(&mut desired, &mut closed).await;
+            }
+        });
+    }
+
     pub fn get(&self, version: &str) -> Result<Arc<ShardVersion>, Status> {
-        let r = match self.versions.load().get(version).map(|s| s.as_ref()) {
+        let r = match self.holder.get(version).as_deref() {
             Some(Slot::Warm(v)) => Ok(v.clone()),
             Some(Slot::Loading) => Err(Status::unavailable(format!(
                 "version {version} is still loading on shard {}",
@@ -381,11 +294,9 @@ impl ShardSvc {
         let v = self.state.get(&req.version)?;
         validate::vector("vector", &req.vector, v.manifest.dim)?;
         let k = validate::k(req.k, self.state.ctx.max_k)?;
-        if req.lists.is_empty() {
-            return Err(Status::invalid_argument("lists: empty"));
-        }
+        let lists = validate::lists(req.lists, v.manifest.nlist, &req.version)?;
         let mut candidates = 0u64;
-        for &l in &req.lists {
+        for &l in &lists {
             if !v.owned.get(l as usize).copied().unwrap_or(false) {
                 return Err(Status::invalid_argument(format!(
                     "lists: list {l} is not served by shard {} in version {}",
@@ -399,9 +310,9 @@ impl ShardSvc {
         // blocking pool would cost more than it frees.
         let (hits, _stats) = v
             .index
-            .search_lists(&req.vector, k, &req.lists, 0)
+            .search_lists(&req.vector, k, &lists, 0)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.node.metrics.nprobe.observe(req.lists.len() as f64);
+        self.node.metrics.nprobe.observe(lists.len() as f64);
         self.node.metrics.candidates.observe(candidates as f64);
         Ok(ShardSearchResponse {
             ids: hits.iter().map(|n| n.id).collect(),

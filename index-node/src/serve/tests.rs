@@ -13,12 +13,19 @@ use quiver_proto::shard_server::{Shard, ShardServer};
 use quiver_proto::{ShardBatchSearchRequest, ShardSearchRequest, ShardSearchResponse};
 use tonic::{Request, Status};
 
+use quiver_proto::StatusRequest;
+use quiver_proto::admin_server::{Admin, AdminServer};
+
+use super::admin::AdminSvc;
 use super::batcher::{Batcher, from_result};
+use super::holder::Failure;
 use super::metrics::Metrics;
+use super::router::{FailureLog, RouterState, RouterVersion};
 use super::shard::{ShardState, ShardSvc, ShardVersion, Slot};
 use super::{Ctx, Node, REFUSED_HEADER, RoleState};
 use crate::manifest::{BuildStats, FileEntry, Manifest, ShardEntry};
 use crate::storage::Storage;
+use crate::versions::Desired;
 
 const DIM: usize = 8;
 const NLIST: usize = 8;
@@ -41,10 +48,15 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn version(name: &str, id_offset: u64) -> ShardVersion {
-    let base = data(N, 7);
+    version_n(name, id_offset, N)
+}
+
+/// A version of `n` vectors (ids from `id_offset`).
+fn version_n(name: &str, id_offset: u64, n: usize) -> ShardVersion {
+    let base = data(n, 7);
     let params = IvfParams::new(DIM, Metric::L2, NLIST, QuantizerKind::Flat);
     let mut index = IvfIndex::train(params, &base).expect("train");
-    let ids: Vec<u64> = (0..N as u64).map(|i| i + id_offset).collect();
+    let ids: Vec<u64> = (0..n as u64).map(|i| i + id_offset).collect();
     index.add(&ids, &base).expect("add");
     let sizes: Vec<u64> = (0..NLIST as u32)
         .map(|l| index.list(l).map_or(0, |x| x.len() as u64))
@@ -65,7 +77,7 @@ fn version(name: &str, id_offset: u64) -> ShardVersion {
         nlist: NLIST,
         quantizer: QuantizerKind::Flat,
         default_nprobe: 4,
-        ntotal: N as u64,
+        ntotal: n as u64,
         spec_hash: None,
         centroids: file,
         lists: Vec::new(),
@@ -86,38 +98,44 @@ fn version(name: &str, id_offset: u64) -> ShardVersion {
         owned,
         sizes,
         probes: (0..NLIST).map(|_| AtomicU64::new(0)).collect(),
-        vectors: N as u64,
+        vectors: n as u64,
         bytes: 0,
     }
 }
 
-fn shard_svc() -> ShardSvc {
+fn test_ctx(max_k: u32, max_batch: usize) -> Ctx {
     let dir = std::env::temp_dir().join(format!("quiver-serve-tests-{}", std::process::id()));
-    let ctx = Ctx {
+    Ctx {
         storage: Storage::open(&dir.to_string_lossy()).expect("storage"),
         namespace: "default".into(),
         index: "t".into(),
-        max_k: 100,
-        max_batch: 64,
-    };
-    let state = ShardState::new(ctx, 0);
-    let mut m = BTreeMap::new();
-    m.insert(
-        "v1".to_string(),
-        Arc::new(Slot::Warm(Arc::new(version("v1", 0)))),
-    );
-    m.insert(
-        "v2".to_string(),
-        Arc::new(Slot::Warm(Arc::new(version("v2", V2_OFFSET)))),
-    );
-    state.versions.store(Arc::new(m));
+        max_k,
+        max_batch,
+    }
+}
+
+/// A shard node with the given limits holding `versions` warm.
+fn shard_svc_with(max_k: u32, max_batch: usize, versions: Vec<(&str, ShardVersion)>) -> ShardSvc {
+    let metrics = Metrics::new("shard");
+    let state = ShardState::new(test_ctx(max_k, max_batch), 0, metrics.version_gauges());
+    for (name, v) in versions {
+        state.holder.insert(name, Slot::Warm(Arc::new(v)));
+    }
     let node = Arc::new(Node {
         name: "test".into(),
-        metrics: Metrics::new("shard"),
+        metrics,
         shutting_down: AtomicBool::new(false),
         inner: RoleState::Shard(state.clone()),
     });
     ShardSvc { state, node }
+}
+
+fn shard_svc() -> ShardSvc {
+    shard_svc_with(
+        100,
+        64,
+        vec![("v1", version("v1", 0)), ("v2", version("v2", V2_OFFSET))],
+    )
 }
 
 /// Queries alternating between v1 and v2, plus one per failure kind: an unknown version
@@ -373,4 +391,368 @@ async fn a_shard_without_batches_gets_single_calls() {
         1,
         "only the first batch tries ShardBatchSearch"
     );
+}
+
+/// Serves a shard node's Shard, Admin and health services on a loopback port.
+async fn serve_node(svc: ShardSvc) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(super::health_loop(
+        svc.node.clone(),
+        reporter,
+        tokio::sync::watch::channel(false).1,
+    ));
+    let limit = super::batcher::message_limit(svc.state.ctx.max_k as usize);
+    let admin = AdminServer::new(AdminSvc {
+        node: svc.node.clone(),
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(admin)
+            .add_service(ShardServer::new(svc).max_decoding_message_size(limit))
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+fn batcher_to(
+    addr: std::net::SocketAddr,
+    max_k: usize,
+    max_batch: usize,
+) -> (Arc<Batcher>, Histogram) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy();
+    let limit = super::batcher::message_limit(max_k);
+    let sizes = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+    let b = Arc::new(Batcher::new(
+        ShardClient::new(channel)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+        1,
+        max_batch,
+        Duration::from_secs(30),
+        sizes.clone(),
+    ));
+    (b, sizes)
+}
+
+/// ~700 queries at k = 1000 arriving together, plus one small query among them: the answers
+/// of one batch would pass 4 MiB (ids near 2^40 take 6 bytes each). The batcher cuts the
+/// batch so every call stays within its budget, and every query gets the answer a single call
+/// gives it; the small query is not failed by the big ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_batch_at_k_1000_is_cut_and_every_query_answered() {
+    let big = || shard_svc_with(1000, 1024, vec![("v1", version_n("v1", 1 << 40, 2000))]);
+    let svc = big();
+    let addr = serve_node(big()).await;
+    let (b, sizes) = batcher_to(addr, 1000, 1024);
+    let q = data(701, 5);
+    let mut reqs: Vec<ShardSearchRequest> = (0..700)
+        .map(|i| ShardSearchRequest {
+            version: "v1".into(),
+            vector: q[i * DIM..(i + 1) * DIM].to_vec(),
+            k: 1000,
+            lists: OWNED.to_vec(),
+        })
+        .collect();
+    reqs.insert(
+        350,
+        ShardSearchRequest {
+            version: "v1".into(),
+            vector: q[700 * DIM..].to_vec(),
+            k: 5,
+            lists: vec![0, 1],
+        },
+    );
+    let single = singles(&svc, &reqs).await;
+    assert!(single.iter().all(|r| r.is_ok()));
+    assert_eq!(single[0].as_ref().map(|r| r.ids.len()).ok(), Some(1000));
+    let wire: usize = single
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(prost::Message::encoded_len)
+        .sum();
+    assert!(
+        wire > 4 << 20,
+        "answers take {wire} bytes: not a test of the limit"
+    );
+    let answers = futures::future::join_all(reqs.iter().map(|r| b.call(r.clone()))).await;
+    for (a, s) in answers.iter().zip(&single) {
+        same(a, s);
+    }
+    assert!(
+        sizes.count() > 2,
+        "the batch was not cut: {} calls",
+        sizes.count()
+    );
+    assert_eq!(sizes.sum() as usize, reqs.len());
+}
+
+/// A shard whose --max-batch is smaller than the router's refuses the router's batch as a
+/// whole: the batcher sends the halves again, and no query fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_shard_refuses_as_a_whole_is_split() {
+    let small = || {
+        shard_svc_with(
+            100,
+            8,
+            vec![("v1", version("v1", 0)), ("v2", version("v2", V2_OFFSET))],
+        )
+    };
+    let svc = small();
+    let addr = serve_node(small()).await;
+    let (b, _) = batcher_to(addr, 100, 1024);
+    let mut reqs = Vec::new();
+    for _ in 0..4 {
+        reqs.extend(requests());
+    }
+    let single = singles(&svc, &reqs).await;
+    let answers = futures::future::join_all(reqs.iter().map(|r| b.call(r.clone()))).await;
+    for (a, s) in answers.iter().zip(&single) {
+        same(a, s);
+    }
+    check_versions(&reqs, &answers);
+}
+
+#[tokio::test]
+async fn duplicate_lists_are_counted_once_and_their_number_capped() {
+    let svc = shard_svc();
+    let v = svc.state.get("v1").expect("v1");
+    let q = data(1, 3);
+    let ask = |lists: Vec<u32>| ShardSearchRequest {
+        version: "v1".into(),
+        vector: q.clone(),
+        k: 10,
+        lists,
+    };
+    let once = svc
+        .shard_search(Request::new(ask(vec![0, 1])))
+        .await
+        .expect("search")
+        .into_inner();
+    let dup = svc
+        .shard_search(Request::new(ask(vec![1, 0, 0, 1, 0, 0, 1, 1])))
+        .await
+        .expect("search")
+        .into_inner();
+    assert_eq!(once.candidates_scanned, v.sizes[0] + v.sizes[1]);
+    assert_eq!(dup, once);
+    let e = svc
+        .shard_search(Request::new(ask(vec![0; NLIST + 1])))
+        .await
+        .expect_err("more list ids than lists accepted");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message()
+            .starts_with("lists: 9 list ids, more than the 8 lists"),
+        "{}",
+        e.message()
+    );
+}
+
+#[tokio::test]
+async fn huge_coordinates_are_refused_naming_the_problem() {
+    let svc = shard_svc();
+    for vector in [
+        {
+            let mut v = vec![0.5f32; DIM];
+            v[2] = 1e20;
+            v
+        },
+        vec![1e19f32; DIM],
+    ] {
+        let e = svc
+            .shard_search(Request::new(ShardSearchRequest {
+                version: "v1".into(),
+                vector,
+                k: 10,
+                lists: vec![0, 1],
+            }))
+            .await
+            .expect_err("huge vector answered");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().starts_with("vector: squared norm"),
+            "{}",
+            e.message()
+        );
+    }
+}
+
+/// gRPC health answers the whole server, the role's service and Admin, by name.
+#[tokio::test]
+async fn health_answers_for_the_named_services() {
+    let addr = serve_node(shard_svc()).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy();
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = |service: &str| tonic_health::pb::HealthCheckRequest {
+        service: service.into(),
+    };
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    for service in ["", "quiver.v1.Shard", "quiver.v1.Admin"] {
+        let mut h = h.clone();
+        wait_for_async(&format!("{service:?} serving"), || {
+            let mut h = h.clone();
+            async move {
+                h.check(check(service))
+                    .await
+                    .is_ok_and(|r| r.into_inner().status == serving)
+            }
+        })
+        .await;
+        let _ = h.check(check(service)).await;
+    }
+    let e = h
+        .check(check("quiver.v1.Query"))
+        .await
+        .expect_err("a shard serves no Query service");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+}
+
+async fn wait_for_async<F, Fut>(what: &str, cond: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn desired(versions: &[&str], active: &str) -> Option<Desired> {
+    Some(Desired {
+        versions: versions.iter().map(|v| v.to_string()).collect(),
+        active: Some(active.to_string()),
+    })
+}
+
+/// A shard that starts with versions held and has not heard from its source (unknown, not
+/// empty) keeps them; it drops one only when the source stops listing it.
+#[tokio::test]
+async fn a_node_keeps_its_versions_until_the_source_says_otherwise() {
+    let svc = shard_svc();
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    svc.state.clone().start(rx);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let held = |svc: &ShardSvc| svc.state.holder.slots().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(held(&svc), ["v1", "v2"]);
+    assert!(svc.state.readiness().0);
+    tx.send(desired(&["v1"], "v1")).expect("send");
+    wait_for("v2 dropped", || held(&svc) == ["v1"]).await;
+    assert!(svc.state.get("v2").is_err());
+    assert_eq!(svc.state.readiness(), (true, "serving v1".to_string()));
+}
+
+fn router_version(name: &str, id_offset: u64) -> RouterVersion {
+    let v = version(name, id_offset);
+    RouterVersion {
+        name: name.into(),
+        owners: v.manifest.list_owners(),
+        probes: (0..NLIST).map(|_| AtomicU64::new(0)).collect(),
+        quantizer: v.index,
+        manifest: v.manifest,
+        eval: None,
+    }
+}
+
+/// The router is told to activate v2, which the only shard of the map failed to load (a
+/// corrupt list file). It keeps serving v1 and says why in Admin status; once the shard
+/// holds v2 warm, it switches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_activates_only_a_version_every_shard_holds_warm() {
+    let shard = shard_svc();
+    let corrupt = "lists.qivf: checksum 1234abcd does not match the manifest's 00000000 (corrupt)";
+    shard.state.holder.insert(
+        "v2",
+        Slot::Failed(Failure {
+            reason: corrupt.into(),
+            attempts: 1,
+            next_retry: std::time::Instant::now() + Duration::from_secs(3600),
+        }),
+    );
+    let shard_state = shard.state.clone();
+    let addr = serve_node(shard).await;
+
+    let metrics = Metrics::new("router");
+    let replicas = BTreeMap::from([(0u32, vec![addr.to_string()])]);
+    let router = RouterState::new(
+        test_ctx(100, 64),
+        tokio::sync::watch::channel(Some(replicas)).1,
+        Duration::from_secs(5),
+        1,
+        metrics.shard_batch.clone(),
+        metrics.version_gauges(),
+    );
+    for (name, off) in [("v1", 0), ("v2", V2_OFFSET)] {
+        router.holder.insert(
+            name,
+            super::holder::Slot::Warm(Arc::new(router_version(name, off))),
+        );
+    }
+    let node = Arc::new(Node {
+        name: "router".into(),
+        metrics,
+        shutting_down: AtomicBool::new(false),
+        inner: RoleState::Router(router.clone()),
+    });
+    let (tx, rx) = tokio::sync::watch::channel(desired(&["v1", "v2"], "v1"));
+    router.clone().start(node.clone(), rx);
+    let active = |r: &RouterState| r.active.load().as_ref().map(|v| v.name.clone());
+    wait_for("v1 active", || active(&router).as_deref() == Some("v1")).await;
+
+    tx.send(desired(&["v1", "v2"], "v2")).expect("send");
+    wait_for("v2 pending", || router.pending.load().is_some()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(active(&router).as_deref(), Some("v1"));
+    assert_eq!(
+        router.pin(None).map(|v| v.name.clone()).ok().as_deref(),
+        Some("v1")
+    );
+    let st = AdminSvc { node: node.clone() }
+        .status(Request::new(StatusRequest {}))
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(st.active_version, "v1");
+    assert_eq!(st.pending_active_version, "v2");
+    assert!(
+        st.pending_reason
+            .contains("shard 0 holds it warm on no replica")
+            && st.pending_reason.contains("corrupt"),
+        "{}",
+        st.pending_reason
+    );
+    assert!(st.ready);
+
+    // The shard loads v2 (say, after the file was repaired): the router switches.
+    shard_state
+        .holder
+        .insert("v2", Slot::Warm(Arc::new(version("v2", V2_OFFSET))));
+    wait_for("v2 active", || active(&router).as_deref() == Some("v2")).await;
+    assert!(router.pending.load().is_none());
+}
+
+#[test]
+fn failing_shard_calls_are_logged_at_most_once_a_second_with_a_count() {
+    let log = FailureLog::new();
+    assert_eq!(
+        log.record(5),
+        Some(1),
+        "the first failure is logged at once"
+    );
+    for t in 6..500 {
+        assert_eq!(log.record(t), None);
+    }
+    assert_eq!(log.record(1005), Some(495));
+    assert_eq!(log.record(1006), None);
 }

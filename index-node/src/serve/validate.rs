@@ -19,7 +19,33 @@ pub fn vector(field: &str, v: &[f32], dim: usize) -> Result<(), Status> {
             v[i]
         )));
     }
+    let norm2 = quiver_ivf::squared_norm(v);
+    if norm2 > quiver_ivf::MAX_SQUARED_NORM {
+        return Err(Status::invalid_argument(format!(
+            "{field}: squared norm {norm2:.3e} exceeds {:.3e}: its distances would overflow \
+             single precision (scale the vector down)",
+            quiver_ivf::MAX_SQUARED_NORM
+        )));
+    }
     Ok(())
+}
+
+/// The list ids of a shard query: at least one, at most `nlist` ids, each scanned and counted
+/// once (duplicates are removed; the order does not matter for a top-k).
+pub fn lists(mut lists: Vec<u32>, nlist: usize, version: &str) -> Result<Vec<u32>, Status> {
+    if lists.is_empty() {
+        return Err(Status::invalid_argument("lists: empty"));
+    }
+    if lists.len() > nlist {
+        return Err(Status::invalid_argument(format!(
+            "lists: {} list ids, more than the {nlist} lists of version {version}; name each \
+             list at most once",
+            lists.len()
+        )));
+    }
+    lists.sort_unstable();
+    lists.dedup();
+    Ok(lists)
 }
 
 pub fn k(k: u32, max_k: u32) -> Result<usize, Status> {
@@ -69,6 +95,13 @@ mod tests {
         assert!(e(vector("vector", &[1.0; 3], 4)).contains("dimension 3"));
         assert!(e(vector("q", &[1.0, f32::NAN, 0.0, 0.0], 4)).starts_with("q[1]"));
         assert!(vector("vector", &[1.0; 4], 4).is_ok());
+        // Finite but huge: the distances would overflow to infinity.
+        assert!(e(vector("q", &[1e20, 0.0, 0.0, 0.0], 4)).starts_with("q: squared norm"));
+        assert!(e(vector("q", &[1e19; 4], 4)).contains("overflow"));
+        assert!(vector("q", &[1e17; 4], 4).is_ok());
+        assert_eq!(lists(vec![3, 1, 3, 3], 8, "v1").ok(), Some(vec![1, 3]));
+        assert!(e(lists(vec![0; 9], 8, "v1").map(|_| ())).starts_with("lists: 9 list ids"));
+        assert!(e(lists(vec![], 8, "v1").map(|_| ())).starts_with("lists: empty"));
         assert_eq!(
             k(0, 10).err().map(|s| s.code()),
             Some(tonic::Code::InvalidArgument)
