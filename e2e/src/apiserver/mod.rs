@@ -3,8 +3,10 @@
 pub mod admission;
 mod apply;
 pub mod auth;
+pub mod cel;
 mod convert;
 mod discovery;
+mod formats;
 pub mod error;
 mod http;
 mod patch;
