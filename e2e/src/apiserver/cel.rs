@@ -120,9 +120,9 @@ impl Walker<'_> {
                 let keys = map_keys(s);
                 for (i, item) in items.iter().enumerate() {
                     let old_item = match (&keys, old.and_then(Value::as_array)) {
-                        (Some(keys), Some(olds)) => olds
-                            .iter()
-                            .find(|o| same_key(o, item, keys, item_s)),
+                        (Some(keys), Some(olds)) => {
+                            olds.iter().find(|o| same_key(o, item, keys, item_s))
+                        }
                         _ => None,
                     };
                     let p = format!("{path}[{i}]");
@@ -145,11 +145,13 @@ impl Walker<'_> {
         same: bool,
         errs: &mut Vec<FieldError>,
     ) {
-        let ty = s["type"].as_str().unwrap_or(if s["x-kubernetes-int-or-string"] == true {
-            "string"
-        } else {
-            "object"
-        });
+        let ty = s["type"]
+            .as_str()
+            .unwrap_or(if s["x-kubernetes-int-or-string"] == true {
+                "string"
+            } else {
+                "object"
+            });
         let type_shown = format!("\"{ty}\"");
         let this = to_cel(v, s, resource_root);
         let old_cel = old.map(|o| to_cel(o, s, resource_root));
@@ -199,7 +201,9 @@ impl Walker<'_> {
                 Err(e) => {
                     let (err, overload) = go_error(&e);
                     let detail = if overload {
-                        format!("'{err}': call arguments did not match a supported operator, function or macro signature for rule: {rule_text}")
+                        format!(
+                            "'{err}': call arguments did not match a supported operator, function or macro signature for rule: {rule_text}"
+                        )
                     } else {
                         format!("{err} evaluating rule: {rule_text}")
                     };
@@ -235,9 +239,15 @@ impl Walker<'_> {
                 });
             let shown = (!matches!(ty, "object" | "array")).then(|| go_value(v));
             let e = match r["reason"].as_str() {
-                Some("FieldValueForbidden") => FieldError::new(ErrorType::Forbidden, &at, None, &detail),
-                Some("FieldValueRequired") => FieldError::new(ErrorType::Required, &at, None, &detail),
-                Some("FieldValueDuplicate") => FieldError::new(ErrorType::Duplicate, &at, shown, ""),
+                Some("FieldValueForbidden") => {
+                    FieldError::new(ErrorType::Forbidden, &at, None, &detail)
+                }
+                Some("FieldValueRequired") => {
+                    FieldError::new(ErrorType::Required, &at, None, &detail)
+                }
+                Some("FieldValueDuplicate") => {
+                    FieldError::new(ErrorType::Duplicate, &at, shown, "")
+                }
                 _ => FieldError::new(ErrorType::Invalid, &at, shown, &detail),
             };
             errs.push(e);
@@ -383,9 +393,27 @@ fn same_key(a: &Value, b: &Value, keys: &[String], item_s: &Value) -> bool {
 /// `__slash__`; names that still are not identifiers are not visible to rules.
 pub fn escape(name: &str) -> Option<String> {
     const RESERVED: &[&str] = &[
-        "true", "false", "null", "in", "as", "break", "const", "continue", "else", "for",
-        "function", "if", "import", "let", "loop", "package", "namespace", "return", "var",
-        "void", "while",
+        "true",
+        "false",
+        "null",
+        "in",
+        "as",
+        "break",
+        "const",
+        "continue",
+        "else",
+        "for",
+        "function",
+        "if",
+        "import",
+        "let",
+        "loop",
+        "package",
+        "namespace",
+        "return",
+        "var",
+        "void",
+        "while",
     ];
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
         return None;
@@ -505,7 +533,9 @@ fn to_cel(v: &Value, s: &Value, resource_root: bool) -> Cel {
                 }
                 out.insert(
                     Key::String(Arc::new("metadata".into())),
-                    Cel::Map(Map { map: Arc::new(meta) }),
+                    Cel::Map(Map {
+                        map: Arc::new(meta),
+                    }),
                 );
             }
             Cel::Map(Map { map: Arc::new(out) })
@@ -579,7 +609,10 @@ fn crd_node(s: &Value, path: &str, errs: &mut Vec<String>) {
         if let Some(reason) = r["reason"].as_str()
             && !matches!(
                 reason,
-                "FieldValueRequired" | "FieldValueDuplicate" | "FieldValueInvalid" | "FieldValueForbidden"
+                "FieldValueRequired"
+                    | "FieldValueDuplicate"
+                    | "FieldValueInvalid"
+                    | "FieldValueForbidden"
             )
         {
             errs.push(format!("{rp}.reason: Unsupported value: \"{reason}\": supported values: \"FieldValueDuplicate\", \"FieldValueForbidden\", \"FieldValueInvalid\", \"FieldValueRequired\""));
@@ -608,7 +641,11 @@ fn crd_node(s: &Value, path: &str, errs: &mut Vec<String>) {
 
 /// A rule as Go's `%#v` prints the `apiextensions.ValidationRule` in a CRD error.
 fn rule_struct(r: &Value) -> String {
-    let q = |k: &str| go_value(&Value::String(r[k].as_str().unwrap_or_default().to_string()));
+    let q = |k: &str| {
+        go_value(&Value::String(
+            r[k].as_str().unwrap_or_default().to_string(),
+        ))
+    };
     let reason = match r["reason"].as_str() {
         Some(x) => format!("(*apiextensions.FieldValueErrorReason)(\"{x}\")"),
         None => "(*apiextensions.FieldValueErrorReason)(nil)".into(),
@@ -664,9 +701,10 @@ mod tests {
     fn rules_paths_messages_and_transitions() {
         let ok = json!({"metadata": {"name": "a"}, "spec": {"min": 1, "max": 2, "ratio": 1, "timeout": "5m", "name": "x",
             "items": [{"k": "a", "v": 1}]}});
-        assert_eq!(errs(&ok, None), vec![
-            "spec.ratio: Invalid value: 1: failed rule: self < 1.0".to_string()
-        ]);
+        assert_eq!(
+            errs(&ok, None),
+            vec!["spec.ratio: Invalid value: 1: failed rule: self < 1.0".to_string()]
+        );
         let ok = json!({"metadata": {"name": "a"}, "spec": {"min": 1, "max": 2, "ratio": 0.5, "timeout": "5m", "name": "x",
             "items": [{"k": "a", "v": 1}]}});
         assert_eq!(errs(&ok, None), Vec::<String>::new());
@@ -705,13 +743,19 @@ mod tests {
             "x-kubernetes-validations": [{"rule": "has(self.x)", "message": "x required"}]}}});
         let old = json!({"spec": {"y": 1}});
         assert!(validate(&json!({"spec": {"y": 1}}), Some(&old), &s).is_empty());
-        assert_eq!(validate(&json!({"spec": {"y": 2}}), Some(&old), &s).len(), 1);
+        assert_eq!(
+            validate(&json!({"spec": {"y": 2}}), Some(&old), &s).len(),
+            1
+        );
     }
 
     #[test]
     fn escaping_as_kubernetes_does() {
         assert_eq!(escape("namespace").as_deref(), Some("__namespace__"));
-        assert_eq!(escape("a-b.c/d").as_deref(), Some("a__dash__b__dot__c__slash__d"));
+        assert_eq!(
+            escape("a-b.c/d").as_deref(),
+            Some("a__dash__b__dot__c__slash__d")
+        );
         assert_eq!(escape("a__b").as_deref(), Some("a__underscores__b"));
         assert_eq!(escape("a_b").as_deref(), Some("a_b"));
         assert_eq!(escape("1a"), None);
@@ -721,8 +765,14 @@ mod tests {
     #[test]
     fn field_paths_normalize() {
         let s = schema();
-        assert_eq!(normalize_field_path(".spec.min", &s).as_deref(), Ok("spec.min"));
-        assert_eq!(normalize_field_path(".spec['a_b']", &s).as_deref(), Ok("spec.a_b"));
+        assert_eq!(
+            normalize_field_path(".spec.min", &s).as_deref(),
+            Ok("spec.min")
+        );
+        assert_eq!(
+            normalize_field_path(".spec['a_b']", &s).as_deref(),
+            Ok("spec.a_b")
+        );
         assert!(normalize_field_path(".spec.nope", &s).is_err());
     }
 

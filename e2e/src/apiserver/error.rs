@@ -101,7 +101,11 @@ impl ApiError {
         } else {
             format!("{kind}.{group}")
         };
-        let mut e = Self::new(422, "Invalid", format!("{qualified} \"{name}\" is invalid: {agg}"));
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{qualified} \"{name}\" is invalid: {agg}"),
+        );
         let causes: Vec<Value> = errs
             .iter()
             .map(|c| json!({"reason": c.kind.reason(), "message": c.body, "field": c.field}))

@@ -169,7 +169,11 @@ pub fn parse_datetime(s: &str) -> Option<DateTime<FixedOffset>> {
             }
         }
     }
-    for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
             return utc.from_local_datetime(&t).single();
         }
@@ -271,7 +275,11 @@ mod tests {
             ("cidr", "10.0.0.0/8", "10.0.0.0/33"),
             ("mac", "00:1a:2b:3c:4d:5e", "00:1a:2b"),
             ("uuid", "7f3a9c2e-1b2c-4d5e-8f90-123456789abc", "7f3a9c2e"),
-            ("uuid4", "7f3a9c2e-1b2c-4d5e-8f90-123456789abc", "7f3a9c2e-1b2c-3d5e-8f90-123456789abc"),
+            (
+                "uuid4",
+                "7f3a9c2e-1b2c-4d5e-8f90-123456789abc",
+                "7f3a9c2e-1b2c-3d5e-8f90-123456789abc",
+            ),
             ("byte", "aGVsbG8=", "aGVsbG8"),
             ("date", "2026-02-28", "2026-02-30"),
             ("date-time", "2026-02-28T10:00:00Z", "2026-02-28 10:00"),
@@ -283,9 +291,6 @@ mod tests {
             assert!(!valid(f, bad), "{f}: {bad} should fail");
         }
         assert!(valid("email", "anything"), "unchecked formats pass");
-        assert_eq!(
-            parse_duration("1h30m"),
-            Some(chrono::Duration::minutes(90))
-        );
+        assert_eq!(parse_duration("1h30m"), Some(chrono::Duration::minutes(90)));
     }
 }

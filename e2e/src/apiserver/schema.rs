@@ -453,7 +453,10 @@ fn check(v: &mut Value, s: &Value, path: &str, errs: &mut Vec<FieldError>) {
                     ErrorType::Invalid,
                     path,
                     Some(n.to_string()),
-                    &format!("{path} in body should have at least {} items", s["minItems"]),
+                    &format!(
+                        "{path} in body should have at least {} items",
+                        s["minItems"]
+                    ),
                 ));
             }
             if s["maxItems"].as_u64().is_some_and(|m| n > m) {
