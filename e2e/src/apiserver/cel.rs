@@ -68,6 +68,21 @@ pub fn validate(obj: &Value, old: Option<&Value>, schema: &Value) -> Vec<FieldEr
     errs
 }
 
+/// Whether the schema has CEL rules anywhere (a real server builds a CEL validator then).
+pub fn has_rules(s: &Value) -> bool {
+    if !s.is_object() {
+        return false;
+    }
+    s["x-kubernetes-validations"]
+        .as_array()
+        .is_some_and(|r| !r.is_empty())
+        || s["properties"]
+            .as_object()
+            .is_some_and(|p| p.values().any(has_rules))
+        || has_rules(&s["items"])
+        || has_rules(&s["additionalProperties"])
+}
+
 struct Walker<'a> {
     base: &'a Context<'static>,
 }

@@ -219,7 +219,10 @@ pub fn validate_custom_resource(
     schema: &Value,
 ) -> Vec<FieldError> {
     let mut errs = validate_schema(obj, schema);
-    if errs.is_empty() || !errs.iter().any(|e| e.kind.blocks_cel()) {
+    if !super::cel::has_rules(schema) {
+        return errs;
+    }
+    if !errs.iter().any(|e| e.kind.blocks_cel()) {
         errs.extend(super::cel::validate(obj, old, schema));
     } else {
         errs.push(FieldError::new(
