@@ -1831,3 +1831,231 @@ async fn endpointslices_follow_pod_readiness() {
     })
     .await;
 }
+
+/// A 422 Invalid whose message and one cause name `field` and hold `want` (what a real
+/// server says for schema and CEL failures; the shown value differs between versions).
+fn assert_invalid(e: kube::Error, field: &str, want: &str) {
+    let s = match e {
+        kube::Error::Api(s) => s,
+        other => panic!("expected an API error, got {other}"),
+    };
+    assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+    assert!(
+        s.message.contains(&format!("{field}: ")) && s.message.contains(want),
+        "message names {field} and holds {want:?}: {}",
+        s.message
+    );
+    let causes = s.details.map(|d| d.causes).unwrap_or_default();
+    assert!(
+        causes
+            .iter()
+            .any(|c| c.field == field && c.message.contains(want)),
+        "a cause for {field} holding {want:?}: {causes:?}"
+    );
+}
+
+fn gadget_crd(group: &str, extra_rule: Option<Value>) -> CustomResourceDefinition {
+    let mut spec_rules = vec![
+        json!({"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"}),
+        json!({"rule": "!has(self.tier) || self.tier != 'gold' || self.maxReplicas >= 3",
+               "message": "a gold gadget needs at least 3 replicas", "fieldPath": ".maxReplicas"}),
+        json!({"rule": "self.name.startsWith('g')"}),
+    ];
+    spec_rules.extend(extra_rule);
+    let spec = json!({"type": "object", "required": ["minReplicas", "maxReplicas", "name", "storage"],
+        "x-kubernetes-validations": spec_rules,
+        "properties": {
+            "minReplicas": {"type": "integer"},
+            "maxReplicas": {"type": "integer"},
+            "tier": {"type": "string"},
+            "name": {"type": "string", "pattern": "^[a-z][a-z0-9-]*$"},
+            "storage": {"type": "string", "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "storage is immutable"}]},
+            "endpoint": {"type": "string", "format": "uri"},
+            "addr": {"type": "string", "format": "ipv4"},
+            "id": {"type": "string", "format": "uuid"},
+            "ports": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                "items": {"type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string"}, "port": {"type": "integer"}}}}}});
+    let status = json!({"type": "object", "properties": {"phase": {"type": "string"}},
+        "x-kubernetes-validations": [
+            {"rule": "!has(self.phase) || self.phase in ['Ready', 'Failed']", "message": "phase is Ready or Failed"}]});
+    serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("gadgets.{group}")},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "versions": [{"name": "v1", "served": true, "storage": true, "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": spec, "status": status}}}}]}
+    }))
+    .expect("crd")
+}
+
+#[tokio::test]
+async fn crd_cel_rules_pattern_format_and_list_maps_are_enforced() {
+    bounded(90, async {
+        let c = Cluster::start().await;
+        let group = format!("{}.e2e.quiver.dev", unique("cel"));
+        let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
+        crds.create(&PostParams::default(), &gadget_crd(&group, None)).await.expect("create crd");
+        let crd_name = format!("gadgets.{group}");
+        wait_established(&c.client, &crd_name).await;
+        let ns = c.namespace("cel").await;
+        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&group, "v1", "Gadget"), "gadgets");
+        let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &ns.name, &ar);
+        let obj = |name: &str, edit: &dyn Fn(&mut Value)| -> DynamicObject {
+            let mut spec = json!({"minReplicas": 1, "maxReplicas": 3, "tier": "gold", "name": "gizmo",
+                "storage": "s3://bucket/a", "endpoint": "https://gadgets.example.com/v1", "addr": "10.0.0.1",
+                "id": "7f3a9c2e-1b2c-4d5e-8f90-123456789abc", "ports": [{"name": "http", "port": 80}, {"name": "grpc", "port": 81}]});
+            edit(&mut spec);
+            serde_json::from_value(json!({"apiVersion": format!("{group}/v1"), "kind": "Gadget", "metadata": {"name": name}, "spec": spec})).expect("obj")
+        };
+        let pp = PostParams::default();
+        api.create(&pp, &obj("ok", &|_| {})).await.expect("a valid gadget");
+
+        // CEL: a cross-field rule with a message (the path is the rule's node), a rule with a
+        // fieldPath, a rule without a message.
+        let e = api.create(&pp, &obj("minmax", &|s| s["minReplicas"] = json!(5))).await.expect_err("min > max");
+        assert_invalid(e, "spec", "minReplicas must not exceed maxReplicas");
+        let e = api.create(&pp, &obj("gold", &|s| { s["minReplicas"] = json!(1); s["maxReplicas"] = json!(2) })).await.expect_err("gold with 2");
+        assert_invalid(e, "spec.maxReplicas", "a gold gadget needs at least 3 replicas");
+        let e = api.create(&pp, &obj("noprefix", &|s| s["name"] = json!("widget"))).await.expect_err("name without g");
+        assert_invalid(e, "spec", "failed rule: self.name.startsWith('g')");
+        // pattern, format, list-map keys.
+        let e = api.create(&pp, &obj("pattern", &|s| s["name"] = json!("g_under"))).await.expect_err("pattern");
+        assert_invalid(e, "spec.name", "should match '^[a-z][a-z0-9-]*$'");
+        for (field, value, format) in [("endpoint", "not a uri", "uri"), ("addr", "10.0.0.300", "ipv4"), ("id", "not-a-uuid", "uuid")] {
+            let e = api.create(&pp, &obj(&format!("fmt-{field}"), &|s| s[field] = json!(value))).await.expect_err(field);
+            assert_invalid(e, &format!("spec.{field}"), &format!("must be of type {format}"));
+        }
+        let e = api
+            .create(&pp, &obj("dup", &|s| s["ports"] = json!([{"name": "http", "port": 80}, {"name": "http", "port": 81}])))
+            .await
+            .expect_err("duplicate list-map key");
+        match e {
+            kube::Error::Api(s) => {
+                assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+                let causes = s.details.map(|d| d.causes).unwrap_or_default();
+                assert!(causes.iter().any(|c| c.field == "spec.ports[1]" && c.reason == "FieldValueDuplicate"), "{causes:?}");
+            }
+            other => panic!("expected an API error, got {other}"),
+        }
+
+        // Updates: the transition rule keeps storage fixed, other fields may change; CEL
+        // runs on merge patches and server-side apply alike.
+        let e = api.patch("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"storage": "s3://bucket/b"}}))).await.expect_err("storage changed");
+        assert_invalid(e, "spec.storage", "storage is immutable");
+        let changed = api.patch("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"maxReplicas": 4}}))).await.expect("other fields change");
+        assert_eq!(changed.data["spec"]["maxReplicas"], 4);
+        let mut applied = obj("ok", &|s| s["minReplicas"] = json!(9));
+        applied.metadata.managed_fields = None;
+        applied.metadata.resource_version = None;
+        let e = api.patch("ok", &PatchParams::apply("cel-test").force(), &Patch::Apply(&applied)).await.expect_err("apply min > max");
+        assert_invalid(e, "spec", "minReplicas must not exceed maxReplicas");
+        let e = api.patch("applied", &PatchParams::apply("cel-test"), &Patch::Apply(&obj("applied", &|s| s["minReplicas"] = json!(9)))).await.expect_err("apply-create min > max");
+        assert_invalid(e, "spec", "minReplicas must not exceed maxReplicas");
+        // The status subresource is checked too.
+        let e = api.patch_status("ok", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Sleeping"}}))).await.expect_err("bad phase");
+        assert_invalid(e, "status", "phase is Ready or Failed");
+        api.patch_status("ok", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Ready"}}))).await.expect("good phase");
+
+        // A CRD whose rule does not compile is refused itself.
+        let bad_group = format!("{}.e2e.quiver.dev", unique("celbad"));
+        let e = crds
+            .create(&pp, &gadget_crd(&bad_group, Some(json!({"rule": "self.minReplicas <="}))))
+            .await
+            .expect_err("a rule that does not compile");
+        match e {
+            kube::Error::Api(s) => {
+                assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+                assert!(s.message.contains("x-kubernetes-validations[3].rule") && s.message.contains("compilation failed"), "{}", s.message);
+            }
+            other => panic!("expected an API error, got {other}"),
+        }
+
+        crds.delete(&crd_name, &DeleteParams::default()).await.expect("delete crd");
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+/// The project's VectorIndex CRD (crds/vectorindex.yaml): bad manifests that only its CEL
+/// rules catch are refused at admission, naming the field.
+#[tokio::test]
+async fn vectorindex_crd_rules_refuse_bad_manifests() {
+    bounded(90, async {
+        let c = Cluster::start().await;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/vectorindex.yaml");
+        let yaml = std::fs::read_to_string(path).expect("crds/vectorindex.yaml");
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(&yaml).expect("the CRD parses");
+        let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
+        // The CRD has a fixed name: on a real cluster it may be installed already (it is
+        // then left in place, as other tests and the operator use it).
+        match crds.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("create the VectorIndex CRD: {e}"),
+        }
+        wait_established(&c.client, "vectorindexes.quiver.dev").await;
+        let ns = c.namespace("vi").await;
+        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("quiver.dev", "v1alpha1", "VectorIndex"), "vectorindexes");
+        let api: Api<DynamicObject> = Api::namespaced_with(c.client.clone(), &ns.name, &ar);
+        // The DESIGN.md example, as crds/tests has it.
+        let vi = |name: &str, edit: &dyn Fn(&mut Value)| -> DynamicObject {
+            let mut v = json!({
+                "apiVersion": "quiver.dev/v1alpha1", "kind": "VectorIndex", "metadata": {"name": name},
+                "spec": {"dimension": 384, "metric": "cosine",
+                    "index": {"nlist": 1024, "quantizer": {"kind": "sq8"},
+                        "training": {"sampleSize": 262144, "iterations": 25, "balance": 0, "seed": 7}, "nprobe": 16},
+                    "source": {"uri": "s3://corp-vectors/docs/vectors.npy", "revision": "2026-12-01"},
+                    "storage": {"uri": "s3://corp-quiver/indexes", "secretRef": {"name": "quiver-s3"}, "retainVersions": 2, "deletionPolicy": "Retain"},
+                    "shards": 2, "replicas": 2, "router": {"replicas": 2, "maxK": 1000}, "build": {"parts": 4},
+                    "rollout": {"minRecall": 0.9, "evalQueries": 500, "evalK": 10}, "retrain": {"schedule": "0 3 * * 0"}}
+            });
+            edit(&mut v);
+            serde_json::from_value(v).expect("vectorindex")
+        };
+        let pp = PostParams::default();
+        let created = api.create(&pp, &vi("docs", &|_| {})).await.expect("the example is accepted");
+        assert_eq!(created.data["spec"]["index"]["quantizer"]["rerank"], false, "schema defaults are applied");
+
+        for (name, field, want, edit) in [
+            ("pq-m", "spec.index.quantizer.m", "m must divide spec.dimension",
+                (|v: &mut Value| v["spec"]["index"]["quantizer"] = json!({"kind": "pq", "m": 7})) as fn(&mut Value)),
+            ("two-sources", "spec.source", "exactly one of spec.source.uri and spec.source.synthetic",
+                |v: &mut Value| v["spec"]["source"]["synthetic"] = json!({"count": 100000})),
+            ("nprobe", "spec.index.nprobe", "nprobe must not exceed spec.index.nlist",
+                |v: &mut Value| v["spec"]["index"]["nprobe"] = json!(2048)),
+            ("evalk", "spec.rollout.evalK", "evalK must not exceed spec.router.maxK",
+                |v: &mut Value| v["spec"]["rollout"]["evalK"] = json!(2000)),
+        ] {
+            let e = api.create(&pp, &vi(name, &edit)).await.expect_err(name);
+            assert_invalid(e, field, want);
+        }
+        // A root-level rule on the name (its field path is the root's).
+        let e = api.create(&pp, &vi(&"a".repeat(38), &|_| {})).await.expect_err("name too long");
+        match e {
+            kube::Error::Api(s) => {
+                assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+                assert!(s.message.contains("at most 37 characters"), "{}", s.message);
+            }
+            other => panic!("expected an API error, got {other}"),
+        }
+        // storage.uri is immutable; fields that shape the index may change.
+        let e = api
+            .patch("docs", &PatchParams::default(), &Patch::Merge(json!({"spec": {"storage": {"uri": "s3://elsewhere/indexes"}}})))
+            .await
+            .expect_err("storage.uri changed");
+        assert_invalid(e, "spec.storage.uri", "spec.storage.uri is immutable");
+        let reshaped = api
+            .patch("docs", &PatchParams::default(), &Patch::Merge(json!({"spec": {"dimension": 768, "shards": 4}})))
+            .await
+            .expect("dimension and shards may change");
+        assert_eq!(reshaped.data["spec"]["dimension"], 768);
+
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}

@@ -76,6 +76,44 @@ impl ApiError {
         e
     }
 
+    /// 422 Invalid as `apierrors.NewInvalid` builds it: the message aggregates the field
+    /// errors (one bare, several in brackets, duplicates once), each a cause with its
+    /// reason, body and field.
+    pub fn invalid_fields(
+        group: &str,
+        kind: &str,
+        name: &str,
+        errs: &[super::schema::FieldError],
+    ) -> Self {
+        let mut msgs: Vec<String> = Vec::new();
+        for e in errs {
+            let m = e.to_string();
+            if !msgs.contains(&m) {
+                msgs.push(m);
+            }
+        }
+        let agg = match msgs.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        let qualified = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{qualified} \"{name}\" is invalid: {agg}"),
+        );
+        let causes: Vec<Value> = errs
+            .iter()
+            .map(|c| json!({"reason": c.kind.reason(), "message": c.body, "field": c.field}))
+            .collect();
+        e.details = Some(json!({"name": name, "group": group, "kind": kind, "causes": causes}));
+        e
+    }
+
     /// An error the real server does not map to a `Status` (its `ErrorToAPIStatus` default
     /// branch): code 500, no reason.
     pub fn internal(message: impl Into<String>) -> Self {

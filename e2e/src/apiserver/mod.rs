@@ -3,9 +3,11 @@
 pub mod admission;
 mod apply;
 pub mod auth;
+pub mod cel;
 mod convert;
 mod discovery;
 pub mod error;
+mod formats;
 mod http;
 mod patch;
 pub mod registry;

@@ -369,11 +369,18 @@ pub fn from_crd(crd: &Value) -> Result<ResourceInfo, Vec<String>> {
     let mut printer_columns = BTreeMap::new();
     let mut status = false;
     let mut scale_paths = None;
-    for v in spec["versions"]
+    for (i, v) in spec["versions"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
+        .iter()
+        .enumerate()
     {
+        // CEL rules that do not compile, uniqueItems, bad patterns: refused with the CRD.
+        errs.extend(super::cel::check_crd_schema(
+            &v["schema"]["openAPIV3Schema"],
+            &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+        ));
         let Some(name) = v["name"].as_str() else {
             continue;
         };

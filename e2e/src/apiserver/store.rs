@@ -12,7 +12,7 @@ use super::apply;
 use super::error::ApiError;
 use super::patch;
 use super::registry::{Registry, ResourceInfo, from_crd};
-use super::schema::validate_object;
+use super::schema::validate_custom_resource;
 use super::selectors::Selector;
 use super::services;
 use super::time::{new_uid, now_rfc3339, random_suffix, rfc3339, unix_now};
@@ -724,12 +724,19 @@ impl Inner {
             .cloned()
     }
 
-    fn validate(&self, res: &ResourceInfo, obj: &mut Value) -> Result<(), ApiError> {
+    /// Schema and CEL validation of a custom resource; `old` is the stored object on updates.
+    fn validate(
+        &self,
+        res: &ResourceInfo,
+        obj: &mut Value,
+        old: Option<&Value>,
+    ) -> Result<(), ApiError> {
         if let Some(schema) = self.version_schema(res, obj) {
-            let errs = validate_object(obj, &schema);
+            let errs = validate_custom_resource(obj, old, &schema);
             if !errs.is_empty() {
-                return Err(ApiError::invalid(
-                    &format!("{}.{}", res.kind, res.group),
+                return Err(ApiError::invalid_fields(
+                    &res.group,
+                    &res.kind,
                     name_of(obj),
                     &errs,
                 ));
@@ -835,7 +842,7 @@ impl Inner {
             let used = self.service_ips(None);
             services::on_write(None, &mut obj, &used, &name)?;
         }
-        self.validate(res, &mut obj)?;
+        self.validate(res, &mut obj, None)?;
         let crd_info = if key == CRD_KEY {
             let info = from_crd(&obj)
                 .map_err(|errs| ApiError::invalid("CustomResourceDefinition", &name, &errs))?;
@@ -982,7 +989,7 @@ impl Inner {
                 services::on_write(Some(&old), &mut result, &used, &name)?;
             }
         }
-        self.validate(res, &mut result)?;
+        self.validate(res, &mut result, Some(&old))?;
         let key = res.key();
         if key == CRD_KEY && sub != "status" {
             let info = from_crd(&result)
