@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::controllers::endpoints::SERVICE_NAME_LABEL;
-use crate::controllers::{AbortOnDrop, ControllerError, drive, to_values, trigger_on};
+use crate::controllers::{AbortOnDrop, ControllerError, drive, scoped_api, to_values, trigger_on};
 
 /// The file in the state directory where the proxy reports its local addresses.
 pub const STATE_FILE: &str = "services.json";
@@ -66,17 +66,6 @@ impl ProxyConfig {
             state_dir,
             namespace: None,
         }
-    }
-}
-
-fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    <K as kube::Resource>::DynamicType: Default,
-{
-    match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
     }
 }
 
@@ -195,11 +184,11 @@ pub async fn run(client: Client, cfg: ProxyConfig) {
     let ns = cfg.namespace.clone();
     let _watches = [
         AbortOnDrop(trigger_on(
-            scoped::<Service>(&client, ns.as_deref()),
+            scoped_api::<Service>(&client, ns.as_deref()),
             tx.clone(),
         )),
         AbortOnDrop(trigger_on(
-            scoped::<EndpointSlice>(&client, ns.as_deref()),
+            scoped_api::<EndpointSlice>(&client, ns.as_deref()),
             tx,
         )),
     ];
@@ -243,13 +232,13 @@ impl State {
         let list = ListParams::default();
         let ns = self.cfg.namespace.clone();
         let services = to_values(
-            scoped::<Service>(client, ns.as_deref())
+            scoped_api::<Service>(client, ns.as_deref())
                 .list(&list)
                 .await?
                 .items,
         )?;
         let slices = to_values(
-            scoped::<EndpointSlice>(client, ns.as_deref())
+            scoped_api::<EndpointSlice>(client, ns.as_deref())
                 .list(&ListParams::default().labels(SERVICE_NAME_LABEL))
                 .await?
                 .items,

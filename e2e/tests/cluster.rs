@@ -11,7 +11,7 @@ use common::{bounded, eventually};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
@@ -80,12 +80,7 @@ async fn start() -> Env {
         .create(&PostParams::default(), &nsobj)
         .await
         .expect("namespace");
-    // Pods are admitted only once the namespace's default ServiceAccount exists.
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    eventually(30, "default ServiceAccount", || async {
-        sas.get_opt("default").await.ok().flatten().map(|_| ())
-    })
-    .await;
+    common::wait_default_account(&client, &ns).await;
     Env {
         local,
         node,

@@ -50,6 +50,18 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// The objects of one namespace, or of all when `ns` is None (a node limited to a namespace).
+pub fn scoped_api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// Sends a unit on `tx` for every watch event of `api`, re-listing when the watch ends.
 pub fn trigger_on<K>(api: Api<K>, tx: mpsc::Sender<()>) -> JoinHandle<()>
 where

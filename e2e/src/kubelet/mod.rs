@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::controllers::{name, trigger_on, uid};
+use crate::controllers::{name, scoped_api, trigger_on, uid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {
@@ -196,13 +196,6 @@ async fn register_node(client: &Client, node: &str) -> Result<(), KubeletError> 
     Ok(())
 }
 
-fn pods_api(client: &Client, cfg: &KubeletConfig) -> Api<Pod> {
-    match &cfg.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 struct Worker {
     tx: watch::Sender<Value>,
     task: JoinHandle<()>,
@@ -226,7 +219,7 @@ pub async fn run(client: Client, mut cfg: KubeletConfig) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let (tx, mut rx) = mpsc::channel(1);
-    let _watch = trigger_on(pods_api(&client, &cfg), tx);
+    let _watch = trigger_on(scoped_api::<Pod>(&client, cfg.namespace.as_deref()), tx);
     let mut workers: HashMap<String, Worker> = HashMap::new();
     loop {
         if let Err(e) = sync(&client, &cfg, &ips, &mut workers).await {
@@ -246,7 +239,9 @@ async fn sync(
     ips: &Arc<IpPool>,
     workers: &mut HashMap<String, Worker>,
 ) -> Result<(), KubeletError> {
-    let pods = pods_api(client, cfg).list(&ListParams::default()).await?;
+    let pods = scoped_api::<Pod>(client, cfg.namespace.as_deref())
+        .list(&ListParams::default())
+        .await?;
     let mut seen = Vec::new();
     for p in pods.items {
         let v = serde_json::to_value(&p)?;

@@ -79,13 +79,7 @@ impl Cluster {
         api.create(&PostParams::default(), &ns)
             .await
             .expect("create namespace");
-        // Pods are refused until the namespace's `default` ServiceAccount exists (on a
-        // real cluster too: the controller manager makes it a moment later).
-        let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &name);
-        eventually(30, "the namespace's default ServiceAccount", || async {
-            sas.get_opt("default").await.ok().flatten().map(|_| ())
-        })
-        .await;
+        wait_default_account(&self.client, &name).await;
         Ns {
             name,
             client: self.client.clone(),
@@ -126,6 +120,16 @@ impl Drop for Ns {
         })
         .join();
     }
+}
+
+/// Pods are refused until a new namespace's `default` ServiceAccount exists (on a real
+/// cluster too: the controller manager makes it a moment after the namespace).
+pub async fn wait_default_account(client: &Client, ns: &str) {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    eventually(30, "the namespace's default ServiceAccount", || async {
+        sas.get_opt("default").await.ok().flatten().map(|_| ())
+    })
+    .await;
 }
 
 /// Bounded test body: a hang fails the test instead of stalling the suite.
