@@ -7,7 +7,7 @@ pub const INDEX: &str = "QUIVER_INDEX";
 /// also a directory in storage.
 pub const NAMESPACE: &str = "QUIVER_NAMESPACE";
 /// Name of the pod (from the downward API `metadata.name`): the node name it reports in its
-/// Admin `Status` and logs. (index-node today reads `POD_NAME` for `--node-name`.)
+/// Admin `Status` and logs (`--node-name`).
 pub const POD_NAME: &str = "QUIVER_POD_NAME";
 /// The pod's IP (from the downward API `status.podIP`): the address to listen on
 /// (`--listen-ip`).

@@ -6,3 +6,4 @@ pub mod controllers;
 pub mod kubelet;
 pub mod local;
 pub mod proxy;
+pub mod testing;

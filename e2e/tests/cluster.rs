@@ -11,116 +11,23 @@ use common::{bounded, eventually};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
-use kube::{Client, ResourceExt};
-use quiver_e2e::kubelet::KubeletConfig;
-use quiver_e2e::local::{Local, LocalConfig, Node};
+use quiver_e2e::testing::TestCluster;
 use serde_json::{Value, json};
 
-struct Env {
-    local: Option<Local>,
-    /// The kubelet attached to an outside cluster.
-    node: Option<Node>,
-    client: Client,
-    ns: String,
-    /// The node the test's kubelet registered.
-    node_name: String,
-    dir: std::path::PathBuf,
-}
+type Env = TestCluster;
 
 async fn start() -> Env {
-    let dir = std::env::temp_dir().join(common::unique(&format!(
-        "quiver-cluster-{}",
-        std::process::id()
-    )));
     let images = [(
         "testpod".to_string(),
         std::path::PathBuf::from(env!("CARGO_BIN_EXE_quiver-testpod")),
     )];
-    // Tests in this binary run at once; each kubelet gets its own pod IP range.
-    static BLOCK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(10);
-    let ip_block = BLOCK.fetch_add(10, std::sync::atomic::Ordering::Relaxed);
-    let ns = common::unique("t");
-    let mut node_name = "quiver-node".to_string();
-    let (local, node, client) = match std::env::var("QUIVER_E2E_KUBECONFIG") {
-        Ok(path) => {
-            let path = std::path::Path::new(&path);
-            let config = quiver_e2e::local::config_for(path)
-                .await
-                .expect("kubeconfig");
-            let mut kcfg =
-                KubeletConfig::new(format!("quiver-e2e-{ns}"), dir.join("pods"), images.into());
-            kcfg.api_server = KubeletConfig::api_server_from_url(&config.cluster_url);
-            kcfg.namespace = Some(ns.clone());
-            kcfg.ip_block = ip_block;
-            kcfg.backoff_base = Duration::from_millis(500);
-            let client = Client::try_from(config).expect("client");
-            node_name = kcfg.node.clone();
-            let node = Node::start(client.clone(), kcfg, &dir);
-            (None, Some(node), client)
-        }
-        Err(_) => {
-            let mut cfg = LocalConfig::new(dir.clone());
-            cfg.images = images.into();
-            cfg.restart_backoff = Duration::from_millis(500);
-            cfg.pod_ip_block = ip_block;
-            let local = Local::start(cfg).await.expect("start");
-            let client = quiver_e2e::local::client_for(&local.server.kubeconfig)
-                .await
-                .expect("client");
-            (Some(local), None, client)
-        }
-    };
-    let nsobj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns");
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &nsobj)
-        .await
-        .expect("namespace");
-    common::wait_default_account(&client, &ns).await;
-    Env {
-        local,
-        node,
-        client,
-        ns,
-        node_name,
-        dir,
-    }
-}
-
-impl Env {
-    /// `--kubeconfig` for `quiver-local` commands, when the cluster is not the stand-in
-    /// (whose kubeconfig lives in the state directory).
-    fn kubeconfig_args(&self) -> Vec<String> {
-        match std::env::var("QUIVER_E2E_KUBECONFIG") {
-            Ok(k) if self.local.is_none() => vec!["--kubeconfig".into(), k],
-            _ => Vec::new(),
-        }
-    }
-
-    async fn stop(self) {
-        if let Some(node) = self.node {
-            // Outside clusters keep no trace: the namespace and the test's Node go.
-            let _ = Api::<Namespace>::all(self.client.clone())
-                .delete(&self.ns, &DeleteParams::default())
-                .await;
-            node.stop(true).await;
-        }
-        if let Some(local) = self.local {
-            local.stop().await;
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-    fn api<K>(&self) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
+    TestCluster::start(images.into()).await.expect("cluster")
 }
 
 fn serving_container(ready_after_ms: u64) -> Value {
@@ -187,6 +94,74 @@ async fn pod_serves_readiness_then_terminates_on_delete() {
         assert_eq!(cs.restart_count, 0, "a container stopped for deletion is not a restart");
         assert!(cs.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some(), "terminated state: {cs:?}");
         eventually(30, "pod removed after graceful stop", || async { pods.get_opt("web").await.ok()?.is_none().then_some(()) }).await;
+        env.stop().await;
+    })
+    .await;
+}
+
+fn condition_of<'a>(p: &'a Pod, ty: &str) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == ty))
+}
+
+/// `spec.readinessGates`: the pod is Ready only while every gate's condition (set by someone
+/// else through the status subresource) is True; the kubelet's own status writes leave
+/// those conditions alone.
+#[tokio::test]
+async fn readiness_gates_hold_ready_until_their_condition_is_true() {
+    bounded(90, async {
+        let env = start().await;
+        let pods: Api<Pod> = env.api();
+        const GATE: &str = "example.com/in-rotation";
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "gated"},
+            "spec": {"readinessGates": [{"conditionType": GATE}], "containers": [serving_container(0)]}}))
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod).await.expect("create");
+        let p = eventually(30, "containers ready", || async {
+            let p = pods.get("gated").await.ok()?;
+            (condition_of(&p, "ContainersReady")?.status == "True").then_some(p)
+        })
+        .await;
+        assert!(!ready(&p), "Ready without its gate: {:?}", p.status);
+        let set_gate = |on: bool| {
+            let pods = pods.clone();
+            async move {
+                let status = if on { "True" } else { "False" };
+                pods.patch_status(
+                    "gated",
+                    &PatchParams::default(),
+                    &Patch::Strategic(json!({"status": {"conditions": [{"type": GATE, "status": status}]}})),
+                )
+                .await
+                .expect("patch gate");
+            }
+        };
+        set_gate(true).await;
+        eventually(10, "Ready once the gate is True", || async {
+            pods.get("gated").await.ok().filter(ready).map(|_| ())
+        })
+        .await;
+        // Let a few kubelet status writes happen: the gate's condition stays.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let p = pods.get("gated").await.expect("pod");
+        assert_eq!(condition_of(&p, GATE).map(|c| c.status.as_str()), Some("True"));
+        assert!(ready(&p));
+        set_gate(false).await;
+        let p = eventually(10, "not Ready once the gate is False", || async {
+            pods.get("gated").await.ok().filter(|p| !ready(p))
+        })
+        .await;
+        let ready_cond = condition_of(&p, "Ready").expect("Ready condition");
+        assert_eq!(ready_cond.reason.as_deref(), Some("ReadinessGatesNotReady"));
+        assert_eq!(condition_of(&p, "ContainersReady").map(|c| c.status.as_str()), Some("True"));
+        let restarts = p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|cs| cs[0].restart_count);
+        assert_eq!(restarts, Some(0), "a gate does not touch the container");
         env.stop().await;
     })
     .await;

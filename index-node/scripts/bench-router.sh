@@ -4,7 +4,8 @@
 # runs `index-node bench` on the same files for reference. A benchmark, not a test: it prints
 # figures. Environment: N, DIM, NLIST, NPROBE, SECS, CARGO_TARGET_DIR, WORKERS (tokio worker
 # threads of each node and of the router-path loadtest; default 1, since the four processes share
-# this machine's cores; 0 = one per core).
+# this machine's cores; 0 = one per core), BIN (an index-node binary to measure instead of
+# building this checkout's, e.g. an older build for a before/after comparison).
 set -euo pipefail
 N=${N:-200000}
 DIM=${DIM:-128}
@@ -15,8 +16,10 @@ WORKERS=${WORKERS:-1}
 K=10
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-(cd "$ROOT" && cargo build --release -p index-node)
-BIN=$TARGET/release/index-node
+if [[ -z "${BIN:-}" ]]; then
+    (cd "$ROOT" && cargo build --release -p index-node)
+    BIN=$TARGET/release/index-node
+fi
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {

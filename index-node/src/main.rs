@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod discovery;
+mod k8s;
 mod loader;
 mod loadtest;
 mod manifest;

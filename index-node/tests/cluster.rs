@@ -25,37 +25,6 @@ fn ip(host: u8) -> String {
     format!("{NET}.{host}")
 }
 
-fn loadtest(router: &str, queries: &str, secs: f64, conc: usize) -> std::process::Child {
-    std::process::Command::new(bin())
-        .args([
-            "loadtest",
-            "--target",
-            router,
-            "--queries",
-            queries,
-            "--k",
-            "10",
-            "--concurrency",
-            &conc.to_string(),
-            "--duration-secs",
-            &secs.to_string(),
-            "--json",
-            "--timeout-ms",
-            "5000",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn summary(child: std::process::Child) -> serde_json::Value {
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "loadtest failed");
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim().lines().last().unwrap()).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_swaps_versions_and_survives_replica_loss() {
     tokio::time::timeout(Duration::from_secs(240), scenario())

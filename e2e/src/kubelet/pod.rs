@@ -573,6 +573,28 @@ impl PodWorker {
         "Pending"
     }
 
+    /// Readiness gates (`spec.readinessGates`) whose condition is not `True` in the pod's
+    /// status: someone else owns those conditions; the pod is Ready only when all are True.
+    fn unmet_gates(&self) -> Vec<String> {
+        let conditions = self.pod["status"]["conditions"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        self.pod["spec"]["readinessGates"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|g| g["conditionType"].as_str())
+            .filter(|ty| {
+                !conditions
+                    .iter()
+                    .any(|c| c["type"] == *ty && c["status"] == "True")
+            })
+            .map(String::from)
+            .collect()
+    }
+
     async fn write_status(&mut self) -> Result<(), KubeletError> {
         let phase = self.phase();
         let main: Vec<&Container> = self.containers.iter().filter(|c| !c.init).collect();
@@ -581,12 +603,34 @@ impl PodWorker {
             .iter()
             .filter(|c| c.init)
             .all(Container::completed_ok);
-        let ready = phase == "Running" && main.iter().all(|c| c.ready());
-        let t = self.start_time.clone();
-        let cond = |ty: &str, ok: bool| json!({"type": ty, "status": if ok { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": t});
+        let containers_ready = phase == "Running" && main.iter().all(|c| c.ready());
+        let unmet = self.unmet_gates();
+        let ready = containers_ready && unmet.is_empty();
+        // A condition's lastTransitionTime moves only when its status flips.
+        let previous = self.last_status["conditions"].clone();
+        let cond = |ty: &str, ok: bool| {
+            let status = if ok { "True" } else { "False" };
+            let since = previous
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == ty))
+                .filter(|c| c["status"] == status)
+                .map(|c| c["lastTransitionTime"].clone())
+                .unwrap_or_else(|| json!(now()));
+            json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since})
+        };
+        let mut ready_cond = cond("Ready", ready);
+        if containers_ready && !unmet.is_empty() {
+            ready_cond["reason"] = json!("ReadinessGatesNotReady");
+            ready_cond["message"] = json!(format!(
+                "the status of pod readiness gate {:?} is not \"True\"",
+                unmet[0]
+            ));
+        }
         let status = json!({
             "phase": phase,
-            "conditions": [cond("PodScheduled", true), cond("Initialized", initialized), cond("ContainersReady", ready), cond("Ready", ready)],
+            // Only the conditions a kubelet owns: others (readiness gates) belong to whoever
+            // set them, and the strategic merge below leaves them alone.
+            "conditions": [cond("PodScheduled", true), cond("Initialized", initialized), cond("ContainersReady", containers_ready), ready_cond],
             "hostIP": "127.0.0.1",
             "hostIPs": [{"ip": "127.0.0.1"}],
             "podIP": self.ip.to_string(),
@@ -596,15 +640,16 @@ impl PodWorker {
             "initContainerStatuses": self.containers.iter().filter(|c| c.init).map(Container::status).collect::<Vec<_>>(),
             "containerStatuses": main.iter().map(|c| c.status()).collect::<Vec<_>>(),
         });
-        // Conditions keep their transition times; only write when something changed.
+        // Only write when something changed.
         if status == self.last_status {
             return Ok(());
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns());
+        // Strategic merge, as a kubelet patches: `conditions` merge by type.
         api.patch_status(
             &self.name(),
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
+            &Patch::Strategic(json!({"status": status})),
         )
         .await?;
         self.last_status = status;

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 use quiver_e2e::local::{Local, LocalConfig};
@@ -19,9 +19,7 @@ pub struct Cluster {
     pub dir: PathBuf,
 }
 
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", quiver_e2e::apiserver::time::random_suffix())
-}
+pub use quiver_e2e::testing::unique;
 
 impl Cluster {
     pub async fn start() -> Self {
@@ -122,14 +120,11 @@ impl Drop for Ns {
     }
 }
 
-/// Pods are refused until a new namespace's `default` ServiceAccount exists (on a real
-/// cluster too: the controller manager makes it a moment after the namespace).
+/// Pods are refused until a new namespace's `default` ServiceAccount exists.
 pub async fn wait_default_account(client: &Client, ns: &str) {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    eventually(30, "the namespace's default ServiceAccount", || async {
-        sas.get_opt("default").await.ok().flatten().map(|_| ())
-    })
-    .await;
+    quiver_e2e::testing::wait_default_account(client, ns)
+        .await
+        .expect("default ServiceAccount");
 }
 
 /// Bounded test body: a hang fails the test instead of stalling the suite.

@@ -62,6 +62,13 @@ pub struct ServeCmd {
     /// Router: JSON file `{"0": ["ip:port", ...]}` polled for changes.
     #[arg(long)]
     pub shards_file: Option<PathBuf>,
+    /// Take the desired state from Kubernetes instead of flags and files: the versions to
+    /// hold and the active one from the status of the VectorIndex `--index` in
+    /// `--namespace` and, for a router, shard replicas from the index's Ready shard pods
+    /// (pod IP, port `shard`). Needs read access (get, list, watch) to `vectorindexes` and,
+    /// for routers, `pods`; uses the pod's service account, or KUBECONFIG outside a cluster.
+    #[arg(long, conflicts_with_all = ["shards", "shards_file", "versions_file", "versions", "active"])]
+    pub kube: bool,
     #[command(flatten)]
     pub versions: VersionArgs,
     /// Largest k a client may ask for.
@@ -89,7 +96,7 @@ pub struct ServeCmd {
     #[arg(long, default_value_t = 0, env = "QUIVER_WORKER_THREADS")]
     pub worker_threads: usize,
     /// Node name reported in status (defaults to listen address).
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = quiver_api::env::POD_NAME)]
     pub node_name: Option<String>,
 }
 
@@ -173,7 +180,27 @@ async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
         .node_name
         .clone()
         .unwrap_or_else(|| grpc_addr.to_string());
-    let desired = cmd.versions.source().watch();
+    let kube = match cmd.kube {
+        true => Some(kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!(
+                "--kube: no Kubernetes client (in-cluster service account or KUBECONFIG): {e}"
+            )
+        })?),
+        false => None,
+    };
+    let versions: Box<dyn crate::versions::VersionSource> = match &kube {
+        Some(client) => Box::new(crate::k8s::KubeVersions {
+            client: client.clone(),
+            namespace: cmd.namespace.clone(),
+            index: cmd.index.clone(),
+            shard: match cmd.role {
+                Role::Shard => cmd.shard,
+                Role::Router => None,
+            },
+        }),
+        None => cmd.versions.source(),
+    };
+    let desired = versions.watch();
     let role_name = match cmd.role {
         Role::Shard => "shard",
         Role::Router => "router",
@@ -192,14 +219,19 @@ async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
             ))
         }
         Role::Router => {
-            let source: Box<dyn ReplicaSource> = match (&cmd.shards, &cmd.shards_file) {
-                (Some(spec), _) => Box::new(StaticReplicas(parse_static(spec)?)),
-                (None, Some(path)) => Box::new(FileReplicas {
+            let source: Box<dyn ReplicaSource> = match (&kube, &cmd.shards, &cmd.shards_file) {
+                (Some(client), _, _) => Box::new(crate::k8s::PodReplicas {
+                    client: client.clone(),
+                    namespace: cmd.namespace.clone(),
+                    index: cmd.index.clone(),
+                }),
+                (None, Some(spec), _) => Box::new(StaticReplicas(parse_static(spec)?)),
+                (None, None, Some(path)) => Box::new(FileReplicas {
                     path: path.clone(),
                     interval: Duration::from_millis(200),
                 }),
-                (None, None) => {
-                    anyhow::bail!("--role router needs --shards or --shards-file")
+                (None, None, None) => {
+                    anyhow::bail!("--role router needs --kube, --shards or --shards-file")
                 }
             };
             RoleState::Router(router::RouterState::new(

@@ -125,13 +125,18 @@ pub fn wait_ready(p: &Proc, ip: &str, within: Duration) {
 }
 
 pub fn storage_args(storage: &str, version: &str) -> Vec<String> {
+    storage_args_at(storage, "test", "idx", version)
+}
+
+/// `--storage`, `--namespace`, `--index`, `--version`.
+pub fn storage_args_at(storage: &str, namespace: &str, index: &str, version: &str) -> Vec<String> {
     [
         "--storage",
         storage,
         "--namespace",
-        "test",
+        namespace,
         "--index",
-        "idx",
+        index,
         "--version",
         version,
     ]
@@ -150,8 +155,29 @@ pub fn build_version(
     id_offset: u64,
     env: &[(&str, &str)],
 ) {
+    build_version_at(
+        storage,
+        ("test", "idx", version),
+        n,
+        shards,
+        parts,
+        id_offset,
+        env,
+    )
+}
+
+/// [`build_version`] of `(namespace, index, version)`.
+pub fn build_version_at(
+    storage: &str,
+    (namespace, index, version): (&str, &str, &str),
+    n: usize,
+    shards: u32,
+    parts: u32,
+    id_offset: u64,
+    env: &[(&str, &str)],
+) {
     let mut train: Vec<String> = vec!["train".into()];
-    train.extend(storage_args(storage, version));
+    train.extend(storage_args_at(storage, namespace, index, version));
     train.extend(
         [
             "--synthetic",
@@ -170,7 +196,7 @@ pub fn build_version(
     );
     run_ok(&train.iter().map(String::as_str).collect::<Vec<_>>(), env);
     let mut base: Vec<String> = vec!["build".into()];
-    base.extend(storage_args(storage, version));
+    base.extend(storage_args_at(storage, namespace, index, version));
     base.extend(
         [
             "--synthetic",
@@ -254,4 +280,37 @@ pub fn write_versions(path: &Path, versions: &[&str], active: &str) {
     )
     .unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `index-node loadtest` against `router` for `secs` seconds at concurrency `conc`.
+pub fn loadtest(router: &str, queries: &str, secs: f64, conc: usize) -> std::process::Child {
+    std::process::Command::new(bin())
+        .args([
+            "loadtest",
+            "--target",
+            router,
+            "--queries",
+            queries,
+            "--k",
+            "10",
+            "--concurrency",
+            &conc.to_string(),
+            "--duration-secs",
+            &secs.to_string(),
+            "--json",
+            "--timeout-ms",
+            "5000",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a loadtest and returns its JSON summary.
+pub fn summary(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "loadtest failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim().lines().last().unwrap()).unwrap()
 }
