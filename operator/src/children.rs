@@ -67,7 +67,12 @@ pub enum ChildrenError {
 pub fn build(vi: &VectorIndex, cfg: &ChildConfig) -> Result<Children, ChildrenError> {
     let index = vi.name_any();
     let owner = owner_ref(vi)?;
-    let b = Builder { vi, cfg, index: &index, owner: &owner };
+    let b = Builder {
+        vi,
+        cfg,
+        index: &index,
+        owner: &owner,
+    };
     let shards = (0..vi.spec.shards)
         .map(|s| b.shard(s))
         .collect::<Result<Vec<_>, _>>()?;
@@ -151,12 +156,12 @@ impl Builder<'_> {
         self.object(
             "Role",
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-                "metadata": self.metadata(&name, &labels::for_index(self.index)),
-                "rules": [
-                    {"apiGroups": ["quiver.dev"], "resources": ["vectorindexes"],
-                     "verbs": ["get", "list", "watch"]},
-                    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-                ]}),
+            "metadata": self.metadata(&name, &labels::for_index(self.index)),
+            "rules": [
+                {"apiGroups": ["quiver.dev"], "resources": ["vectorindexes"],
+                 "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            ]}),
         )
     }
 
@@ -197,8 +202,14 @@ impl Builder<'_> {
             envs.push(json!({"name": env::SHARD, "value": s.to_string()}));
         }
         let (port_name, mut args) = match role {
-            NodeRole::Shard => (ports::SHARD_NAME, vec!["serve", "--role", "shard", "--kube"]),
-            _ => (ports::QUERY_NAME, vec!["serve", "--role", "router", "--kube"]),
+            NodeRole::Shard => (
+                ports::SHARD_NAME,
+                vec!["serve", "--role", "shard", "--kube"],
+            ),
+            _ => (
+                ports::QUERY_NAME,
+                vec!["serve", "--role", "router", "--kube"],
+            ),
         };
         let max_k = spec.router.max_k.to_string();
         args.extend(["--max-k", &max_k]);
@@ -262,16 +273,16 @@ impl Builder<'_> {
         let statefulset = self.object(
             &format!("StatefulSet {name}"),
             json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-                "metadata": self.metadata(&name, &pod_labels),
-                "spec": {
-                    "replicas": self.vi.spec.replicas,
-                    "serviceName": name,
-                    // Replicas are interchangeable: start and stop them together.
-                    "podManagementPolicy": "Parallel",
-                    "selector": {"matchLabels": pod_labels},
-                    "template": {"metadata": {"labels": pod_labels},
-                                 "spec": self.pod_spec(self.container(NodeRole::Shard, Some(shard)))},
-                }}),
+            "metadata": self.metadata(&name, &pod_labels),
+            "spec": {
+                "replicas": self.vi.spec.replicas,
+                "serviceName": name,
+                // Replicas are interchangeable: start and stop them together.
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": pod_labels},
+                "template": {"metadata": {"labels": pod_labels},
+                             "spec": self.pod_spec(self.container(NodeRole::Shard, Some(shard)))},
+            }}),
         )?;
         let service = self.object(
             &format!("Service {name}"),
@@ -297,16 +308,16 @@ impl Builder<'_> {
         self.object(
             &format!("Deployment {name}"),
             json!({"apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": self.metadata(&name, &pod_labels),
-                "spec": {
-                    "replicas": self.vi.spec.router.replicas,
-                    "selector": {"matchLabels": pod_labels},
-                    // Never below the desired count of serving routers during a rollout.
-                    "strategy": {"type": "RollingUpdate",
-                                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                    "template": {"metadata": {"labels": pod_labels},
-                                 "spec": self.pod_spec(self.container(NodeRole::Router, None))},
-                }}),
+            "metadata": self.metadata(&name, &pod_labels),
+            "spec": {
+                "replicas": self.vi.spec.router.replicas,
+                "selector": {"matchLabels": pod_labels},
+                // Never below the desired count of serving routers during a rollout.
+                "strategy": {"type": "RollingUpdate",
+                             "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {"metadata": {"labels": pod_labels},
+                             "spec": self.pod_spec(self.container(NodeRole::Router, None))},
+            }}),
         )
     }
 
@@ -426,7 +437,12 @@ mod tests {
             assert_eq!(owners[0].controller, Some(true));
             assert_eq!(owners[0].uid, "7f3a9c2e-0000-4000-8000-000000000001");
             let l = m.labels.unwrap_or_default();
-            assert_eq!(l.get(labels::INDEX).map(String::as_str), Some("docs"), "{:?}", m.name);
+            assert_eq!(
+                l.get(labels::INDEX).map(String::as_str),
+                Some("docs"),
+                "{:?}",
+                m.name
+            );
         }
         Ok(())
     }
@@ -435,7 +451,10 @@ mod tests {
     fn pods_follow_kubernetes_and_carry_no_version() -> Result<(), ChildrenError> {
         let c = build(&index(|_| {}), &cfg())?;
         let router = container(&c.router.spec.template);
-        assert_eq!(router["args"], json!(["serve", "--role", "router", "--kube", "--max-k", "1000"]));
+        assert_eq!(
+            router["args"],
+            json!(["serve", "--role", "router", "--kube", "--max-k", "1000"])
+        );
         assert_eq!(router["image"], "ghcr.io/quiver/index-node:0.1.0");
         assert_eq!(env_of(&router, env::STORAGE)["value"], "s3://b/idx");
         assert_eq!(
@@ -443,11 +462,17 @@ mod tests {
             "status.podIP"
         );
         assert_eq!(env_of(&router, env::WORKER_THREADS)["value"], "0");
-        assert!(env_of(&router, env::VERSION).is_null(), "versions come from the status");
+        assert!(
+            env_of(&router, env::VERSION).is_null(),
+            "versions come from the status"
+        );
         let sa = c.service_account.name_any();
         let pod = c.router.spec.template.spec.as_ref().expect("pod");
         assert_eq!(pod.service_account_name.as_deref(), Some(sa.as_str()));
-        assert_eq!(c.role_binding.subjects.as_ref().map(|s| s[0].name.clone()), Some(sa));
+        assert_eq!(
+            c.role_binding.subjects.as_ref().map(|s| s[0].name.clone()),
+            Some(sa)
+        );
         Ok(())
     }
 
@@ -479,7 +504,10 @@ mod tests {
         assert_eq!(env_of(&shard, env::WORKER_THREADS)["value"], "2");
         assert_eq!(shard["envFrom"][0]["secretRef"]["name"], "s3-creds");
         let pod = tmpl.spec.expect("pod");
-        assert_eq!(pod.node_selector.map(|n| n["pool"].clone()).as_deref(), Some("search"));
+        assert_eq!(
+            pod.node_selector.map(|n| n["pool"].clone()).as_deref(),
+            Some("search")
+        );
         assert_eq!(pod.tolerations.map(|t| t.len()), Some(1));
         // The router has no limit: one thread per core.
         let router = container(&c.router.spec.template);
@@ -508,11 +536,12 @@ mod tests {
     #[test]
     fn an_unstored_index_owns_nothing() {
         let vi = index(|v| {
-            v["metadata"]
-                .as_object_mut()
-                .map(|m| m.remove("uid"));
+            v["metadata"].as_object_mut().map(|m| m.remove("uid"));
         });
-        assert!(matches!(build(&vi, &cfg()), Err(ChildrenError::NotStored(_, "uid"))));
+        assert!(matches!(
+            build(&vi, &cfg()),
+            Err(ChildrenError::NotStored(_, "uid"))
+        ));
     }
 
     #[test]
