@@ -19,12 +19,11 @@ use common::{bin, build_version_at, loadtest, summary};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use quiver_api::keys::labels::{self, Role as NodeRole};
 use quiver_api::{VectorIndex, ports};
-use quiver_e2e::testing::TestCluster;
+use quiver_e2e::testing::{TestCluster, eventually, install_crd};
 use quiver_proto::StatusRequest;
 use quiver_proto::admin_client::AdminClient;
 use serde_json::{Value, json};
@@ -60,7 +59,7 @@ async fn scenario() {
         .await
         .unwrap();
     }
-    install_crd(&env.client).await;
+    install_crd(&env.client).await.unwrap();
     let indexes: Api<VectorIndex> = env.api();
     let vi: VectorIndex = serde_json::from_value(json!({
         "apiVersion": "quiver.dev/v1alpha1", "kind": "VectorIndex", "metadata": {"name": INDEX},
@@ -205,52 +204,6 @@ async fn scenario() {
         "{V2} answered with a {V1} id: {s}"
     );
     env.stop().await;
-}
-
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The CRD is cluster-wide: on a real cluster it may be there already (left in place).
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    match crds
-        .create(&PostParams::default(), &quiver_api::crd())
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create the VectorIndex CRD: {e}"),
-    }
-    eventually(30, "the CRD Established", || async {
-        let crd = crds.get("vectorindexes.quiver.dev").await.ok()?;
-        crd.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await;
-    // Discovery may lag Established by a moment on a real server.
-    let api: Api<VectorIndex> = Api::all(client.clone());
-    eventually(30, "vectorindexes served", || async {
-        api.list(&ListParams::default().limit(1))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
 }
 
 /// Writes the status as the operator would: `versions` newest first, each with 2 shards.

@@ -1,11 +1,15 @@
 //! `quiver-operator`: reconciles `VectorIndex` resources into serving index clusters.
 //!
-//! Built so far (the pure steps, unit-tested without a client):
-//! * [`children`]: the serving children an index should have (shard StatefulSets, headless
-//!   Services and PodDisruptionBudgets, the router Deployment, the query Service, the node
-//!   pods' read-only RBAC).
-//!
-//! Not built yet: the controller (observe → validate → plan → apply → status), the version
-//! lifecycle and its Jobs, leader election, the binary.
+//! Reconcile is a pipeline (see [`controller`]): observe ([`observe`]) → validate
+//! (`quiver_api::validate`) → plan ([`children`], [`jobs`], [`lifecycle`], [`conditions`],
+//! all pure and unit-tested without a client) → apply ([`apply`]) → status.
 
+pub mod apply;
 pub mod children;
+pub mod conditions;
+pub mod controller;
+pub mod jobs;
+pub mod lifecycle;
+pub mod metrics;
+pub mod observe;
+pub mod spec_hash;

@@ -1,0 +1,418 @@
+//! The controller: one reconcile per `VectorIndex`, as a pipeline
+//! observe → validate → plan → apply → status, each step with its own error variant naming
+//! the index and the object. Invalid specs are not errors: they get a condition and an Event
+//! and wait for the next change. Transient errors are retried with back-off by
+//! [`error_policy`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use quiver_api::keys::labels;
+use quiver_api::v1alpha1::{ReadyCount, VectorIndex, VectorIndexStatus, VersionPhase};
+use tracing::{info, warn};
+
+use crate::apply::{self, ApplyError, Writes};
+use crate::children::{self, ChildConfig, ChildrenError};
+use crate::conditions::{self, Summary};
+use crate::jobs::{self, JobError};
+use crate::lifecycle::{self, Inputs, LifecycleError, Note, Versions};
+use crate::metrics::Metrics;
+use crate::observe::{self, ObserveError, is_ready};
+use crate::spec_hash::spec_hash;
+
+/// Look again this often when nothing is going on (reads only; no write unless something
+/// changed).
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+pub struct Context {
+    pub client: Client,
+    pub cfg: ChildConfig,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("observe: {0}")]
+    Observe(#[from] ObserveError),
+    #[error("plan children: {0}")]
+    Children(#[from] ChildrenError),
+    #[error("plan Jobs: {0}")]
+    Jobs(#[from] JobError),
+    #[error("plan lifecycle of VectorIndex {index}: {source}")]
+    Lifecycle {
+        index: String,
+        source: LifecycleError,
+    },
+    #[error("apply: {0}")]
+    Apply(#[from] ApplyError),
+    #[error("status of VectorIndex {index}: {source}")]
+    Status { index: String, source: kube::Error },
+}
+
+impl Error {
+    /// The failed step, a metric label.
+    pub fn step(&self) -> &'static str {
+        match self {
+            Error::Observe(_) => "observe",
+            Error::Children(_) | Error::Jobs(_) | Error::Lifecycle { .. } => "plan",
+            Error::Apply(_) => "apply",
+            Error::Status { .. } => "status",
+        }
+    }
+
+    /// A write that lost a race with another writer (a resourceVersion conflict): retry now.
+    fn is_conflict(&self) -> bool {
+        matches!(self, Error::Status { source: kube::Error::Api(s), .. } if s.code == 409)
+    }
+}
+
+/// Runs the controller until a shutdown signal. `namespace` None watches all namespaces.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    // Only our children: the index label is on every one of them.
+    let owned = watcher::Config::default().labels(labels::INDEX);
+    Controller::new(
+        scoped::<VectorIndex>(&client, ns),
+        watcher::Config::default(),
+    )
+    .owns(scoped::<StatefulSet>(&client, ns), owned.clone())
+    .owns(scoped::<Deployment>(&client, ns), owned.clone())
+    .owns(scoped::<Job>(&client, ns), owned.clone())
+    .owns(scoped::<Service>(&client, ns), owned)
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|res| async move {
+        match res {
+            Ok((obj, _)) => {
+                tracing::debug!(index = %obj.name, namespace = ?obj.namespace, "reconciled")
+            }
+            Err(e) => tracing::debug!(error = %e, "reconcile failed"),
+        }
+    })
+    .await;
+}
+
+/// An Api of one namespace, or of all.
+fn scoped<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Retries transient errors with a short back-off; conflicts at once.
+pub fn error_policy(vi: Arc<VectorIndex>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&vec![("step", err.step().to_string())])
+        .inc();
+    warn!(index = %vi.name_any(), namespace = ?vi.namespace(), step = err.step(), error = %err, "reconcile failed");
+    if err.is_conflict() {
+        Action::requeue(Duration::from_millis(200))
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    }
+}
+
+pub async fn reconcile(vi: Arc<VectorIndex>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let out = reconcile_inner(&vi, &ctx).await;
+    ctx.metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = match &out {
+        Ok(_) => "ok",
+        Err(_) => "error",
+    };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&vec![("outcome", outcome.to_string())])
+        .inc();
+    out
+}
+
+async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Error> {
+    let index = vi.name_any();
+    let ns = vi.namespace().unwrap_or_default();
+    if vi.meta().deletion_timestamp.is_some() {
+        // Children go with it by ownerReference.
+        ctx.metrics.forget_index(&ns, &index);
+        return Ok(Action::await_change());
+    }
+    let now = Timestamp::now();
+    let old = vi.status.clone().unwrap_or_default();
+
+    // validate (pure)
+    if let Err(errs) = vi.spec.validate(&index) {
+        let message = errs.to_string();
+        let versions = versions_of(&old);
+        let (phase, conds) = conditions::summarize(&Summary {
+            versions: &versions,
+            shards: old.shards.unwrap_or_default(),
+            shards_covered: (0, vi.spec.shards),
+            routers: old.routers.unwrap_or_default(),
+            invalid: Some(message.clone()),
+            generation: vi.meta().generation,
+            now,
+        });
+        let mut status = old.clone();
+        status.phase = Some(phase);
+        status.observed_generation = vi.meta().generation;
+        status.conditions = conditions::keep_transition_times(&old.conditions, conds);
+        if status != old {
+            write_status(ctx, vi, status).await?;
+            ctx.metrics
+                .writes
+                .get_or_create(&vec![("kind", "status".into())])
+                .inc();
+            publish(
+                ctx,
+                vi,
+                &[Note {
+                    warning: true,
+                    reason: "InvalidSpec".into(),
+                    version: String::new(),
+                    message: message.clone(),
+                }],
+            )
+            .await;
+        }
+        ctx.metrics
+            .reconciles
+            .get_or_create(&vec![("outcome", "invalid".to_string())])
+            .inc();
+        warn!(index = %index, namespace = %ns, error = %message, "spec refused");
+        return Ok(Action::await_change());
+    }
+
+    // observe
+    let seen = observe::observe(&ctx.client, vi).await?;
+
+    // plan (pure)
+    let hash = spec_hash(&vi.spec);
+    let uid = vi.uid().unwrap_or_default();
+    let current = versions_of(&old);
+    let step = lifecycle::advance(
+        &current,
+        &Inputs {
+            uid: &uid,
+            spec_hash: &hash,
+            shards: vi.spec.shards,
+            replicas: vi.spec.replicas,
+            parts: vi.spec.build.parts.max(1),
+            min_recall: vi.spec.rollout.min_recall,
+            jobs: &seen.job_states,
+            index: &index,
+            shard_nodes: &seen.shard_nodes,
+            router_nodes: &seen.router_nodes,
+            gate: seen.gate.as_ref(),
+            now,
+        },
+    )
+    .map_err(|source| Error::Lifecycle {
+        index: index.clone(),
+        source,
+    })?;
+    let desired = children::build(vi, &ctx.cfg)?;
+    let new_jobs = step
+        .create
+        .iter()
+        .map(|(kind, version)| jobs::build(vi, &ctx.cfg, *kind, version, &hash))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    // apply: serving children first (they do not depend on versions)
+    let mut writes = apply::children(&ctx.client, desired, &seen.children).await?;
+
+    // status: intent first, before the Jobs it names
+    let shard_ready = seen.shard_pods.iter().filter(|p| is_ready(p)).count() as u32;
+    let router_ready = seen.router_pods.iter().filter(|p| is_ready(p)).count() as u32;
+    let covered: BTreeSet<u32> = seen
+        .shard_pods
+        .iter()
+        .filter(|p| is_ready(p))
+        .filter_map(|p| p.labels().get(labels::SHARD)?.parse().ok())
+        .filter(|s| *s < vi.spec.shards)
+        .collect();
+    let shards = ReadyCount {
+        ready: shard_ready,
+        desired: vi.spec.shards * vi.spec.replicas,
+    };
+    let routers = ReadyCount {
+        ready: router_ready,
+        desired: vi.spec.router.replicas,
+    };
+    let (phase, conds) = conditions::summarize(&Summary {
+        versions: &step.versions,
+        shards,
+        shards_covered: (covered.len() as u32, vi.spec.shards),
+        routers,
+        invalid: None,
+        generation: vi.meta().generation,
+        now,
+    });
+    let mut status = old.clone();
+    status.observed_generation = vi.meta().generation;
+    status.phase = Some(phase);
+    status.active_version = step.versions.active.clone();
+    status.target_version = step.versions.target.clone();
+    status.recall = step.versions.recall;
+    status.versions = step.versions.versions.clone();
+    status.version_counter = step.versions.counter;
+    status.shards = Some(shards);
+    status.routers = Some(routers);
+    status.conditions = conditions::keep_transition_times(&old.conditions, conds);
+    if status != old {
+        write_status(ctx, vi, status.clone()).await?;
+        ctx.metrics
+            .writes
+            .get_or_create(&vec![("kind", "status".into())])
+            .inc();
+    }
+
+    // Jobs the stored status now names; failed ones out of the way of their retry; Jobs of
+    // versions no longer in preparation (beyond the active one's, kept as history) deleted.
+    for j in &new_jobs {
+        apply::create_job(&ctx.client, j, &mut writes).await?;
+        info!(index = %index, namespace = %ns, job = %j.name_any(), "job created");
+    }
+    let keep: BTreeSet<String> = seen
+        .jobs
+        .iter()
+        .filter(|j| {
+            let v = j.labels().get(labels::VERSION).cloned().unwrap_or_default();
+            let keep_version = status.versions.iter().any(|s| {
+                s.name == v
+                    && (matches!(
+                        s.phase,
+                        VersionPhase::Pending
+                            | VersionPhase::Training
+                            | VersionPhase::Building
+                            | VersionPhase::Warming
+                            | VersionPhase::Gating
+                    ) || Some(&s.name) == status.active_version.as_ref())
+            });
+            keep_version && !step.delete.contains(&j.name_any())
+        })
+        .map(|j| j.name_any())
+        .chain(new_jobs.iter().map(|j| j.name_any()))
+        .collect();
+    apply::jobs_except(&ctx.client, &seen.jobs, &keep, &mut writes).await?;
+    record_writes(&ctx.metrics, &writes);
+
+    publish(ctx, vi, &step.notes).await;
+    for n in &step.notes {
+        if n.warning {
+            warn!(index = %index, namespace = %ns, version = %n.version, reason = %n.reason, "{}", n.message);
+        } else {
+            info!(index = %index, namespace = %ns, version = %n.version, reason = %n.reason, "{}", n.message);
+        }
+    }
+    let age = status.active_version.as_ref().and_then(|a| {
+        let since = status.version(a)?.last_transition_time.as_ref()?;
+        Some(now.duration_since(since.0).as_secs())
+    });
+    ctx.metrics
+        .set_index(&ns, &index, shard_ready, router_ready, status.recall, age);
+
+    let preparing = status.versions.iter().any(|v| {
+        matches!(
+            v.phase,
+            VersionPhase::Pending
+                | VersionPhase::Warming
+                | VersionPhase::Gating
+                | VersionPhase::Draining
+        )
+    });
+    Ok(match step.requeue {
+        Some(d) => Action::requeue(d),
+        None if preparing => Action::requeue(lifecycle::POLL),
+        None => Action::requeue(RESYNC),
+    })
+}
+
+fn versions_of(s: &VectorIndexStatus) -> Versions {
+    Versions {
+        versions: s.versions.clone(),
+        active: s.active_version.clone(),
+        target: s.target_version.clone(),
+        recall: s.recall,
+        counter: s.version_counter,
+    }
+}
+
+/// Replaces the status (optimistic concurrency: a newer object makes this fail with a
+/// conflict, and the reconcile runs again on what is stored).
+async fn write_status(
+    ctx: &Context,
+    vi: &VectorIndex,
+    status: VectorIndexStatus,
+) -> Result<(), Error> {
+    let api: Api<VectorIndex> =
+        Api::namespaced(ctx.client.clone(), &vi.namespace().unwrap_or_default());
+    let mut obj = vi.clone();
+    obj.status = Some(status);
+    api.replace_status(&vi.name_any(), &PostParams::default(), &obj)
+        .await
+        .map_err(|source| Error::Status {
+            index: vi.name_any(),
+            source,
+        })?;
+    Ok(())
+}
+
+fn record_writes(m: &Metrics, w: &Writes) {
+    for (kind, n) in [
+        ("apply", w.applied),
+        ("create", w.created),
+        ("delete", w.deleted),
+    ] {
+        if n > 0 {
+            m.writes
+                .get_or_create(&vec![("kind", kind.into())])
+                .inc_by(u64::from(n));
+        }
+    }
+}
+
+/// Events for the lifecycle steps. A failure to publish is logged, not a reconcile error:
+/// Events are best effort in Kubernetes too.
+async fn publish(ctx: &Context, vi: &VectorIndex, notes: &[Note]) {
+    let reference = vi.object_ref(&());
+    for n in notes {
+        let ev = Event {
+            type_: if n.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: n.reason.clone(),
+            note: Some(n.message.clone()),
+            action: if n.version.is_empty() {
+                "Validate".into()
+            } else {
+                "Lifecycle".into()
+            },
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+            warn!(index = %vi.name_any(), error = %e, "cannot publish event");
+        }
+    }
+}

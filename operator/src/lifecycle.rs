@@ -1,0 +1,850 @@
+//! The version lifecycle as a pure state machine: from the status, the spec's hash and what
+//! was observed (Jobs, the nodes' Admin status, a gate measurement) to the next status and the
+//! actions that move it on. No client and no clock: `now` is an input, so every transition is
+//! unit-tested.
+//!
+//! Phases: Pending → Training → Building → Warming → Gating → Active → Draining → Retired, or
+//! Failed. At most one version is in preparation (Pending..Gating) at a time; a newer spec
+//! supersedes it. Intent first: a version enters the status as Pending before any Job for it
+//! exists, and Jobs are created only for versions the stored status already names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use quiver_api::names::VersionName;
+use quiver_api::v1alpha1::{VersionPhase, VersionStatus};
+
+use crate::jobs::{JobKind, JobState};
+
+/// Reason prefix of a version given up because a newer spec replaced it. Such a version does
+/// not block a later one with the same hash (the spec may come back to it).
+pub const SUPERSEDED: &str = "Superseded";
+
+/// What one shard or router pod reported through `Admin/Status` (or that it could not).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeReport {
+    pub pod: String,
+    /// Shard number (shards only).
+    pub shard: Option<u32>,
+    /// The pod's Ready condition.
+    pub ready: bool,
+    /// Versions held warm, with their vector counts.
+    pub warm: BTreeMap<String, u64>,
+    /// Versions that failed to load, with the reason.
+    pub failed: BTreeMap<String, String>,
+    /// The version a router pins new queries to (routers), or the shard's active one.
+    pub active: Option<String>,
+    /// The Admin call failed (the pod is starting, or gone).
+    pub unreachable: Option<String>,
+}
+
+/// A recall measurement of the Gating version by a router.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GateOutcome {
+    Measured {
+        recall: f64,
+        k: u32,
+        nprobe: u32,
+        queries: u32,
+    },
+    /// The measurement could not be made (retried).
+    Error(String),
+}
+
+/// Everything the lifecycle reads.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    /// The index's uid (version names carry a short form of it).
+    pub uid: &'a str,
+    pub spec_hash: &'a str,
+    /// Shards and replicas per shard the spec asks for.
+    pub shards: u32,
+    pub replicas: u32,
+    /// Build parts (> 1: a finalize Job after the build).
+    pub parts: u32,
+    pub min_recall: f64,
+    /// State of every Job of this index, by name.
+    pub jobs: &'a BTreeMap<String, JobState>,
+    pub index: &'a str,
+    pub shard_nodes: &'a [NodeReport],
+    pub router_nodes: &'a [NodeReport],
+    /// Set when the Gating version was measured this reconcile.
+    pub gate: Option<&'a GateOutcome>,
+    pub now: Timestamp,
+}
+
+/// The lifecycle part of the status.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Versions {
+    /// Newest first.
+    pub versions: Vec<VersionStatus>,
+    pub active: Option<String>,
+    pub target: Option<String>,
+    pub recall: Option<f64>,
+    pub counter: Option<u32>,
+}
+
+/// Something worth an Event (and a log line).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub warning: bool,
+    /// CamelCase, e.g. `TrainFailed`.
+    pub reason: String,
+    pub version: String,
+    pub message: String,
+}
+
+/// What the reconcile should do next.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Step {
+    pub versions: Versions,
+    /// Jobs to create (after the status is stored).
+    pub create: Vec<(JobKind, String)>,
+    /// Failed Jobs to delete so that they can be retried.
+    pub delete: Vec<String>,
+    pub notes: Vec<Note>,
+    /// When to look again without any change: polling while nodes warm, back-off of retries.
+    pub requeue: Option<Duration>,
+}
+
+/// Poll interval while nodes load or a gate is pending (Job and pod changes wake the
+/// controller anyway; node Admin status does not).
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// Back-off before retry `attempt` (1-based) of a failed Job: 10 s, 20 s, 40 s, … up to 10 min.
+pub fn backoff(attempt: u32) -> Duration {
+    let secs = 10u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(6));
+    Duration::from_secs(secs.min(600))
+}
+
+fn is_preparing(p: VersionPhase) -> bool {
+    matches!(
+        p,
+        VersionPhase::Pending
+            | VersionPhase::Training
+            | VersionPhase::Building
+            | VersionPhase::Warming
+            | VersionPhase::Gating
+    )
+}
+
+/// Whether a new version must be made for `spec_hash`: no version of it is Active or in
+/// preparation, and none failed for a reason that only a new trigger may retry (a gate).
+pub fn needs_new_version(v: &Versions, spec_hash: &str) -> bool {
+    match v
+        .versions
+        .iter()
+        .find(|x| x.spec_hash.as_deref() == Some(spec_hash) && !is_superseded(x))
+    {
+        None => true,
+        Some(x) => matches!(x.phase, VersionPhase::Draining | VersionPhase::Retired),
+    }
+}
+
+fn is_superseded(v: &VersionStatus) -> bool {
+    v.phase == VersionPhase::Failed
+        && v.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with(SUPERSEDED))
+}
+
+/// One step of the lifecycle.
+pub fn advance(current: &Versions, input: &Inputs<'_>) -> Result<Step, LifecycleError> {
+    let mut step = Step {
+        versions: current.clone(),
+        ..Step::default()
+    };
+    let now = Time(input.now);
+
+    if needs_new_version(&step.versions, input.spec_hash) {
+        let name = next_name(&step.versions, input.uid)?;
+        let trigger = if step.versions.versions.is_empty() {
+            "create"
+        } else {
+            "spec"
+        };
+        for v in step.versions.versions.iter_mut() {
+            if is_preparing(v.phase) {
+                v.phase = VersionPhase::Failed;
+                v.reason = Some(format!(
+                    "{SUPERSEDED}: the spec changed; {name} replaces it"
+                ));
+                v.last_transition_time = Some(now.clone());
+                step.notes.push(Note {
+                    warning: false,
+                    reason: SUPERSEDED.into(),
+                    version: v.name.clone(),
+                    message: format!("{} superseded by {name}", v.name),
+                });
+                if step.versions.target.as_deref() == Some(v.name.as_str()) {
+                    step.versions.target = None;
+                }
+            }
+        }
+        let mut v = VersionStatus::pending(name.to_string());
+        v.trigger = Some(trigger.into());
+        v.spec_hash = Some(input.spec_hash.to_string());
+        v.shards = Some(input.shards);
+        v.created_at = Some(now.clone());
+        v.last_transition_time = Some(now.clone());
+        step.versions.counter = Some(name.counter());
+        step.notes.push(Note {
+            warning: false,
+            reason: "VersionCreated".into(),
+            version: v.name.clone(),
+            message: format!("new version {} ({trigger})", v.name),
+        });
+        step.versions.versions.insert(0, v);
+        // Intent first: the status names the version before its train Job exists.
+        return Ok(step);
+    }
+
+    if let Some(i) = step
+        .versions
+        .versions
+        .iter()
+        .position(|v| is_preparing(v.phase))
+    {
+        prepare(&mut step, i, input, &now);
+    }
+    retire_drained(&mut step, input, &now);
+    Ok(step)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("cannot name the next version: {0}")]
+    Name(#[from] quiver_api::names::VersionNameError),
+}
+
+fn next_name(v: &Versions, uid: &str) -> Result<VersionName, LifecycleError> {
+    let highest = v
+        .versions
+        .iter()
+        .filter_map(|x| VersionName::parse(&x.name).ok())
+        .map(|n| n.counter())
+        .chain(v.counter)
+        .max()
+        .unwrap_or(0);
+    Ok(VersionName::new(highest + 1, uid)?)
+}
+
+fn set_phase(v: &mut VersionStatus, phase: VersionPhase, now: &Time) {
+    v.phase = phase;
+    v.attempts = None;
+    v.reason = None;
+    v.last_transition_time = Some(now.clone());
+}
+
+/// Moves the version in preparation (index `i`) one step on.
+fn prepare(step: &mut Step, i: usize, input: &Inputs<'_>, now: &Time) {
+    let name = step.versions.versions[i].name.clone();
+    let job = |k: JobKind| k.job_name(input.index, &name);
+    let state = |k: JobKind| input.jobs.get(&job(k)).cloned().unwrap_or(JobState::Absent);
+    let phase = step.versions.versions[i].phase;
+    match phase {
+        VersionPhase::Pending => {
+            step.create.push((JobKind::Train, name.clone()));
+            set_phase(&mut step.versions.versions[i], VersionPhase::Training, now);
+            step.notes.push(Note {
+                warning: false,
+                reason: "Training".into(),
+                version: name.clone(),
+                message: format!("training {name} (Job {})", job(JobKind::Train)),
+            });
+        }
+        VersionPhase::Training
+            if run_job(step, i, JobKind::Train, state(JobKind::Train), input, now) =>
+        {
+            let v = &mut step.versions.versions[i];
+            set_phase(v, VersionPhase::Building, now);
+            step.create.push((JobKind::Build, name.clone()));
+            step.notes.push(Note {
+                warning: false,
+                reason: "Building".into(),
+                version: name.clone(),
+                message: format!(
+                    "trained {name}; building it in {} part(s) (Job {})",
+                    input.parts.max(1),
+                    job(JobKind::Build)
+                ),
+            });
+        }
+        VersionPhase::Building => {
+            let finalize = state(JobKind::Finalize);
+            let built = if input.parts > 1 && finalize != JobState::Absent {
+                run_job(step, i, JobKind::Finalize, finalize, input, now)
+            } else if run_job(step, i, JobKind::Build, state(JobKind::Build), input, now) {
+                if input.parts > 1 {
+                    step.create.push((JobKind::Finalize, name.clone()));
+                    false
+                } else {
+                    true
+                }
+            } else {
+                false
+            };
+            if built {
+                let v = &mut step.versions.versions[i];
+                set_phase(v, VersionPhase::Warming, now);
+                step.versions.target = Some(name.clone());
+                step.requeue = Some(POLL);
+                step.notes.push(Note {
+                    warning: false,
+                    reason: "Warming".into(),
+                    version: name.clone(),
+                    message: format!("built {name}; shard and router pods are loading it"),
+                });
+            }
+        }
+        VersionPhase::Warming => warm(step, i, input, now),
+        VersionPhase::Gating => gate(step, i, input, now),
+        _ => {}
+    }
+}
+
+/// Drives one Job of version `i`; true once it succeeded. A failed Job is recorded (reason,
+/// attempts), deleted, and created again after the back-off.
+fn run_job(
+    step: &mut Step,
+    i: usize,
+    kind: JobKind,
+    state: JobState,
+    input: &Inputs<'_>,
+    now: &Time,
+) -> bool {
+    let v = &mut step.versions.versions[i];
+    let job = kind.job_name(input.index, &v.name);
+    match state {
+        JobState::Succeeded => return true,
+        JobState::Running => {}
+        JobState::Deleting => step.requeue = Some(POLL),
+        JobState::Absent => {
+            // First run (an operator restarted after recording the phase), or a retry.
+            let attempts = v.attempts.unwrap_or(0);
+            let since = v
+                .last_transition_time
+                .as_ref()
+                .map(|t| input.now.duration_since(t.0).as_secs_f64().max(0.0))
+                .unwrap_or(f64::MAX);
+            let wait = backoff(attempts).as_secs_f64();
+            if attempts == 0 || since >= wait {
+                step.create.push((kind, v.name.clone()));
+            } else {
+                step.requeue = Some(Duration::from_secs_f64((wait - since).max(1.0)));
+            }
+        }
+        JobState::Failed { message } => {
+            let attempts = v.attempts.unwrap_or(0) + 1;
+            let reason = format!("{}Failed: {message}", kind.word());
+            v.attempts = Some(attempts);
+            v.reason = Some(reason.clone());
+            v.last_transition_time = Some(now.clone());
+            step.delete.push(job);
+            step.requeue = Some(backoff(attempts));
+            step.notes.push(Note {
+                warning: true,
+                reason: format!("{}Failed", kind.word()),
+                version: v.name.clone(),
+                message: format!(
+                    "{} of {} failed (attempt {attempts}, retry in {} s): {message}",
+                    kind.word().to_ascii_lowercase(),
+                    v.name,
+                    backoff(attempts).as_secs()
+                ),
+            });
+        }
+    }
+    false
+}
+
+/// Warming → Gating once every shard of the version has a warm replica, every Ready shard
+/// replica holds it warm, and a router holds it.
+fn warm(step: &mut Step, i: usize, input: &Inputs<'_>, now: &Time) {
+    step.requeue = Some(POLL);
+    let v = &mut step.versions.versions[i];
+    let name = v.name.clone();
+    let shards = v.shards.unwrap_or(input.shards);
+    let mut cold: Vec<String> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut warm_shards = BTreeSet::new();
+    let mut vectors = BTreeMap::new();
+    for n in input.shard_nodes {
+        let Some(s) = n.shard.filter(|s| *s < shards) else {
+            continue;
+        };
+        if let Some(count) = n.warm.get(&name) {
+            warm_shards.insert(s);
+            vectors.entry(s).or_insert(*count);
+        } else if n.ready {
+            // A Ready replica serves queries: it must hold the version before it goes active.
+            if let Some(why) = n.failed.get(&name) {
+                failures.push(format!("{}: {why}", n.pod));
+            }
+            cold.push(n.pod.clone());
+        }
+    }
+    let router_warm = input
+        .router_nodes
+        .iter()
+        .any(|r| r.warm.contains_key(&name));
+    let all_shards = (0..shards).all(|s| warm_shards.contains(&s));
+    if all_shards && cold.is_empty() && router_warm {
+        set_phase(v, VersionPhase::Gating, now);
+        v.vectors = Some(vectors.values().sum());
+        step.notes.push(Note {
+            warning: false,
+            reason: "Gating".into(),
+            version: name.clone(),
+            message: format!("{name} is warm on every shard; measuring its recall"),
+        });
+        return;
+    }
+    // Nodes retry failed loads with their own back-off; say why it waits.
+    let reason = failures.first().map(|f| format!("WarmFailed: {f}"));
+    if v.reason != reason {
+        if let Some(r) = &reason {
+            step.notes.push(Note {
+                warning: true,
+                reason: "WarmFailed".into(),
+                version: name.clone(),
+                message: r.clone(),
+            });
+        }
+        v.reason = reason;
+    }
+}
+
+/// Gating → Active (the previous active version starts draining) or Failed.
+fn gate(step: &mut Step, i: usize, input: &Inputs<'_>, now: &Time) {
+    let name = step.versions.versions[i].name.clone();
+    match input.gate {
+        None => step.requeue = Some(POLL),
+        Some(GateOutcome::Error(e)) => {
+            step.requeue = Some(POLL);
+            let reason = Some(format!("GateError: {e}"));
+            let v = &mut step.versions.versions[i];
+            if v.reason != reason {
+                v.reason = reason;
+            }
+        }
+        Some(GateOutcome::Measured {
+            recall,
+            k,
+            nprobe,
+            queries,
+        }) => {
+            let recall = (recall * 10_000.0).round() / 10_000.0;
+            if recall + 1e-12 >= input.min_recall {
+                let previous = step.versions.active.replace(name.clone());
+                for v in step.versions.versions.iter_mut() {
+                    if v.name == name {
+                        set_phase(v, VersionPhase::Active, now);
+                        v.recall = Some(recall);
+                    } else if Some(&v.name) == previous.as_ref() || v.phase == VersionPhase::Active
+                    {
+                        set_phase(v, VersionPhase::Draining, now);
+                    }
+                }
+                step.versions.target = None;
+                step.versions.recall = Some(recall);
+                step.notes.push(Note {
+                    warning: false,
+                    reason: "Activated".into(),
+                    version: name.clone(),
+                    message: format!(
+                        "{name} passed its gate (recall@{k} {recall:.4} >= minRecall {} at nprobe {nprobe}, {queries} queries) and is active",
+                        input.min_recall
+                    ),
+                });
+            } else {
+                let reason = format!(
+                    "GateFailed: recall {recall:.4} < minRecall {} at nprobe {nprobe}",
+                    input.min_recall
+                );
+                let v = &mut step.versions.versions[i];
+                set_phase(v, VersionPhase::Failed, now);
+                v.recall = Some(recall);
+                v.reason = Some(reason.clone());
+                step.versions.target = None;
+                step.notes.push(Note {
+                    warning: true,
+                    reason: "GateFailed".into(),
+                    version: name.clone(),
+                    message: format!("{name}: {reason} (recall@{k}, {queries} queries)"),
+                });
+            }
+        }
+    }
+}
+
+/// Draining → Retired once every router pins the active version (so no router can route
+/// to the drained one any more).
+fn retire_drained(step: &mut Step, input: &Inputs<'_>, now: &Time) {
+    let Some(active) = step.versions.active.clone() else {
+        return;
+    };
+    let routers_moved = !input.router_nodes.is_empty()
+        && input
+            .router_nodes
+            .iter()
+            .all(|r| r.unreachable.is_none() && r.active.as_deref() == Some(active.as_str()));
+    for v in step.versions.versions.iter_mut() {
+        if v.phase != VersionPhase::Draining {
+            continue;
+        }
+        if routers_moved {
+            set_phase(v, VersionPhase::Retired, now);
+            step.notes.push(Note {
+                warning: false,
+                reason: "Retired".into(),
+                version: v.name.clone(),
+                message: format!("{} retired: every router serves {active}", v.name),
+            });
+        } else {
+            step.requeue = Some(POLL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UID: &str = "7f3a9c2e-0000-4000-8000-000000000001";
+    const HASH: &str = "00000000000000aa";
+
+    struct World {
+        jobs: BTreeMap<String, JobState>,
+        shards: Vec<NodeReport>,
+        routers: Vec<NodeReport>,
+        gate: Option<GateOutcome>,
+        now: Timestamp,
+        parts: u32,
+    }
+
+    impl World {
+        fn new() -> Self {
+            World {
+                jobs: BTreeMap::new(),
+                shards: Vec::new(),
+                routers: Vec::new(),
+                gate: None,
+                now: Timestamp::from_second(1_800_000_000).expect("time"),
+                parts: 1,
+            }
+        }
+
+        fn step(&self, v: &Versions, hash: &str) -> Step {
+            advance(
+                v,
+                &Inputs {
+                    uid: UID,
+                    spec_hash: hash,
+                    shards: 2,
+                    replicas: 2,
+                    parts: self.parts,
+                    min_recall: 0.9,
+                    jobs: &self.jobs,
+                    index: "docs",
+                    shard_nodes: &self.shards,
+                    router_nodes: &self.routers,
+                    gate: self.gate.as_ref(),
+                    now: self.now,
+                },
+            )
+            .expect("step")
+        }
+
+        fn job(&mut self, name: &str, s: JobState) {
+            self.jobs.insert(name.into(), s);
+        }
+
+        fn later(&mut self, secs: i64) {
+            self.now = self
+                .now
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(secs))
+                .expect("time");
+        }
+    }
+
+    fn node(pod: &str, shard: Option<u32>, warm: &[&str]) -> NodeReport {
+        NodeReport {
+            pod: pod.into(),
+            shard,
+            ready: true,
+            warm: warm.iter().map(|v| (v.to_string(), 100)).collect(),
+            ..NodeReport::default()
+        }
+    }
+
+    fn phase(s: &Step) -> VersionPhase {
+        s.versions.versions[0].phase
+    }
+
+    /// Runs the first version from nothing to Active, checking each step.
+    fn to_active(w: &mut World) -> Versions {
+        let s = w.step(&Versions::default(), HASH);
+        assert_eq!(s.versions.versions.len(), 1);
+        assert_eq!(s.versions.versions[0].name, "v1-7f3a9c2e");
+        assert_eq!(phase(&s), VersionPhase::Pending);
+        assert!(
+            s.create.is_empty(),
+            "intent first: no Job before the status names it"
+        );
+
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Training);
+        assert_eq!(s.create, vec![(JobKind::Train, "v1-7f3a9c2e".into())]);
+
+        w.job("docs-v1-7f3a9c2e-train", JobState::Running);
+        let s2 = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s2), VersionPhase::Training);
+        assert!(s2.create.is_empty());
+
+        w.job("docs-v1-7f3a9c2e-train", JobState::Succeeded);
+        let s = w.step(&s2.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Building);
+        assert_eq!(s.create, vec![(JobKind::Build, "v1-7f3a9c2e".into())]);
+
+        w.job("docs-v1-7f3a9c2e-build", JobState::Succeeded);
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Warming);
+        assert_eq!(s.versions.target.as_deref(), Some("v1-7f3a9c2e"));
+
+        // One shard warm only: keep warming.
+        w.shards = vec![
+            node("docs-shard-0-0", Some(0), &["v1-7f3a9c2e"]),
+            node("docs-shard-1-0", Some(1), &[]),
+        ];
+        w.routers = vec![node("docs-router-a", None, &["v1-7f3a9c2e"])];
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Warming);
+        assert_eq!(s.requeue, Some(POLL));
+
+        w.shards[1] = node("docs-shard-1-0", Some(1), &["v1-7f3a9c2e"]);
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Gating);
+        assert_eq!(s.versions.versions[0].vectors, Some(200));
+
+        w.gate = Some(GateOutcome::Measured {
+            recall: 0.95,
+            k: 10,
+            nprobe: 16,
+            queries: 100,
+        });
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Active);
+        assert_eq!(s.versions.active.as_deref(), Some("v1-7f3a9c2e"));
+        assert_eq!(s.versions.target, None);
+        assert_eq!(s.versions.recall, Some(0.95));
+        w.gate = None;
+        s.versions
+    }
+
+    #[test]
+    fn a_new_index_goes_from_nothing_to_active() {
+        let mut w = World::new();
+        let v = to_active(&mut w);
+        // Idle: nothing to do, nothing changes.
+        let s = w.step(&v, HASH);
+        assert_eq!(s.versions, v);
+        assert!(s.create.is_empty() && s.delete.is_empty() && s.notes.is_empty());
+    }
+
+    #[test]
+    fn a_multi_part_build_runs_finalize_before_warming() {
+        let mut w = World::new();
+        w.parts = 3;
+        let mut v = w.step(&Versions::default(), HASH).versions;
+        v = w.step(&v, HASH).versions;
+        w.job("docs-v1-7f3a9c2e-train", JobState::Succeeded);
+        v = w.step(&v, HASH).versions;
+        w.job("docs-v1-7f3a9c2e-build", JobState::Succeeded);
+        let s = w.step(&v, HASH);
+        assert_eq!(phase(&s), VersionPhase::Building);
+        assert_eq!(s.create, vec![(JobKind::Finalize, "v1-7f3a9c2e".into())]);
+        w.job("docs-v1-7f3a9c2e-finalize", JobState::Running);
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Building);
+        assert!(s.create.is_empty());
+        w.job("docs-v1-7f3a9c2e-finalize", JobState::Succeeded);
+        assert_eq!(phase(&w.step(&s.versions, HASH)), VersionPhase::Warming);
+    }
+
+    #[test]
+    fn a_failed_train_is_recorded_deleted_and_retried_after_the_backoff() {
+        let mut w = World::new();
+        let mut v = w.step(&Versions::default(), HASH).versions;
+        v = w.step(&v, HASH).versions;
+        w.job(
+            "docs-v1-7f3a9c2e-train",
+            JobState::Failed {
+                message: "source s3://x/v.npy not found".into(),
+            },
+        );
+        let s = w.step(&v, HASH);
+        let ver = &s.versions.versions[0];
+        assert_eq!(ver.phase, VersionPhase::Training);
+        assert_eq!(ver.attempts, Some(1));
+        assert_eq!(
+            ver.reason.as_deref(),
+            Some("TrainFailed: source s3://x/v.npy not found")
+        );
+        assert_eq!(s.delete, vec!["docs-v1-7f3a9c2e-train".to_string()]);
+        assert_eq!(s.requeue, Some(backoff(1)));
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.warning && n.reason == "TrainFailed")
+        );
+
+        // Deleted; the back-off has not elapsed: wait, do not create.
+        w.jobs.clear();
+        w.later(3);
+        let s2 = w.step(&s.versions, HASH);
+        assert!(s2.create.is_empty());
+        assert!(s2.requeue.expect("requeue") <= backoff(1));
+        w.later(10);
+        let s3 = w.step(&s2.versions, HASH);
+        assert_eq!(s3.create, vec![(JobKind::Train, "v1-7f3a9c2e".into())]);
+        // Still the same version: one version per spec, however many attempts.
+        assert_eq!(s3.versions.versions.len(), 1);
+    }
+
+    #[test]
+    fn a_new_spec_supersedes_the_version_in_preparation() {
+        let w = World::new();
+        let mut v = w.step(&Versions::default(), HASH).versions;
+        v = w.step(&v, HASH).versions;
+        let s = w.step(&v, "00000000000000bb");
+        assert_eq!(s.versions.versions.len(), 2);
+        assert_eq!(s.versions.versions[0].name, "v2-7f3a9c2e");
+        assert_eq!(s.versions.versions[0].trigger.as_deref(), Some("spec"));
+        assert_eq!(s.versions.versions[1].phase, VersionPhase::Failed);
+        assert!(is_superseded(&s.versions.versions[1]));
+        // Going back to the first spec makes a third version, not a resurrection.
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(s.versions.versions[0].name, "v3-7f3a9c2e");
+    }
+
+    #[test]
+    fn a_gate_below_min_recall_fails_the_version_and_keeps_the_active_one() {
+        let mut w = World::new();
+        let active = to_active(&mut w);
+        // A second spec: walk it to Gating.
+        let h2 = "00000000000000bb";
+        let mut v = w.step(&active, h2).versions;
+        v = w.step(&v, h2).versions;
+        w.job("docs-v2-7f3a9c2e-train", JobState::Succeeded);
+        v = w.step(&v, h2).versions;
+        w.job("docs-v2-7f3a9c2e-build", JobState::Succeeded);
+        v = w.step(&v, h2).versions;
+        for n in w.shards.iter_mut().chain(w.routers.iter_mut()) {
+            n.warm.insert("v2-7f3a9c2e".into(), 100);
+        }
+        v = w.step(&v, h2).versions;
+        assert_eq!(v.versions[0].phase, VersionPhase::Gating);
+        w.gate = Some(GateOutcome::Measured {
+            recall: 0.71,
+            k: 10,
+            nprobe: 16,
+            queries: 100,
+        });
+        let s = w.step(&v, h2);
+        let failed = &s.versions.versions[0];
+        assert_eq!(failed.phase, VersionPhase::Failed);
+        assert_eq!(
+            failed.reason.as_deref(),
+            Some("GateFailed: recall 0.7100 < minRecall 0.9 at nprobe 16")
+        );
+        assert_eq!(s.versions.active.as_deref(), Some("v1-7f3a9c2e"));
+        assert_eq!(s.versions.target, None);
+        // No retry until a new trigger.
+        w.gate = None;
+        let again = w.step(&s.versions, h2);
+        assert_eq!(again.versions, s.versions);
+        assert!(again.create.is_empty());
+    }
+
+    #[test]
+    fn the_previous_version_drains_and_retires_once_every_router_moved() {
+        let mut w = World::new();
+        let active = to_active(&mut w);
+        let h2 = "00000000000000bb";
+        let mut v = w.step(&active, h2).versions;
+        v = w.step(&v, h2).versions;
+        w.job("docs-v2-7f3a9c2e-train", JobState::Succeeded);
+        v = w.step(&v, h2).versions;
+        w.job("docs-v2-7f3a9c2e-build", JobState::Succeeded);
+        v = w.step(&v, h2).versions;
+        for n in w.shards.iter_mut().chain(w.routers.iter_mut()) {
+            n.warm.insert("v2-7f3a9c2e".into(), 100);
+        }
+        v = w.step(&v, h2).versions;
+        w.gate = Some(GateOutcome::Measured {
+            recall: 0.97,
+            k: 10,
+            nprobe: 16,
+            queries: 100,
+        });
+        w.routers[0].active = Some("v1-7f3a9c2e".into());
+        let s = w.step(&v, h2);
+        w.gate = None;
+        assert_eq!(s.versions.active.as_deref(), Some("v2-7f3a9c2e"));
+        assert_eq!(s.versions.versions[1].phase, VersionPhase::Draining);
+        // A router still on v1: v1 keeps draining.
+        let s = w.step(&s.versions, h2);
+        assert_eq!(s.versions.versions[1].phase, VersionPhase::Draining);
+        w.routers[0].active = Some("v2-7f3a9c2e".into());
+        let s = w.step(&s.versions, h2);
+        assert_eq!(s.versions.versions[1].phase, VersionPhase::Retired);
+    }
+
+    #[test]
+    fn a_ready_shard_replica_that_is_still_cold_holds_the_gate() {
+        let mut w = World::new();
+        let mut v = w.step(&Versions::default(), HASH).versions;
+        v = w.step(&v, HASH).versions;
+        w.job("docs-v1-7f3a9c2e-train", JobState::Succeeded);
+        v = w.step(&v, HASH).versions;
+        w.job("docs-v1-7f3a9c2e-build", JobState::Succeeded);
+        v = w.step(&v, HASH).versions;
+        w.shards = vec![
+            node("docs-shard-0-0", Some(0), &["v1-7f3a9c2e"]),
+            node("docs-shard-0-1", Some(0), &[]),
+            node("docs-shard-1-0", Some(1), &["v1-7f3a9c2e"]),
+        ];
+        w.routers = vec![node("docs-router-a", None, &["v1-7f3a9c2e"])];
+        assert_eq!(
+            w.step(&v, HASH).versions.versions[0].phase,
+            VersionPhase::Warming
+        );
+        w.shards[1]
+            .failed
+            .insert("v1-7f3a9c2e".into(), "checksum mismatch".into());
+        let s = w.step(&v, HASH);
+        assert_eq!(
+            s.versions.versions[0].reason.as_deref(),
+            Some("WarmFailed: docs-shard-0-1: checksum mismatch")
+        );
+        // A failed replica that is not Ready (out of rotation) does not block: its shard
+        // has a warm replica.
+        w.shards[1].ready = false;
+        w.shards[1].failed.clear();
+        assert_eq!(
+            w.step(&v, HASH).versions.versions[0].phase,
+            VersionPhase::Gating
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(2), Duration::from_secs(20));
+        assert_eq!(backoff(4), Duration::from_secs(80));
+        assert_eq!(backoff(30), Duration::from_secs(600));
+    }
+}
