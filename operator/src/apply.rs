@@ -45,6 +45,12 @@ impl Writes {
     }
 }
 
+/// The value of [`APPLIED_HASH`] for a desired object (before the annotation is added).
+pub fn applied_hash<K: Serialize>(desired: &K) -> String {
+    let text = serde_json::to_string(desired).unwrap_or_default();
+    format!("{:016x}", fnv64(text.as_bytes()))
+}
+
 fn kind_of<K: Resource<DynamicType = ()>>() -> String {
     K::kind(&()).into_owned()
 }
@@ -65,8 +71,7 @@ where
 {
     let name = desired.name_any();
     let ns = desired.namespace().unwrap_or_default();
-    let text = serde_json::to_string(&desired).unwrap_or_default();
-    let hash = format!("{:016x}", fnv64(text.as_bytes()));
+    let hash = applied_hash(&desired);
     let current = live.iter().find(|l| l.name_any() == name);
     if current.is_some_and(|c| c.annotations().get(APPLIED_HASH) == Some(&hash)) {
         return Ok(());

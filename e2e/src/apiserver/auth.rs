@@ -261,3 +261,37 @@ mod tests {
         assert_eq!(bearer(None), None);
     }
 }
+
+/// What an audit log would show of writes: successful mutating requests (POST, PUT, PATCH,
+/// DELETE) per user, with the resource they touched. Tests read it to prove that a
+/// controller at rest writes nothing.
+#[derive(Default)]
+pub struct WriteAudit {
+    log: Mutex<Vec<AuditedWrite>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditedWrite {
+    pub user: String,
+    pub verb: String,
+    /// `<plural>[/<sub>]`, e.g. `vectorindexes/status`.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+impl WriteAudit {
+    pub fn record(&self, w: AuditedWrite) {
+        if let Ok(mut l) = self.log.lock() {
+            l.push(w);
+        }
+    }
+
+    /// Every write so far by `user`.
+    pub fn by(&self, user: &str) -> Vec<AuditedWrite> {
+        self.log
+            .lock()
+            .map(|l| l.iter().filter(|w| w.user == user).cloned().collect())
+            .unwrap_or_default()
+    }
+}

@@ -24,6 +24,7 @@ pub struct AppState {
     pub addr: String,
     pub bookmark_interval: Duration,
     pub tokens: auth::Tokens,
+    pub audit: Arc<auth::WriteAudit>,
 }
 
 impl AppState {
@@ -323,8 +324,32 @@ pub async fn handle(
         body: &body,
         as_table,
     };
+    let audited = matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+    .then(|| auth::AuditedWrite {
+        user: user
+            .as_ref()
+            .map(auth::TokenInfo::username)
+            .unwrap_or_else(|| auth::ADMIN_USER.to_string()),
+        verb: method.to_string(),
+        resource: match &t.sub {
+            Some(sub) => format!("{}/{sub}", t.res.plural),
+            None => t.res.plural.clone(),
+        },
+        namespace: t.ns.clone(),
+        name: t.name.clone(),
+    });
     match serve(&app, &method, t, &req) {
-        Ok(r) => r,
+        Ok(r) => {
+            if let Some(w) = audited
+                && r.status().is_success()
+            {
+                app.audit.record(w);
+            }
+            r
+        }
         Err(e) => {
             tracing::debug!(error = %e, "request failed");
             error_response(&e)

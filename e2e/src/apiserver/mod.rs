@@ -80,6 +80,8 @@ pub struct ApiServer {
     /// PEM of the cluster CA (what pods get as `ca.crt`).
     pub ca_pem: String,
     pub store: Arc<Store>,
+    /// Successful writes per user (an audit log's view).
+    pub audit: Arc<auth::WriteAudit>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -126,11 +128,13 @@ impl ApiServer {
         let listener = tls::TlsListener::new(listener, &pki)?;
         let store = Arc::new(Store::new(cfg.history));
         store.add_kubernetes_service(addr);
+        let audit = Arc::new(auth::WriteAudit::default());
         let state = Arc::new(http::AppState {
             store: store.clone(),
             addr: addr.to_string(),
             bookmark_interval: cfg.bookmark_interval,
             tokens: auth::Tokens::default(),
+            audit: audit.clone(),
         });
         let app = axum::Router::new().fallback(http::handle).with_state(state);
         let (tx, rx) = oneshot::channel::<()>();
@@ -148,6 +152,7 @@ impl ApiServer {
             kubeconfig: cfg.kubeconfig,
             ca_pem: pki.ca_pem,
             store,
+            audit,
             shutdown: Some(tx),
             task,
         })
