@@ -530,3 +530,78 @@ async fn a_failing_train_names_its_cause_and_a_fixed_spec_recovers() {
     .await
     .expect("scenario timed out");
 }
+
+/// Intent first, seen from outside: the operator SIGKILLed when the first version reaches
+/// each phase, restarted, converges, and every version still has exactly one train Job run
+/// (one pod) and one build per part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_at_each_phase_converges_without_duplicate_work() {
+    tokio::time::timeout(Duration::from_secs(600), async {
+        let (env, op, storage, bin) = start().await;
+        let mut op = Some(op);
+        let api: Api<VectorIndex> = env.api();
+        for (i, at) in [
+            VersionPhase::Training,
+            VersionPhase::Building,
+            VersionPhase::Warming,
+            VersionPhase::Gating,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let name = format!("kill-{i}");
+            api.create(
+                &PostParams::default(),
+                &index(&name, &storage, json!({"synthetic": {"count": 20000, "seed": 7}})),
+            )
+            .await
+            .unwrap();
+            // Poll fast: Gating lasts one reconcile.
+            let t0 = Instant::now();
+            let seen = loop {
+                let vi = api.get(&name).await.unwrap();
+                let p = vi
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.versions.first())
+                    .map(|v| v.phase);
+                if p == Some(at) {
+                    break p;
+                }
+                assert!(
+                    p != Some(VersionPhase::Active),
+                    "{name} went Active before the test saw {at:?}"
+                );
+                assert!(t0.elapsed() < Duration::from_secs(120), "{name} never reached {at:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let mut o = op.take().unwrap();
+            o.child.kill().unwrap(); // SIGKILL
+            o.child.wait().unwrap();
+            eprintln!("{name}: operator killed at {seen:?}");
+            op = Some(Operator::start(&env, &bin).await);
+            let vi = wait_for(&api, &name, 240, "Ready after the restart", |vi| {
+                phase(vi) == Some(IndexPhase::Ready)
+            })
+            .await;
+            let st = vi.status.unwrap();
+            assert_eq!(st.versions.len(), 1, "{name}: {:?}", st.versions);
+            let v = &st.versions[0].name;
+            let pods: Api<k8s_openapi::api::core::v1::Pod> = env.api();
+            for (role, runs) in [("train", 1), ("build", 2), ("finalize", 1)] {
+                let sel = format!(
+                    "{}={name},{}={v},{}={role}",
+                    labels::INDEX,
+                    labels::VERSION,
+                    labels::ROLE
+                );
+                let n = pods.list(&ListParams::default().labels(&sel)).await.unwrap().items.len();
+                assert_eq!(n, runs, "{name}: {role} pods of {v} (killed at {at:?})");
+            }
+        }
+        drop(op);
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}
