@@ -602,6 +602,12 @@ async fn server_side_apply_ownership_and_conflicts() {
         api.patch("a", &PatchParams { field_manager: Some("editor".into()), ..Default::default() }, &Patch::Merge(json!({"data": {"z": "4"}}))).await.expect("update");
         let (code, _) = api_err(api.patch("a", &PatchParams::apply("carol"), &Patch::Apply(body(json!({"x": "9", "z": "3"})))).await.expect_err("conflict with editor"));
         assert_eq!(code, 409);
+        // A configuration without a name applies to the object the URL names (leader
+        // election libraries send them); another name is refused.
+        let a = api.patch("a", &PatchParams::apply("dave"), &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"w": "5"}}))).await.expect("nameless apply");
+        assert_eq!((a.metadata.name.as_deref(), a.data.as_ref().expect("data")["w"].as_str()), (Some("a"), "5"));
+        let (code, _) = api_err(api.patch("a", &PatchParams::apply("dave"), &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b"}}))).await.expect_err("other name"));
+        assert_eq!(code, 400);
         drop(ns);
         c.stop().await;
     })

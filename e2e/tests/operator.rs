@@ -45,8 +45,17 @@ struct Operator {
     child: Child,
 }
 
+/// Lease timing of the operators the tests start: short, so that a restarted operator
+/// takes the lease of a killed one quickly.
+const LEASE: [&str; 4] = ["--lease-duration-secs", "4", "--lease-grace-secs", "1"];
+
 impl Operator {
     async fn start(env: &TestCluster, bin: &PathBuf) -> Self {
+        Self::start_as(env, bin, "quiver-operator").await
+    }
+
+    /// One replica, `identity` its name in the leader Lease.
+    async fn start_as(env: &TestCluster, bin: &PathBuf, identity: &str) -> Self {
         let kubeconfig = operator_kubeconfig(env).await;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -56,13 +65,21 @@ impl Operator {
         let child = Command::new(bin)
             .args(["--namespace", &env.ns, "--node-image", "index-node"])
             .args(["--http", "127.0.0.1:0"])
+            .args(LEASE)
             .env("KUBECONFIG", kubeconfig)
+            .env("QUIVER_POD_NAME", identity)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         Operator { child }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, sig) };
+        assert_eq!(rc, 0, "kill({sig})");
     }
 }
 
@@ -426,7 +443,16 @@ async fn idle_writes_nothing(
     tokio::time::sleep(window).await;
     let after = owned_versions(env, api, name).await;
     if let (Some(a), Some(n)) = (&audit, before_audit) {
-        let writes = a.by(&user);
+        // Lease renewals are the leader election, not reconciles: left out.
+        let writes: Vec<_> = a
+            .by(&user)
+            .into_iter()
+            .filter(|w| w.resource != "leases")
+            .collect();
+        let n = a.by(&user)[..n]
+            .iter()
+            .filter(|w| w.resource != "leases")
+            .count();
         assert!(
             writes.len() == n,
             "the operator wrote {} time(s) in {window:?} of idle: {:?}",
@@ -552,7 +578,11 @@ async fn an_operator_killed_at_each_phase_converges_without_duplicate_work() {
             let name = format!("kill-{i}");
             api.create(
                 &PostParams::default(),
-                &index(&name, &storage, json!({"synthetic": {"count": 20000, "seed": 7}})),
+                &index(
+                    &name,
+                    &storage,
+                    json!({"synthetic": {"count": 20000, "seed": 7}}),
+                ),
             )
             .await
             .unwrap();
@@ -572,7 +602,10 @@ async fn an_operator_killed_at_each_phase_converges_without_duplicate_work() {
                     p != Some(VersionPhase::Active),
                     "{name} went Active before the test saw {at:?}"
                 );
-                assert!(t0.elapsed() < Duration::from_secs(120), "{name} never reached {at:?}");
+                assert!(
+                    t0.elapsed() < Duration::from_secs(120),
+                    "{name} never reached {at:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             };
             let mut o = op.take().unwrap();
@@ -595,11 +628,106 @@ async fn an_operator_killed_at_each_phase_converges_without_duplicate_work() {
                     labels::VERSION,
                     labels::ROLE
                 );
-                let n = pods.list(&ListParams::default().labels(&sel)).await.unwrap().items.len();
+                let n = pods
+                    .list(&ListParams::default().labels(&sel))
+                    .await
+                    .unwrap()
+                    .items
+                    .len();
                 assert_eq!(n, runs, "{name}: {role} pods of {v} (killed at {at:?})");
             }
         }
         drop(op);
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}
+
+async fn lease_holder(env: &TestCluster) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = env.api();
+    leases
+        .get_opt("quiver-operator")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+/// Two replicas: one holds the Lease and reconciles; SIGKILLed, the standby takes the Lease
+/// within its duration and carries on; SIGTERMed, a leader releases the Lease at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_leads_and_the_standby_takes_over() {
+    tokio::time::timeout(Duration::from_secs(420), async {
+        let (env, first, storage, bin) = start().await;
+        drop(first);
+        let a = Operator::start_as(&env, &bin, "op-a").await;
+        let b = Operator::start_as(&env, &bin, "op-b").await;
+        let holder = eventually(60, "a lease holder", || lease_holder(&env)).await;
+        let (leader, standby, standby_name) = if holder.starts_with("op-a") {
+            (a, b, "op-b")
+        } else {
+            (b, a, "op-a")
+        };
+        let api: Api<VectorIndex> = env.api();
+        api.create(
+            &PostParams::default(),
+            &index(
+                "ha",
+                &storage,
+                json!({"synthetic": {"count": 20000, "seed": 7}}),
+            ),
+        )
+        .await
+        .unwrap();
+        wait_for(&api, "ha", 240, "Ready under the first leader", |vi| {
+            phase(vi) == Some(IndexPhase::Ready)
+        })
+        .await;
+
+        // The leader dies without a word: the standby waits out the lease, then leads.
+        let mut leader = leader;
+        leader.child.kill().unwrap();
+        leader.child.wait().unwrap();
+        let killed = Instant::now();
+        eventually(30, "the standby holding the lease", || async {
+            lease_holder(&env)
+                .await
+                .filter(|h| h.starts_with(standby_name))
+        })
+        .await;
+        let took = killed.elapsed();
+        eprintln!("standby took the lease {took:?} after the leader was killed");
+        assert!(
+            took < Duration::from_secs(4 + 3),
+            "took {took:?} for a 4 s lease"
+        );
+        // And reconciles: a scale goes through.
+        api.patch(
+            "ha",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .unwrap();
+        wait_for(&api, "ha", 120, "the scale done by the new leader", |vi| {
+            vi.status
+                .as_ref()
+                .and_then(|s| s.shards)
+                .is_some_and(|s| s.desired == 2 && s.ready == 2)
+        })
+        .await;
+
+        // Graceful shutdown gives the lease back at once.
+        standby.signal(libc::SIGTERM);
+        let t = Instant::now();
+        eventually(10, "the lease released", || async {
+            lease_holder(&env).await.is_none().then_some(())
+        })
+        .await;
+        eprintln!("lease released {:?} after SIGTERM", t.elapsed());
+        drop(standby);
         env.stop().await;
     })
     .await

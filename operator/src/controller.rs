@@ -78,8 +78,13 @@ impl Error {
     }
 }
 
-/// Runs the controller until a shutdown signal. `namespace` None watches all namespaces.
-pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
+/// Runs the controller until `stop` resolves (a signal, or the lost leader lease); reconciles
+/// in flight finish first. `namespace` None watches all namespaces.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
     // Only our children: the index label is on every one of them.
@@ -92,7 +97,7 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) {
     .owns(scoped::<Deployment>(&client, ns), owned.clone())
     .owns(scoped::<Job>(&client, ns), owned.clone())
     .owns(scoped::<Service>(&client, ns), owned)
-    .shutdown_on_signal()
+    .graceful_shutdown_on(stop)
     .run(reconcile, error_policy, ctx)
     .for_each(|res| async move {
         match res {

@@ -14,6 +14,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Parser;
 use kube::runtime::events::{Recorder, Reporter};
+use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseParams};
 use quiver_operator::children::ChildConfig;
 use quiver_operator::controller::{self, Context};
 use quiver_operator::metrics::Metrics;
@@ -37,6 +38,26 @@ struct Cli {
     /// This replica's name in Events and the leader lease (the pod name in a cluster).
     #[arg(long, env = "QUIVER_POD_NAME", default_value = "quiver-operator")]
     identity: String,
+    /// Reconcile only while holding the leader Lease, so that several replicas are safe.
+    /// Off: this process reconciles at once (one replica only).
+    #[arg(long, env = "QUIVER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the leader Lease.
+    #[arg(long, env = "QUIVER_LEASE_NAME", default_value = "quiver-operator")]
+    lease_name: String,
+    /// Namespace of the leader Lease. Empty: the watched namespace, else the client's
+    /// default namespace (the pod's own in a cluster).
+    #[arg(long, env = "QUIVER_LEASE_NAMESPACE", default_value = "")]
+    lease_namespace: String,
+    /// Seconds a leader's lease lasts without renewal: a standby takes over within it.
+    #[arg(long, env = "QUIVER_LEASE_DURATION_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(2..=3600))]
+    lease_duration_secs: u64,
+    /// The leader renews this many seconds before its lease expires (also the clock skew
+    /// between nodes the election tolerates). Must be below the duration.
+    #[arg(long, env = "QUIVER_LEASE_GRACE_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_grace_secs: u64,
 }
 
 struct Http {
@@ -97,13 +118,119 @@ async fn main() -> anyhow::Result<()> {
         metrics,
     });
     let namespace = Some(cli.namespace.clone()).filter(|n| !n.is_empty());
-    tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), node_image = %cli.node_image, "starting controller");
     http.ready.store(true, Ordering::SeqCst);
-    controller::run(ctx, namespace).await;
+    if !cli.leader_election {
+        tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), node_image = %cli.node_image, "starting controller (no leader election)");
+        http.metrics.leader.set(1);
+        controller::run(ctx, namespace, shutdown_signal()).await;
+        server.abort();
+        tracing::info!("stopped");
+        return Ok(());
+    }
+
+    if cli.lease_grace_secs >= cli.lease_duration_secs {
+        anyhow::bail!(
+            "--lease-grace-secs ({}) must be below --lease-duration-secs ({})",
+            cli.lease_grace_secs,
+            cli.lease_duration_secs
+        );
+    }
+    let lease_ns = [cli.lease_namespace.clone(), cli.namespace.clone()]
+        .into_iter()
+        .find(|n| !n.is_empty())
+        .unwrap_or_else(|| ctx.client.default_namespace().to_string());
+    // Unique per process: a restarted pod with the same name must not inherit the lock.
+    let identity = format!("{}-{}", cli.identity, std::process::id());
+    let manager = LeaseManager::new(
+        ctx.client.clone(),
+        &cli.lease_name,
+        &lease_ns,
+        LeaseParams::new(&identity, cli.lease_duration_secs, cli.lease_grace_secs),
+        LeaseCreateMode::AutoCreate,
+    )
+    .await
+    .with_context(|| format!("leader lease {lease_ns}/{}", cli.lease_name))?;
+    let (mut leader, lease_task) = manager.watch().await;
+    tracing::info!(lease = %cli.lease_name, namespace = %lease_ns, %identity, "waiting for the leader lease");
+    let mut signal = Box::pin(shutdown_signal());
+    // Standby until this replica leads (or is told to stop).
+    loop {
+        if *leader.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            _ = &mut signal => {
+                drop(leader);
+                let _ = lease_task.await;
+                server.abort();
+                tracing::info!("stopped before leading");
+                return Ok(());
+            }
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the leader election task ended");
+                }
+            }
+        }
+    }
+    http.metrics.leader.set(1);
+    tracing::info!(namespace = namespace.as_deref().unwrap_or("<all>"), node_image = %cli.node_image, %identity, "leading: starting controller");
+    let lost = Arc::new(AtomicBool::new(false));
+    let stop = {
+        let lost = lost.clone();
+        let mut leader = leader.clone();
+        async move {
+            tokio::select! {
+                _ = signal => {}
+                _ = async {
+                    while leader.changed().await.is_ok() {
+                        if !*leader.borrow() { break; }
+                    }
+                } => { lost.store(true, Ordering::SeqCst); }
+            }
+        }
+    };
+    controller::run(ctx, namespace, stop).await;
+    http.metrics.leader.set(0);
     http.ready.store(false, Ordering::SeqCst);
     server.abort();
-    tracing::info!("stopped");
+    if lost.load(Ordering::SeqCst) {
+        // Another replica may be reconciling already: never run on without the lease.
+        anyhow::bail!("lost the leader lease; exiting so that this replica restarts as a standby");
+    }
+    // Dropping the receiver makes the lease task release the lock: a standby takes over at
+    // once instead of after the lease duration.
+    drop(leader);
+    match lease_task.await {
+        Ok(Ok(_)) => tracing::info!("stopped; leader lease released"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "stopped; releasing the leader lease failed"),
+        Err(e) => tracing::warn!(error = %e, "stopped; the lease task panicked"),
+    }
     Ok(())
+}
+
+/// SIGTERM (what a kubelet sends) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install a SIGTERM handler; only Ctrl-C stops");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 async fn readyz(State(h): State<Arc<Http>>) -> impl IntoResponse {

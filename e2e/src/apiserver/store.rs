@@ -485,6 +485,11 @@ impl Store {
                     return Err(e);
                 }
                 // Apply creates the object when it does not exist.
+                if name_of(body) != name {
+                    return Err(ApiError::bad_request(
+                        "the name of the object does not match the name on the URL",
+                    ));
+                }
                 let uid = new_uid();
                 let mut applied = body.clone();
                 inner.admit(res, ns, &mut applied)?;
@@ -522,7 +527,10 @@ impl Store {
                 n
             }
             PatchKind::Apply { force } => {
-                if name_of(body) != name {
+                // A real server merges the applied configuration into the live object
+                // and checks the name of the result: a configuration without a name (as
+                // kube-lease-manager sends) takes the live one; another name is refused.
+                if !name_of(body).is_empty() && name_of(body) != name {
                     return Err(ApiError::bad_request(
                         "the name of the object does not match the name on the URL",
                     ));
