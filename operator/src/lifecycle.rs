@@ -730,22 +730,28 @@ mod tests {
         assert_eq!(s.versions.versions[0].name, "v3-7f3a9c2e");
     }
 
+    const H2: &str = "00000000000000bb";
+
+    /// A second spec after `active`, walked to Gating (warm everywhere).
+    fn second_to_gating(w: &mut World, active: &Versions) -> Versions {
+        let mut v = w.step(active, H2).versions;
+        v = w.step(&v, H2).versions;
+        w.job("docs-v2-7f3a9c2e-train", JobState::Succeeded);
+        v = w.step(&v, H2).versions;
+        w.job("docs-v2-7f3a9c2e-build", JobState::Succeeded);
+        v = w.step(&v, H2).versions;
+        for n in w.shards.iter_mut().chain(w.routers.iter_mut()) {
+            n.warm.insert("v2-7f3a9c2e".into(), 100);
+        }
+        w.step(&v, H2).versions
+    }
+
     #[test]
     fn a_gate_below_min_recall_fails_the_version_and_keeps_the_active_one() {
         let mut w = World::new();
         let active = to_active(&mut w);
-        // A second spec: walk it to Gating.
-        let h2 = "00000000000000bb";
-        let mut v = w.step(&active, h2).versions;
-        v = w.step(&v, h2).versions;
-        w.job("docs-v2-7f3a9c2e-train", JobState::Succeeded);
-        v = w.step(&v, h2).versions;
-        w.job("docs-v2-7f3a9c2e-build", JobState::Succeeded);
-        v = w.step(&v, h2).versions;
-        for n in w.shards.iter_mut().chain(w.routers.iter_mut()) {
-            n.warm.insert("v2-7f3a9c2e".into(), 100);
-        }
-        v = w.step(&v, h2).versions;
+        let h2 = H2;
+        let v = second_to_gating(&mut w, &active);
         assert_eq!(v.versions[0].phase, VersionPhase::Gating);
         w.gate = Some(GateOutcome::Measured {
             recall: 0.71,
@@ -773,17 +779,8 @@ mod tests {
     fn the_previous_version_drains_and_retires_once_every_router_moved() {
         let mut w = World::new();
         let active = to_active(&mut w);
-        let h2 = "00000000000000bb";
-        let mut v = w.step(&active, h2).versions;
-        v = w.step(&v, h2).versions;
-        w.job("docs-v2-7f3a9c2e-train", JobState::Succeeded);
-        v = w.step(&v, h2).versions;
-        w.job("docs-v2-7f3a9c2e-build", JobState::Succeeded);
-        v = w.step(&v, h2).versions;
-        for n in w.shards.iter_mut().chain(w.routers.iter_mut()) {
-            n.warm.insert("v2-7f3a9c2e".into(), 100);
-        }
-        v = w.step(&v, h2).versions;
+        let h2 = H2;
+        let v = second_to_gating(&mut w, &active);
         w.gate = Some(GateOutcome::Measured {
             recall: 0.97,
             k: 10,
