@@ -18,6 +18,8 @@ pub const SHARD: &str = "QUIVER_SHARD";
 pub const STORAGE: &str = "QUIVER_STORAGE";
 /// The version a train, build or finalize Job works on (`--version`).
 pub const VERSION: &str = "QUIVER_VERSION";
+/// `metadata.uid` of the `VectorIndex` a cleanup Job purges (`index-node purge --uid`).
+pub const INDEX_UID: &str = "QUIVER_INDEX_UID";
 /// Threads running requests (`--worker-threads`; 0 = one per core); the operator derives it
 /// from the pod's CPU limit.
 pub const WORKER_THREADS: &str = "QUIVER_WORKER_THREADS";
@@ -25,7 +27,7 @@ pub const WORKER_THREADS: &str = "QUIVER_WORKER_THREADS";
 pub const JOB_COMPLETION_INDEX: &str = "JOB_COMPLETION_INDEX";
 
 /// Every variable above, for tests and for `kubectl quiver` diagnostics.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     INDEX,
     NAMESPACE,
     POD_NAME,
@@ -33,6 +35,7 @@ pub const ALL: [&str; 9] = [
     SHARD,
     STORAGE,
     VERSION,
+    INDEX_UID,
     WORKER_THREADS,
     JOB_COMPLETION_INDEX,
 ];

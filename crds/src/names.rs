@@ -272,6 +272,11 @@ pub fn gc_job(index: &str, n: u32) -> String {
     format!("{index}-gc-{n}")
 }
 
+/// The Job that deletes an index's files before the resource goes (`deletionPolicy: Delete`).
+pub fn cleanup_job(index: &str) -> String {
+    format!("{index}-cleanup")
+}
+
 /// The ServiceAccount (and Role, RoleBinding) of an index's node pods.
 pub fn node_service_account(index: &str) -> String {
     format!("{index}-node")

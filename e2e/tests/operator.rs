@@ -733,3 +733,113 @@ async fn two_replicas_one_leads_and_the_standby_takes_over() {
     .await
     .expect("scenario timed out");
 }
+
+/// Files under the storage directory that belong to `index` (any version).
+fn index_files(store: &str, ns: &str, index: &str) -> Vec<PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let root = PathBuf::from(store.trim_start_matches("file://"))
+        .join(ns)
+        .join(index);
+    let mut out = Vec::new();
+    walk(&root, &mut out);
+    out
+}
+
+/// `deletionPolicy: Delete` holds the resource with a finalizer until a cleanup Job has
+/// deleted its files; `Retain` (the default) lets it go at once and keeps them. Children go
+/// by ownerReference either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_policies_delete_or_retain_the_files() {
+    tokio::time::timeout(Duration::from_secs(420), async {
+        let (env, op, storage, _) = start().await;
+        let api: Api<VectorIndex> = env.api();
+        let small = |name: &str, policy: &str| {
+            let mut vi = index(
+                name,
+                &storage,
+                json!({"synthetic": {"count": 5000, "seed": 3}}),
+            );
+            vi.spec.replicas = 1;
+            vi.spec.router.replicas = 1;
+            vi.spec.build.parts = 1;
+            let mut v = serde_json::to_value(&vi).unwrap();
+            v["spec"]["storage"]["deletionPolicy"] = json!(policy);
+            serde_json::from_value::<VectorIndex>(v).unwrap()
+        };
+        for (name, policy) in [("keep", "Retain"), ("purge", "Delete")] {
+            api.create(&PostParams::default(), &small(name, policy))
+                .await
+                .unwrap();
+        }
+        for name in ["keep", "purge"] {
+            wait_for(&api, name, 240, "Ready", |vi| {
+                phase(vi) == Some(IndexPhase::Ready)
+            })
+            .await;
+        }
+        let purge = api.get("purge").await.unwrap();
+        assert_eq!(purge.finalizers(), [quiver_api::FINALIZER]);
+        assert!(api.get("keep").await.unwrap().finalizers().is_empty());
+        let ns = env.ns.clone();
+        for name in ["keep", "purge"] {
+            let files = index_files(&storage, &ns, name);
+            assert!(
+                files.iter().any(|f| f.ends_with("manifest.json")),
+                "{name}: {files:?}"
+            );
+        }
+
+        for name in ["keep", "purge"] {
+            api.delete(name, &Default::default()).await.unwrap();
+        }
+        for name in ["keep", "purge"] {
+            eventually(120, &format!("{name} gone after delete"), || async {
+                matches!(api.get_opt(name).await, Ok(None)).then_some(())
+            })
+            .await;
+        }
+        assert!(
+            index_files(&storage, &ns, "purge").is_empty(),
+            "{:?}",
+            index_files(&storage, &ns, "purge")
+        );
+        assert!(
+            index_files(&storage, &ns, "keep")
+                .iter()
+                .any(|f| f.ends_with("manifest.json")),
+            "Retain kept nothing"
+        );
+        // Children (and the cleanup Job, which has no owner) gone.
+        let jobs: Api<Job> = env.api();
+        let sets: Api<StatefulSet> = env.api();
+        eventually(
+            60,
+            "the Jobs and StatefulSets of both indexes gone",
+            || async {
+                let j = jobs
+                    .list(&ListParams::default().labels(labels::INDEX))
+                    .await
+                    .ok()?;
+                let s = sets
+                    .list(&ListParams::default().labels(labels::INDEX))
+                    .await
+                    .ok()?;
+                (j.items.is_empty() && s.items.is_empty()).then_some(())
+            },
+        )
+        .await;
+        drop(op);
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}

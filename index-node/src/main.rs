@@ -7,6 +7,7 @@ mod k8s;
 mod loader;
 mod loadtest;
 mod manifest;
+mod purge;
 mod serve;
 mod source;
 mod storage;
@@ -39,6 +40,8 @@ enum Command {
     Build(build::BuildCmd),
     /// Drive a router with queries; print QPS, latency percentiles, recall and errors.
     Loadtest(loadtest::LoadtestCmd),
+    /// Delete every version of one VectorIndex from storage (its deletionPolicy: Delete).
+    Purge(purge::PurgeCmd),
 }
 
 fn init_tracing() {
@@ -74,6 +77,10 @@ fn main() -> anyhow::Result<()> {
         Command::Loadtest(cmd) => {
             init_tracing();
             loadtest::run(cmd)
+        }
+        Command::Purge(cmd) => {
+            init_tracing();
+            purge::run(cmd)
         }
     }
 }

@@ -13,11 +13,12 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
+use quiver_api::FINALIZER;
 use quiver_api::keys::labels;
 use quiver_api::v1alpha1::{ReadyCount, VectorIndex, VectorIndexStatus, VersionPhase};
 use tracing::{info, warn};
@@ -25,7 +26,8 @@ use tracing::{info, warn};
 use crate::apply::{self, ApplyError, Writes};
 use crate::children::{self, ChildConfig, ChildrenError};
 use crate::conditions::{self, Summary};
-use crate::jobs::{self, JobError};
+use crate::deletion::{self, DeletionStep};
+use crate::jobs::{self, JobError, JobState};
 use crate::lifecycle::{self, Inputs, LifecycleError, Note, Versions};
 use crate::metrics::Metrics;
 use crate::observe::{self, ObserveError, is_ready};
@@ -59,6 +61,12 @@ pub enum Error {
     Apply(#[from] ApplyError),
     #[error("status of VectorIndex {index}: {source}")]
     Status { index: String, source: kube::Error },
+    #[error("deletion of VectorIndex {index}: {what}: {source}")]
+    Deletion {
+        index: String,
+        what: &'static str,
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -69,12 +77,17 @@ impl Error {
             Error::Children(_) | Error::Jobs(_) | Error::Lifecycle { .. } => "plan",
             Error::Apply(_) => "apply",
             Error::Status { .. } => "status",
+            Error::Deletion { .. } => "delete",
         }
     }
 
     /// A write that lost a race with another writer (a resourceVersion conflict): retry now.
     fn is_conflict(&self) -> bool {
-        matches!(self, Error::Status { source: kube::Error::Api(s), .. } if s.code == 409)
+        matches!(
+            self,
+            Error::Status { source: kube::Error::Api(s), .. }
+                | Error::Deletion { source: kube::Error::Api(s), .. } if s.code == 409
+        )
     }
 }
 
@@ -156,10 +169,22 @@ pub async fn reconcile(vi: Arc<VectorIndex>, ctx: Arc<Context>) -> Result<Action
 async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Error> {
     let index = vi.name_any();
     let ns = vi.namespace().unwrap_or_default();
+    let has_finalizer = vi.finalizers().iter().any(|f| f == FINALIZER);
     if vi.meta().deletion_timestamp.is_some() {
-        // Children go with it by ownerReference.
+        // Children go with it by ownerReference; files per the deletion policy.
         ctx.metrics.forget_index(&ns, &index);
-        return Ok(Action::await_change());
+        return delete(vi, ctx, has_finalizer).await;
+    }
+    if let step @ (DeletionStep::AddFinalizer | DeletionStep::RemoveFinalizer) = deletion::plan(
+        vi.spec.storage.deletion_policy,
+        has_finalizer,
+        false,
+        &JobState::Absent,
+    ) {
+        set_finalizer(ctx, vi, step == DeletionStep::AddFinalizer).await?;
+        // The write makes a new resourceVersion: the status is written by the reconcile its
+        // watch event brings.
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let now = Timestamp::now();
     let old = vi.status.clone().unwrap_or_default();
@@ -352,6 +377,130 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
     })
 }
 
+/// Time between a failed cleanup Job and its retry.
+const CLEANUP_RETRY: Duration = Duration::from_secs(30);
+
+/// A deleted index: with our finalizer and policy `Delete`, run the cleanup Job, and let the
+/// resource go once it has succeeded (see [`deletion`]).
+async fn delete(vi: &VectorIndex, ctx: &Context, has_finalizer: bool) -> Result<Action, Error> {
+    let index = vi.name_any();
+    let ns = vi.namespace().unwrap_or_default();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let fail = |what| {
+        let index = index.clone();
+        move |source| Error::Deletion {
+            index,
+            what,
+            source,
+        }
+    };
+    let background = DeleteParams::background();
+    let (job, state) = if has_finalizer {
+        match observe::cleanup_job(&ctx.client, vi).await? {
+            observe::Cleanup::Ours(job, state) => (job, state),
+            observe::Cleanup::Foreign(old) => {
+                // Left by an earlier resource of this name: out of the way first.
+                if old.metadata.deletion_timestamp.is_none() {
+                    jobs_api
+                        .delete(&old.name_any(), &background)
+                        .await
+                        .map_err(fail("deleting a stale cleanup Job"))?;
+                }
+                return Ok(Action::requeue(lifecycle::POLL));
+            }
+        }
+    } else {
+        (None, JobState::Absent)
+    };
+    let step = deletion::plan(vi.spec.storage.deletion_policy, has_finalizer, true, &state);
+    let job_name = quiver_api::names::cleanup_job(&index);
+    match step {
+        DeletionStep::Nothing | DeletionStep::AddFinalizer => Ok(Action::await_change()),
+        DeletionStep::RemoveFinalizer => {
+            set_finalizer(ctx, vi, false).await?;
+            info!(index = %index, namespace = %ns, "deleted; storage files retained");
+            Ok(Action::await_change())
+        }
+        DeletionStep::CreateCleanup => {
+            let j = jobs::cleanup(vi, &ctx.cfg)?;
+            let mut writes = apply::Writes::default();
+            apply::create_job(&ctx.client, &j, &mut writes).await?;
+            record_writes(&ctx.metrics, &writes);
+            event(ctx, vi, EventType::Normal, "CleanupStarted", "Delete",
+                  format!("deletionPolicy Delete: Job {job_name} deletes the files of every version under {}", vi.spec.storage.uri)).await;
+            info!(index = %index, namespace = %ns, job = %job_name, "cleanup job created");
+            Ok(Action::requeue(lifecycle::POLL))
+        }
+        DeletionStep::Wait => Ok(Action::requeue(lifecycle::POLL)),
+        DeletionStep::Finish => {
+            // The Job has no owner: delete it before the finalizer goes, or it would stay.
+            jobs_api
+                .delete(&job_name, &background)
+                .await
+                .map_err(fail("deleting the finished cleanup Job"))?;
+            set_finalizer(ctx, vi, false).await?;
+            info!(index = %index, namespace = %ns, "deleted; storage files deleted");
+            Ok(Action::await_change())
+        }
+        DeletionStep::Retry { message } => {
+            let failed_at = job
+                .as_ref()
+                .and_then(|j| j.status.as_ref()?.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "Failed"))
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0);
+            let waited = failed_at
+                .map(|t| {
+                    Duration::from_secs(Timestamp::now().duration_since(t).as_secs().max(0) as u64)
+                })
+                .unwrap_or(CLEANUP_RETRY);
+            if waited < CLEANUP_RETRY {
+                return Ok(Action::requeue(CLEANUP_RETRY - waited));
+            }
+            event(ctx, vi, EventType::Warning, "CleanupFailed", "Delete",
+                  format!("{message}; retrying (set spec.storage.deletionPolicy: Retain to keep the files and let the resource go)")).await;
+            warn!(index = %index, namespace = %ns, error = %message, "cleanup failed; retrying");
+            jobs_api
+                .delete(&job_name, &background)
+                .await
+                .map_err(fail("deleting the failed cleanup Job"))?;
+            Ok(Action::requeue(lifecycle::POLL))
+        }
+    }
+}
+
+/// Adds or removes our finalizer; the resourceVersion makes it fail on a stale object rather
+/// than drop a finalizer another controller added meanwhile.
+async fn set_finalizer(ctx: &Context, vi: &VectorIndex, present: bool) -> Result<(), Error> {
+    let api: Api<VectorIndex> =
+        Api::namespaced(ctx.client.clone(), &vi.namespace().unwrap_or_default());
+    let finalizers = deletion::finalizers_with(vi.finalizers(), FINALIZER, present);
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": vi.resource_version(),
+    }});
+    api.patch(
+        &vi.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|source| Error::Deletion {
+        index: vi.name_any(),
+        what: if present {
+            "adding the finalizer"
+        } else {
+            "removing the finalizer"
+        },
+        source,
+    })?;
+    ctx.metrics
+        .writes
+        .get_or_create(&vec![("kind", "finalizer".into())])
+        .inc();
+    Ok(())
+}
+
 fn versions_of(s: &VectorIndexStatus) -> Versions {
     Versions {
         versions: s.versions.clone(),
@@ -396,28 +545,43 @@ fn record_writes(m: &Metrics, w: &Writes) {
     }
 }
 
-/// Events for the lifecycle steps. A failure to publish is logged, not a reconcile error:
-/// Events are best effort in Kubernetes too.
+/// Events for the lifecycle steps.
 async fn publish(ctx: &Context, vi: &VectorIndex, notes: &[Note]) {
-    let reference = vi.object_ref(&());
     for n in notes {
-        let ev = Event {
-            type_: if n.warning {
+        let (type_, action) = (
+            if n.warning {
                 EventType::Warning
             } else {
                 EventType::Normal
             },
-            reason: n.reason.clone(),
-            note: Some(n.message.clone()),
-            action: if n.version.is_empty() {
-                "Validate".into()
+            if n.version.is_empty() {
+                "Validate"
             } else {
-                "Lifecycle".into()
+                "Lifecycle"
             },
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
-            warn!(index = %vi.name_any(), error = %e, "cannot publish event");
-        }
+        );
+        event(ctx, vi, type_, &n.reason, action, n.message.clone()).await;
+    }
+}
+
+/// One Event on the index. A failure to publish is logged, not a reconcile error: Events are
+/// best effort in Kubernetes too.
+async fn event(
+    ctx: &Context,
+    vi: &VectorIndex,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &vi.object_ref(&())).await {
+        warn!(index = %vi.name_any(), error = %e, "cannot publish event");
     }
 }

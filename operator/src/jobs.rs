@@ -139,16 +139,49 @@ pub fn build(
         }
     }
 
+    let envs = vec![json!({"name": env::VERSION, "value": version})];
+    let pod_spec = pod_spec(vi, cfg, &kind.word().to_ascii_lowercase(), args, envs);
+    let mut job_spec = json!({
+        "backoffLimit": BACKOFF_LIMIT,
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+    });
+    if kind == JobKind::Build {
+        let parts = spec.build.parts.max(1);
+        job_spec["completionMode"] = json!("Indexed");
+        job_spec["completions"] = json!(parts);
+        job_spec["parallelism"] = json!(parts);
+        // Retries count per part, not for the whole Job.
+        job_spec["backoffLimit"] = json!(BACKOFF_LIMIT * parts as i32);
+    }
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": vi.namespace(), "labels": pod_labels,
+                     "ownerReferences": [owner]},
+        "spec": job_spec,
+    });
+    serde_json::from_value::<Job>(job).map_err(|source| JobError::Build { job: name, source })
+}
+
+/// The pod of a storage Job: the node image running `args`, with the storage location (and
+/// the storage Secret) in its environment, no API token, never restarted in place.
+fn pod_spec(
+    vi: &VectorIndex,
+    cfg: &ChildConfig,
+    container_name: &str,
+    args: Vec<String>,
+    extra_env: Vec<serde_json::Value>,
+) -> serde_json::Value {
+    let spec = &vi.spec;
     let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
-    let envs = vec![
+    let mut envs = vec![
         json!({"name": env::STORAGE, "value": spec.storage.uri}),
         json!({"name": env::NAMESPACE, "valueFrom": field("metadata.namespace")}),
-        json!({"name": env::INDEX, "value": index}),
-        json!({"name": env::VERSION, "value": version}),
+        json!({"name": env::INDEX, "value": vi.name_any()}),
         json!({"name": "QUIVER_LOG_FORMAT", "value": "json"}),
     ];
+    envs.extend(extra_env);
     let mut container = json!({
-        "name": kind.word().to_ascii_lowercase(),
+        "name": container_name,
         "image": spec.pods.image.as_deref().unwrap_or(&cfg.node_image),
         "args": args,
         "env": envs,
@@ -184,23 +217,36 @@ pub fn build(
     if !spec.pods.tolerations.is_empty() {
         pod_spec["tolerations"] = json!(spec.pods.tolerations);
     }
-    let mut job_spec = json!({
-        "backoffLimit": BACKOFF_LIMIT,
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
-    });
-    if kind == JobKind::Build {
-        let parts = spec.build.parts.max(1);
-        job_spec["completionMode"] = json!("Indexed");
-        job_spec["completions"] = json!(parts);
-        job_spec["parallelism"] = json!(parts);
-        // Retries count per part, not for the whole Job.
-        job_spec["backoffLimit"] = json!(BACKOFF_LIMIT * parts as i32);
-    }
+    pod_spec
+}
+
+/// Annotation on the cleanup Job: the uid of the resource it purges. The Job has no owner
+/// (see [`cleanup`]), so this is how a cleanup Job left by an earlier resource of the same
+/// name is told apart.
+pub const CLEANUP_UID_ANNOTATION: &str = "quiver.dev/index-uid";
+
+/// The Job that deletes the files of `vi` (`deletionPolicy: Delete`): `index-node purge`.
+///
+/// It has no ownerReference on purpose: it runs while the resource is being deleted, and a
+/// foreground deletion would have the garbage collector delete a dependent created then.
+/// The operator deletes it itself once it has succeeded, before it removes the finalizer.
+pub fn cleanup(vi: &VectorIndex, cfg: &ChildConfig) -> Result<Job, JobError> {
+    let index = vi.name_any();
+    let uid = vi
+        .meta()
+        .uid
+        .clone()
+        .ok_or_else(|| JobError::NotStored(index.clone()))?;
+    let name = names::cleanup_job(&index);
+    let pod_labels = labels::for_role(&index, Role::Gc);
+    let envs = vec![json!({"name": env::INDEX_UID, "value": uid})];
+    let pod_spec = pod_spec(vi, cfg, "cleanup", vec!["purge".into()], envs);
     let job = json!({
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": vi.namespace(), "labels": pod_labels,
-                     "ownerReferences": [owner]},
-        "spec": job_spec,
+                     "annotations": {CLEANUP_UID_ANNOTATION: uid}},
+        "spec": {"backoffLimit": BACKOFF_LIMIT,
+                 "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}},
     });
     serde_json::from_value::<Job>(job).map_err(|source| JobError::Build { job: name, source })
 }

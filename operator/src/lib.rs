@@ -2,12 +2,13 @@
 //!
 //! Reconcile is a pipeline (see [`controller`]): observe ([`observe`]) → validate
 //! (`quiver_api::validate`) → plan ([`children`], [`jobs`], [`lifecycle`], [`conditions`],
-//! all pure and unit-tested without a client) → apply ([`apply`]) → status.
+//! [`deletion`], all pure and unit-tested without a client) → apply ([`apply`]) → status.
 
 pub mod apply;
 pub mod children;
 pub mod conditions;
 pub mod controller;
+pub mod deletion;
 pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;

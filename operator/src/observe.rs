@@ -183,6 +183,48 @@ pub async fn observe(client: &Client, vi: &VectorIndex) -> Result<Observed, Obse
     })
 }
 
+/// The cleanup Job of a deleted index, when there is one, and its state. A cleanup Job left
+/// by an earlier resource of the same name (another uid) is reported as `Foreign`.
+pub async fn cleanup_job(client: &Client, vi: &VectorIndex) -> Result<Cleanup, ObserveError> {
+    let index = vi.name_any();
+    let ns = vi.namespace().unwrap_or_default();
+    let name = quiver_api::names::cleanup_job(&index);
+    let err = |kind| {
+        let index = index.clone();
+        move |source| ObserveError {
+            index,
+            kind,
+            source,
+        }
+    };
+    let api: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let Some(job) = api.get_opt(&name).await.map_err(err("Jobs"))? else {
+        return Ok(Cleanup::Ours(None, JobState::Absent));
+    };
+    if job.annotations().get(jobs::CLEANUP_UID_ANNOTATION) != vi.uid().as_ref() {
+        return Ok(Cleanup::Foreign(job));
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let message = pods
+        .list(&ListParams::default().labels(&format!("job-name={name}")))
+        .await
+        .map_err(err("Pods"))?
+        .items
+        .iter()
+        .find_map(failed_message);
+    let state = jobs::state_of(&job, message.as_deref());
+    Ok(Cleanup::Ours(Some(job), state))
+}
+
+/// What [`cleanup_job`] found.
+#[derive(Debug)]
+pub enum Cleanup {
+    /// This resource's cleanup Job (None: there is none) and its state.
+    Ours(Option<Job>, JobState),
+    /// A Job of that name made for another resource.
+    Foreign(Job),
+}
+
 /// The termination message of a failed container of `pod`, if any.
 fn failed_message(pod: &Pod) -> Option<String> {
     let st = pod.status.as_ref()?;

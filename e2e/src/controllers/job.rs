@@ -110,6 +110,17 @@ fn build_pod(job: &Value, index: Option<i64>) -> Value {
         m.remove("name");
     }
     let jname = name(job);
+    // The labels a real cluster puts on every Job pod (the API server defaults them into the
+    // Job's template and selector); clients find a Job's pods by them.
+    let uid = job["metadata"]["uid"].clone();
+    for (k, v) in [
+        ("job-name", json!(jname)),
+        ("batch.kubernetes.io/job-name", json!(jname)),
+        ("controller-uid", uid.clone()),
+        ("batch.kubernetes.io/controller-uid", uid),
+    ] {
+        pod["metadata"]["labels"][k] = v;
+    }
     pod["metadata"]["ownerReferences"] = json!([owner_ref(job, "batch/v1", "Job")]);
     match index {
         Some(i) => {
