@@ -843,3 +843,183 @@ async fn deletion_policies_delete_or_retain_the_files() {
     .await
     .expect("scenario timed out");
 }
+
+/// Bad manifests. Each one the schema or a CEL rule can judge is refused at admission (422
+/// Invalid, the message naming the field); the few that need Rust (URI syntax beyond the
+/// scheme, the source's file type, Secret name syntax) are accepted by the API server and the
+/// operator refuses them: the Degraded condition `InvalidSpec` names the field, and no Job or
+/// StatefulSet is made. crds/README.md ("Which rule is checked where") lists which is which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_manifests_are_refused_naming_the_field() {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        let (env, op, storage, _) = start().await;
+        let ar = kube::discovery::ApiResource::erase::<VectorIndex>(&());
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(env.client.clone(), &env.ns, &ar);
+        let good = serde_json::to_value(index(
+            "x",
+            &storage,
+            json!({"synthetic": {"count": 5000, "seed": 3}}),
+        ))
+        .unwrap();
+        let manifest = |name: &str, edit: &dyn Fn(&mut Value)| {
+            let mut v = good.clone();
+            v["metadata"] = json!({"name": name});
+            edit(&mut v["spec"]);
+            serde_json::from_value::<kube::api::DynamicObject>(v).unwrap()
+        };
+        type Edit = fn(&mut Value);
+        let at_admission: [(&str, &str, Edit); 26] = [
+            ("dim-zero", "spec.dimension", |s| s["dimension"] = json!(0)),
+            ("dim-huge", "spec.dimension", |s| {
+                s["dimension"] = json!(100_000)
+            }),
+            ("dim-text", "spec.dimension", |s| {
+                s["dimension"] = json!("128")
+            }),
+            ("dim-missing", "spec.dimension", |s| {
+                s.as_object_mut().unwrap().remove("dimension");
+            }),
+            ("metric", "spec.metric", |s| {
+                s["metric"] = json!("manhattan")
+            }),
+            ("nlist-zero", "spec.index.nlist", |s| {
+                s["index"]["nlist"] = json!(0)
+            }),
+            ("nprobe-over", "spec.index.nprobe", |s| {
+                s["index"]["nprobe"] = json!(64)
+            }),
+            ("quantizer", "spec.index.quantizer.kind", |s| {
+                s["index"]["quantizer"] = json!({"kind": "opq"})
+            }),
+            ("pq-m-divides", "spec.index.quantizer.m", |s| {
+                s["index"]["quantizer"] = json!({"kind": "pq", "m": 5})
+            }),
+            ("pq-no-m", "spec.index.quantizer.m", |s| {
+                s["index"]["quantizer"] = json!({"kind": "pq"})
+            }),
+            ("flat-m", "spec.index.quantizer.m", |s| {
+                s["index"]["quantizer"] = json!({"kind": "flat", "m": 4})
+            }),
+            ("flat-rerank", "spec.index.quantizer.rerank", |s| {
+                s["index"]["quantizer"] = json!({"kind": "flat", "rerank": true})
+            }),
+            ("sample-small", "spec.index.training.sampleSize", |s| {
+                s["index"]["training"] = json!({"sampleSize": 10})
+            }),
+            ("balance", "spec.index.training.balance", |s| {
+                s["index"]["training"] = json!({"balance": -1})
+            }),
+            ("min-recall", "spec.rollout.minRecall", |s| {
+                s["rollout"]["minRecall"] = json!(1.5)
+            }),
+            ("eval-k", "spec.rollout.evalK", |s| {
+                s["rollout"]["evalK"] = json!(5000)
+            }),
+            ("shards-zero", "spec.shards", |s| s["shards"] = json!(0)),
+            ("replicas-neg", "spec.replicas", |s| {
+                s["replicas"] = json!(-1)
+            }),
+            ("routers-zero", "spec.router.replicas", |s| {
+                s["router"]["replicas"] = json!(0)
+            }),
+            ("parts-zero", "spec.build.parts", |s| {
+                s["build"]["parts"] = json!(0)
+            }),
+            ("storage-scheme", "spec.storage.uri", |s| {
+                s["storage"]["uri"] = json!("ftp://backups/quiver")
+            }),
+            ("storage-policy", "spec.storage.deletionPolicy", |s| {
+                s["storage"]["deletionPolicy"] = json!("Keep")
+            }),
+            ("no-source", "spec.source", |s| s["source"] = json!({})),
+            (
+                "two-sources",
+                "spec.source",
+                |s| s["source"] = json!({"uri": "s3://b/v.npy", "synthetic": {"count": 5000}}),
+            ),
+            ("synthetic-few", "spec.source.synthetic.count", |s| {
+                s["source"] = json!({"synthetic": {"count": 20}})
+            }),
+            ("pinned", "spec.pinnedVersion", |s| {
+                s["pinnedVersion"] = json!("latest")
+            }),
+        ];
+        for (name, field, edit) in at_admission {
+            match api
+                .create(&PostParams::default(), &manifest(name, &edit))
+                .await
+            {
+                Err(kube::Error::Api(s)) => {
+                    assert_eq!(
+                        (s.code, s.reason.as_str()),
+                        (422, "Invalid"),
+                        "{name}: {s:?}"
+                    );
+                    assert!(
+                        s.message.contains(field),
+                        "{name}: the message names {field}: {}",
+                        s.message
+                    );
+                }
+                Ok(_) => panic!("{name}: accepted, but {field} is invalid"),
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+        // A name too long for the child objects' names (a root-level rule).
+        match api
+            .create(&PostParams::default(), &manifest(&"n".repeat(38), &|_| {}))
+            .await
+        {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422, "{s:?}");
+                assert!(s.message.contains("metadata.name"), "{}", s.message);
+            }
+            other => panic!("a 38-character name: {:?}", other.map(|o| o.name_any())),
+        }
+
+        // What only validate() judges: accepted, then refused by the operator.
+        let by_operator: [(&str, &str, Edit); 3] = [
+            ("storage-dotdot", "spec.storage.uri", |s| {
+                s["storage"]["uri"] = json!("s3://corp-quiver/a/../b")
+            }),
+            ("source-csv", "spec.source.uri", |s| {
+                s["source"] = json!({"uri": "s3://corp-vectors/docs.csv"})
+            }),
+            ("secret-name", "spec.storage.secretRef.name", |s| {
+                s["storage"]["secretRef"] = json!({"name": "Quiver_S3"})
+            }),
+        ];
+        for (name, _, edit) in by_operator {
+            api.create(&PostParams::default(), &manifest(name, &edit))
+                .await
+                .unwrap_or_else(|e| panic!("{name}: the schema has no rule for it, yet: {e}"));
+        }
+        let typed: Api<VectorIndex> = env.api();
+        for (name, field, _) in by_operator {
+            let vi = wait_for(&typed, name, 60, "InvalidSpec in Degraded", |vi| {
+                condition(vi, "Degraded").is_some_and(|c| c.reason == "InvalidSpec")
+            })
+            .await;
+            let c = condition(&vi, "Degraded").unwrap();
+            assert!(c.message.contains(field), "{name}: {}", c.message);
+            assert_eq!(phase(&vi), Some(IndexPhase::Failed), "{name}");
+            assert_eq!(condition(&vi, "Ready").unwrap().status, "False", "{name}");
+        }
+        let jobs: Api<Job> = env.api();
+        let sets: Api<StatefulSet> = env.api();
+        let lp = ListParams::default().labels(labels::INDEX);
+        assert!(
+            jobs.list(&lp).await.unwrap().items.is_empty(),
+            "a refused spec made a Job"
+        );
+        assert!(
+            sets.list(&lp).await.unwrap().items.is_empty(),
+            "a refused spec made a StatefulSet"
+        );
+        drop(op);
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}
