@@ -3,6 +3,8 @@
 
 pub mod apiserver;
 pub mod controllers;
+pub mod demo;
+pub mod install;
 pub mod kubelet;
 pub mod local;
 pub mod proxy;

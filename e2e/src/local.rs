@@ -178,11 +178,18 @@ impl Local {
     }
 }
 
-pub async fn run_until_signal(cfg: LocalConfig) -> anyhow::Result<()> {
+/// `quiver-local up`: the cluster (with the CRD and the operator when `operator`) until
+/// SIGINT/SIGTERM.
+pub async fn run_until_signal(cfg: LocalConfig, operator: bool) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let pid_file = cfg.state_dir.join("quiver-local.pid");
     let local = Local::start(cfg).await?;
     std::fs::write(&pid_file, std::process::id().to_string())?;
+    if operator {
+        let client = client_for(&local.server.kubeconfig).await?;
+        let applied = crate::install::install_operator(&client).await?;
+        tracing::info!(objects = ?applied, "installed the VectorIndex CRD and the operator");
+    }
     println!("{}", local.server.kubeconfig.display());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

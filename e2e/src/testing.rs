@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 use crate::kubelet::KubeletConfig;
@@ -172,47 +171,7 @@ where
     }
 }
 
-/// Installs the `VectorIndex` CRD (one that exists is left in place: on a real cluster it is
-/// cluster-wide and may be shared) and waits until the API serves it.
-pub async fn install_crd(client: &Client) -> Result<(), LocalError> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    match crds
-        .create(&PostParams::default(), &quiver_api::crd())
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => {
-            return Err(LocalError::Client(format!(
-                "creating the VectorIndex CRD: {e}"
-            )));
-        }
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let served: Api<quiver_api::VectorIndex> = Api::all(client.clone());
-    loop {
-        let established = crds
-            .get_opt("vectorindexes.quiver.dev")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|c| c.status?.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            });
-        // Discovery may lag Established by a moment on a real server.
-        if established && served.list(&ListParams::default().limit(1)).await.is_ok() {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(LocalError::Client(
-                "the VectorIndex CRD is not served after 30 s".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use crate::install::install_crd;
 
 /// A binary of this workspace, from the target directory the running test was built into
 /// (`target/<profile>/<name>`). Cargo gives a package's tests only that package's binaries,

@@ -118,6 +118,11 @@ struct GenerateArgs {
     metric: Metric,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Leave out of the ground truth the rows a VectorIndex build of this base holds out for
+    /// its recall gate (`spec.rollout.evalQueries` = this count): they are not indexed, so
+    /// recall through the cluster is measured against the rows it holds. Ids stay row ids.
+    #[arg(long, default_value_t = 0)]
+    held_out: usize,
 }
 
 pub fn run(cmd: BenchCmd) -> anyhow::Result<()> {
@@ -150,7 +155,23 @@ fn generate(g: &GenerateArgs) -> anyhow::Result<()> {
         "generated vectors"
     );
     let t = Instant::now();
-    let gt = dataset::exact_knn(&base, &queries, g.dim, g.gt_k.min(g.n), g.metric);
+    let held = crate::source::eval_positions(g.n, g.held_out);
+    let gt = if held.is_empty() {
+        dataset::exact_knn(&base, &queries, g.dim, g.gt_k.min(g.n), g.metric)
+    } else {
+        // The indexed rows only, mapped back to their row ids.
+        let kept: Vec<usize> = (0..g.n)
+            .filter(|i| held.binary_search(i).is_err())
+            .collect();
+        let rows: Vec<f32> = kept
+            .iter()
+            .flat_map(|&i| base[i * g.dim..(i + 1) * g.dim].iter().copied())
+            .collect();
+        dataset::exact_knn(&rows, &queries, g.dim, g.gt_k.min(kept.len()), g.metric)
+            .into_iter()
+            .map(|r| r.into_iter().map(|j| kept[j as usize] as u32).collect())
+            .collect()
+    };
     tracing::info!(
         nq = g.nq,
         k = g.gt_k,
@@ -160,7 +181,8 @@ fn generate(g: &GenerateArgs) -> anyhow::Result<()> {
     let gt_flat: Vec<i32> = gt.iter().flatten().map(|&i| i as i32).collect();
     dataset::write_fvecs(&g.out.join("base.fvecs"), g.dim, &base)?;
     dataset::write_fvecs(&g.out.join("queries.fvecs"), g.dim, &queries)?;
-    dataset::write_ivecs(&g.out.join("groundtruth.ivecs"), g.gt_k.min(g.n), &gt_flat)?;
+    let gt_k = gt.first().map_or(0, Vec::len);
+    dataset::write_ivecs(&g.out.join("groundtruth.ivecs"), gt_k, &gt_flat)?;
     println!(
         "wrote {}/{{base.fvecs,queries.fvecs,groundtruth.ivecs}}",
         g.out.display()
@@ -393,4 +415,56 @@ fn round(x: f64, digits: i32) -> f64 {
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_out_rows_are_left_out_of_the_ground_truth() {
+        let out = std::env::temp_dir().join(format!("quiver-gen-{}", std::process::id()));
+        let g = GenerateArgs {
+            out: out.clone(),
+            n: 600,
+            dim: 8,
+            nq: 20,
+            clusters: 5,
+            skew: 0.0,
+            gt_k: 10,
+            metric: Metric::L2,
+            seed: 3,
+            held_out: 60,
+        };
+        generate(&g).expect("generate");
+        let base = dataset::read_vectors(&out.join("base.fvecs")).expect("base");
+        let queries = dataset::read_vectors(&out.join("queries.fvecs")).expect("queries");
+        let gt = dataset::read_ivecs(&out.join("groundtruth.ivecs")).expect("gt");
+        let held = crate::source::eval_positions(600, 60);
+        assert_eq!((gt.dim, gt.len()), (10, 20));
+        for q in 0..20 {
+            let qv = &queries.data[q * 8..(q + 1) * 8];
+            let mut exact: Vec<(f32, usize)> = (0..600)
+                .filter(|i| held.binary_search(i).is_err())
+                .map(|i| {
+                    (
+                        crate::source::distance("l2", qv, &base.data[i * 8..(i + 1) * 8]),
+                        i,
+                    )
+                })
+                .collect();
+            exact.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let got: Vec<usize> = gt.data[q * 10..(q + 1) * 10]
+                .iter()
+                .map(|&i| i as usize)
+                .collect();
+            assert!(
+                got.iter().all(|i| held.binary_search(i).is_err()),
+                "{got:?}"
+            );
+            let want: Vec<usize> = exact[..10].iter().map(|e| e.1).collect();
+            assert_eq!(got, want, "query {q}");
+        }
+        let _ = std::fs::remove_dir_all(&out);
+    }
 }

@@ -1,5 +1,6 @@
-//! `quiver-local up|kubelet|down|logs|service`: the local cluster on one machine.
+//! `quiver-local up|demo|kubelet|down|logs|service`: the local cluster on one machine.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -36,6 +37,48 @@ enum Cmd {
         /// Do not run the process kubelet.
         #[arg(long)]
         no_kubelet: bool,
+        /// Do not install the VectorIndex CRD and the operator (operator/deploy/operator.yaml).
+        #[arg(long)]
+        no_operator: bool,
+    },
+    /// From nothing to a Ready, queried index: start the cluster with the operator, generate
+    /// vectors with exact ground truth, apply examples/quickstart.yaml, show each phase with
+    /// its time, query the index's Service (recall@10, QPS, p50/p99), then serve until Ctrl-C.
+    /// Run through cargo (`cargo run --release -p quiver-e2e -- demo`), it builds the
+    /// quiver-operator and index-node binaries first.
+    Demo {
+        /// Image to local binary (repeatable); quiver-operator and index-node default to the
+        /// binaries beside this one.
+        #[arg(long = "image")]
+        images: Vec<String>,
+        /// A VectorIndex manifest to apply instead of examples/quickstart.yaml (its source and
+        /// storage URIs are replaced by the demo's files).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Vectors to generate (the manifest gives their dimension and metric).
+        #[arg(long, default_value_t = 50_000)]
+        n: usize,
+        /// Query vectors, with exact ground truth.
+        #[arg(long, default_value_t = 1000)]
+        nq: usize,
+        /// Override spec.index.nlist.
+        #[arg(long)]
+        nlist: Option<u32>,
+        /// Override spec.shards.
+        #[arg(long)]
+        shards: Option<u32>,
+        /// Queries sent through the Service.
+        #[arg(long, default_value_t = 5000)]
+        queries: u64,
+        /// Queries in flight.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Seconds to wait for Ready.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+        /// Stop the cluster when done (for benchmarks) instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit: bool,
     },
     /// Kubelet-only mode: run just the process kubelet and the Service proxy against any
     /// API server (a real control plane, or another `up --no-kubelet`), until SIGINT/SIGTERM.
@@ -78,13 +121,62 @@ enum Cmd {
     },
 }
 
-fn init_logs() {
+fn init_logs(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// The binaries the operator's pods run, beside this one (target/<profile>/), unless the
+/// table maps them already.
+fn with_sibling_binaries(mut images: HashMap<String, PathBuf>) -> HashMap<String, PathBuf> {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(PathBuf::from))
+    {
+        for name in ["quiver-operator", "index-node"] {
+            images
+                .entry(name.to_string())
+                .or_insert_with(|| dir.join(name));
+        }
+    }
+    images
+}
+
+/// Run through cargo (which sets `CARGO`), builds the binaries the demo's pods run in this
+/// binary's profile, so that a fresh clone needs one command.
+fn build_siblings() -> Result<()> {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return Ok(());
+    };
+    let exe = std::env::current_exe()?;
+    let profile = exe
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|p| p.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "-p", "quiver-operator", "-p", "index-node"]);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    eprintln!("building quiver-operator and index-node ({profile})");
+    let status = cmd.status().context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of quiver-operator and index-node failed ({status})");
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -95,9 +187,10 @@ fn main() -> Result<()> {
             images,
             node,
             no_kubelet,
+            no_operator,
         } => {
-            init_logs();
-            let images = quiver_e2e::kubelet::parse_image_table(&images)?;
+            init_logs("info");
+            let images = with_sibling_binaries(quiver_e2e::kubelet::parse_image_table(&images)?);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -107,7 +200,48 @@ fn main() -> Result<()> {
             cfg.images = images;
             cfg.node = node;
             cfg.kubelet = !no_kubelet;
-            rt.block_on(quiver_e2e::local::run_until_signal(cfg))
+            rt.block_on(quiver_e2e::local::run_until_signal(cfg, !no_operator))
+        }
+        Cmd::Demo {
+            images,
+            manifest,
+            n,
+            nq,
+            nlist,
+            shards,
+            queries,
+            concurrency,
+            timeout_secs,
+            exit,
+        } => {
+            init_logs("warn");
+            build_siblings()?;
+            let images = with_sibling_binaries(quiver_e2e::kubelet::parse_image_table(&images)?);
+            for (image, bin) in &images {
+                if !bin.is_file() {
+                    bail!(
+                        "image {image}: {} does not exist; build it (cargo build --release -p {image}) or pass --image {image}=PATH",
+                        bin.display()
+                    );
+                }
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(quiver_e2e::demo::run(quiver_e2e::demo::DemoConfig {
+                state_dir: cli.state_dir,
+                manifest,
+                images,
+                n,
+                nq,
+                nlist,
+                shards,
+                queries,
+                concurrency,
+                exit,
+                timeout_secs,
+            }))
         }
         Cmd::Kubelet {
             kubeconfig,
@@ -116,7 +250,7 @@ fn main() -> Result<()> {
             namespace,
             ip_block,
         } => {
-            init_logs();
+            init_logs("info");
             let images = quiver_e2e::kubelet::parse_image_table(&images)?;
             std::fs::create_dir_all(&cli.state_dir)?;
             let root = std::fs::canonicalize(&cli.state_dir)?.join("pods");
