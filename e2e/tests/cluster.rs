@@ -897,3 +897,35 @@ async fn service_cluster_ip_reaches_only_ready_pods() {
     })
     .await;
 }
+
+/// A pod bound to a node that does not exist (its node left for good) is force-deleted by
+/// the controller manager's pod GC after its quarantine (40 s, re-checked every 20 s), so a
+/// namespace holding it can finish terminating.
+#[tokio::test]
+async fn pods_of_a_gone_node_are_garbage_collected() {
+    bounded(150, async {
+        let env = start().await;
+        let pods: Api<Pod> = env.api();
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "orphan"},
+            "spec": {"nodeName": "a-node-that-left", "containers": [{"name": "c", "image": "registry.example/testpod:1"}]}
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        pods.delete("orphan", &DeleteParams::default()).await.unwrap();
+        // Graceful deletion waits for a kubelet that will never come...
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let held = pods.get_opt("orphan").await.unwrap();
+        assert!(
+            held.is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
+            "a bound pod is deleted gracefully (its kubelet confirms)"
+        );
+        // ...until pod GC force-deletes it.
+        eventually(120, "the orphaned pod gone", || async {
+            matches!(pods.get_opt("orphan").await, Ok(None)).then_some(())
+        })
+        .await;
+        env.stop().await;
+    })
+    .await;
+}

@@ -1,11 +1,12 @@
 //! Controllers a real control plane runs: garbage collector, StatefulSet, Deployment
-//! (with ReplicaSets), Job and EndpointSlice. They use only the Kubernetes API through kube-rs, so they
+//! (with ReplicaSets), Job, EndpointSlice and pod GC. They use only the Kubernetes API through kube-rs, so they
 //! behave the same against any API server.
 
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod job;
+pub mod podgc;
 pub mod serviceaccounts;
 pub mod statefulset;
 
@@ -37,7 +38,8 @@ pub fn spawn_all(client: Client) -> Vec<JoinHandle<()>> {
         tokio::spawn(deployment::run(client.clone())),
         tokio::spawn(deployment::run_replicasets(client.clone())),
         tokio::spawn(job::run(client.clone())),
-        tokio::spawn(endpoints::run(client)),
+        tokio::spawn(endpoints::run(client.clone())),
+        tokio::spawn(podgc::run(client)),
     ]
 }
 
