@@ -910,12 +910,12 @@ async fn pods_of_a_gone_node_are_garbage_collected() {
             "metadata": {"name": "orphan"},
             "spec": {"nodeName": "a-node-that-left", "containers": [{"name": "c", "image": "registry.example/testpod:1"}]}
         }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
-        pods.delete("orphan", &DeleteParams::default()).await.unwrap();
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod).await.expect("create");
+        pods.delete("orphan", &DeleteParams::default()).await.expect("delete");
         // Graceful deletion waits for a kubelet that will never come...
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let held = pods.get_opt("orphan").await.unwrap();
+        let held = pods.get_opt("orphan").await.expect("get");
         assert!(
             held.is_some_and(|p| p.metadata.deletion_timestamp.is_some()),
             "a bound pod is deleted gracefully (its kubelet confirms)"
