@@ -81,6 +81,34 @@ impl Error {
         }
     }
 
+    /// Why the step failed, a bounded metric label: the API status of the first Kubernetes
+    /// error in the chain (`Conflict`, `NotFound`, `Forbidden`, `Invalid`, `ServerError`...),
+    /// `Transport` for other client errors, `Internal` when no API call failed.
+    pub fn reason(&self) -> &'static str {
+        let mut at: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = at {
+            if let Some(k) = e.downcast_ref::<kube::Error>() {
+                return match k {
+                    kube::Error::Api(s) => match s.code {
+                        400 => "BadRequest",
+                        401 => "Unauthorized",
+                        403 => "Forbidden",
+                        404 => "NotFound",
+                        409 => "Conflict",
+                        410 => "Expired",
+                        422 => "Invalid",
+                        429 => "TooManyRequests",
+                        500..=599 => "ServerError",
+                        _ => "Api",
+                    },
+                    _ => "Transport",
+                };
+            }
+            at = e.source();
+        }
+        "Internal"
+    }
+
     /// A write that lost a race with another writer (a resourceVersion conflict): retry now.
     fn is_conflict(&self) -> bool {
         matches!(
@@ -139,9 +167,12 @@ where
 pub fn error_policy(vi: Arc<VectorIndex>, err: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .errors
-        .get_or_create(&vec![("step", err.step().to_string())])
+        .get_or_create(&vec![
+            ("step", err.step().to_string()),
+            ("reason", err.reason().to_string()),
+        ])
         .inc();
-    warn!(index = %vi.name_any(), namespace = ?vi.namespace(), step = err.step(), error = %err, "reconcile failed");
+    warn!(index = %vi.name_any(), namespace = ?vi.namespace(), step = err.step(), reason = err.reason(), error = %err, "reconcile failed");
     if err.is_conflict() {
         Action::requeue(Duration::from_millis(200))
     } else {
@@ -583,5 +614,50 @@ async fn event(
     };
     if let Err(e) = ctx.recorder.publish(&ev, &vi.object_ref(&())).await {
         warn!(index = %vi.name_any(), error = %e, "cannot publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("x", "y")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn error_reason_is_the_api_status_anywhere_in_the_chain() {
+        let status = Error::Status {
+            index: "docs".into(),
+            source: api(409),
+        };
+        assert_eq!((status.step(), status.reason()), ("status", "Conflict"));
+        assert!(status.is_conflict());
+        let gone = Error::Deletion {
+            index: "docs".into(),
+            what: "finalizer",
+            source: api(503),
+        };
+        assert_eq!((gone.step(), gone.reason()), ("delete", "ServerError"));
+        assert!(!gone.is_conflict());
+        // Nested one level down (the apply step's own error type).
+        let apply = Error::Apply(ApplyError {
+            verb: "apply",
+            kind: "StatefulSet".into(),
+            name: "docs-shard-0".into(),
+            source: api(403),
+        });
+        assert_eq!((apply.step(), apply.reason()), ("apply", "Forbidden"));
+        let plan = Error::Lifecycle {
+            index: "docs".into(),
+            source: LifecycleError::Name(
+                quiver_api::names::VersionName::parse("nope").expect_err("not a version name"),
+            ),
+        };
+        assert_eq!((plan.step(), plan.reason()), ("plan", "Internal"));
     }
 }

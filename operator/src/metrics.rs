@@ -17,7 +17,8 @@ pub struct Metrics {
     registry: Registry,
     /// Reconciles by outcome (ok, error, invalid).
     pub reconciles: Family<Labels, Counter>,
-    /// Reconcile errors by the step that failed (observe, plan, apply, status, events).
+    /// Reconcile errors by the step that failed (observe, plan, apply, status, delete) and the
+    /// reason (`Error::reason`).
     pub errors: Family<Labels, Counter>,
     pub reconcile_seconds: Histogram,
     /// API writes made by reconciles, by kind (apply, create, delete, status).
@@ -58,7 +59,7 @@ impl Metrics {
         registry.register("reconciles", "Reconciles by outcome", m.reconciles.clone());
         registry.register(
             "reconcile_errors",
-            "Reconcile errors by failed step",
+            "Reconcile errors by failed step and reason",
             m.errors.clone(),
         );
         registry.register(
