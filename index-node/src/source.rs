@@ -23,6 +23,10 @@ pub struct SourceArgs {
     /// Seed of the synthetic dataset (and of sampling).
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// The index's dimension (`spec.dimension`): a source file of another dimension is
+    /// refused, naming the file, instead of building an index that no query fits.
+    #[arg(long)]
+    pub expect_dim: Option<usize>,
 }
 
 impl SourceArgs {
@@ -55,6 +59,13 @@ impl SourceArgs {
         for uri in &files {
             let bytes = read_uri(uri).await?;
             let v = parse_vectors(&bytes, uri)?;
+            if let Some(want) = self.expect_dim {
+                anyhow::ensure!(
+                    v.dim == want,
+                    "{uri}: vectors of dimension {}, but the index has dimension {want} (spec.dimension)",
+                    v.dim
+                );
+            }
             match &mut all {
                 None => all = Some(v),
                 Some(a) => {
@@ -197,5 +208,31 @@ mod tests {
         let p = eval_positions(1000, 100);
         assert_eq!(p.len(), 100);
         assert!(p.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[tokio::test]
+    async fn a_source_file_of_another_dimension_is_refused_naming_it() {
+        let dir = std::env::temp_dir().join(format!("quiver-src-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("v64.fvecs");
+        quiver_ivf::dataset::write_fvecs(&path, 64, &vec![0.5; 64 * 3]).expect("write");
+        let args = |expect_dim| SourceArgs {
+            files: vec![path.display().to_string()],
+            synthetic: None,
+            dim: 32,
+            seed: 1,
+            expect_dim,
+        };
+        let e = args(Some(128)).load().await.expect_err("64 ≠ 128");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("v64.fvecs")
+                && msg.contains("dimension 64")
+                && msg.contains("128 (spec.dimension)"),
+            "{msg}"
+        );
+        assert_eq!(args(Some(64)).load().await.expect("64").dim, 64);
+        assert_eq!(args(None).load().await.expect("unchecked").len(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

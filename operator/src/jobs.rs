@@ -263,7 +263,12 @@ fn source_args(vi: &VectorIndex) -> Vec<String> {
             "--seed".into(),
             s.seed.to_string(),
         ],
-        (None, Some(uri)) => vec!["--source".into(), uri.clone()],
+        (None, Some(uri)) => vec![
+            "--source".into(),
+            uri.clone(),
+            "--expect-dim".into(),
+            spec.dimension.to_string(),
+        ],
         // validate() refuses a source with neither; an empty list makes the Job fail with
         // index-node's own message rather than the operator guessing.
         (None, None) => Vec::new(),
@@ -435,12 +440,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_file_source_is_passed_as_is() {
+    fn a_file_source_is_passed_as_is_with_the_dimension_it_must_have() {
         let vi = index(|v| v["spec"]["source"] = json!({"uri": "s3://b/v.npy"}));
         let a = args(&build(&vi, &cfg(), JobKind::Train, "v1-7f3a9c2e", "h").expect("train"));
         let at = a.iter().position(|x| x == "--source").expect("--source");
         assert_eq!(a[at + 1], "s3://b/v.npy");
         assert!(!a.contains(&"--synthetic".to_string()));
+        // A file of another dimension fails the train Job, naming the file.
+        let at = a.iter().position(|x| x == "--expect-dim").expect("--expect-dim");
+        assert_eq!(a[at + 1], vi.spec.dimension.to_string());
     }
 
     fn job_with(conditions: Value) -> Job {
