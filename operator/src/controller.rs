@@ -284,6 +284,10 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
             shard_nodes: &seen.shard_nodes,
             router_nodes: &seen.router_nodes,
             gate: seen.gate.as_ref(),
+            retrain: vi
+                .annotations()
+                .get(quiver_api::keys::annotations::RETRAIN)
+                .map(String::as_str),
             now,
         },
     )
@@ -336,6 +340,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
     status.recall = step.versions.recall;
     status.versions = step.versions.versions.clone();
     status.version_counter = step.versions.counter;
+    status.observed_retrain = step.versions.observed_retrain.clone();
     status.shards = Some(shards);
     status.routers = Some(routers);
     status.conditions = conditions::keep_transition_times(&old.conditions, conds);
@@ -539,6 +544,7 @@ fn versions_of(s: &VectorIndexStatus) -> Versions {
         target: s.target_version.clone(),
         recall: s.recall,
         counter: s.version_counter,
+        observed_retrain: s.observed_retrain.clone(),
     }
 }
 

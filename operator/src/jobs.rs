@@ -447,7 +447,10 @@ pub(crate) mod tests {
         assert_eq!(a[at + 1], "s3://b/v.npy");
         assert!(!a.contains(&"--synthetic".to_string()));
         // A file of another dimension fails the train Job, naming the file.
-        let at = a.iter().position(|x| x == "--expect-dim").expect("--expect-dim");
+        let at = a
+            .iter()
+            .position(|x| x == "--expect-dim")
+            .expect("--expect-dim");
         assert_eq!(a[at + 1], vi.spec.dimension.to_string());
     }
 

@@ -72,6 +72,8 @@ pub struct Inputs<'a> {
     pub router_nodes: &'a [NodeReport],
     /// Set when the Gating version was measured this reconcile.
     pub gate: Option<&'a GateOutcome>,
+    /// The `quiver.dev/retrain` annotation (a new value asks for one retrain).
+    pub retrain: Option<&'a str>,
     pub now: Timestamp,
 }
 
@@ -84,6 +86,8 @@ pub struct Versions {
     pub target: Option<String>,
     pub recall: Option<f64>,
     pub counter: Option<u32>,
+    /// The retrain token last acted on (`status.observedRetrain`).
+    pub observed_retrain: Option<String>,
 }
 
 /// Something worth an Event (and a log line).
@@ -158,19 +162,29 @@ pub fn advance(current: &Versions, input: &Inputs<'_>) -> Result<Step, Lifecycle
     };
     let now = Time(input.now);
 
-    if needs_new_version(&step.versions, input.spec_hash) {
+    let token = input.retrain.map(str::trim).filter(|t| !t.is_empty());
+    let new_token = token.filter(|t| step.versions.observed_retrain.as_deref() != Some(*t));
+    let by_spec = needs_new_version(&step.versions, input.spec_hash);
+    if by_spec || new_token.is_some() {
         let name = next_name(&step.versions, input.uid)?;
-        let trigger = if step.versions.versions.is_empty() {
-            "create"
+        let (trigger, why) = if step.versions.versions.is_empty() {
+            ("create".to_string(), String::new())
+        } else if let Some(t) = new_token.filter(|_| !by_spec) {
+            (
+                format!("retrain:{t}"),
+                format!("retrain {t:?} was asked for"),
+            )
         } else {
-            "spec"
+            ("spec".to_string(), "the spec changed".to_string())
         };
+        // One version answers every trigger at hand: the token is spent either way.
+        if let Some(t) = token {
+            step.versions.observed_retrain = Some(t.to_string());
+        }
         for v in step.versions.versions.iter_mut() {
             if is_preparing(v.phase) {
                 v.phase = VersionPhase::Failed;
-                v.reason = Some(format!(
-                    "{SUPERSEDED}: the spec changed; {name} replaces it"
-                ));
+                v.reason = Some(format!("{SUPERSEDED}: {why}; {name} replaces it"));
                 v.last_transition_time = Some(now.clone());
                 step.notes.push(Note {
                     warning: false,
@@ -184,7 +198,7 @@ pub fn advance(current: &Versions, input: &Inputs<'_>) -> Result<Step, Lifecycle
             }
         }
         let mut v = VersionStatus::pending(name.to_string());
-        v.trigger = Some(trigger.into());
+        v.trigger = Some(trigger.clone());
         v.spec_hash = Some(input.spec_hash.to_string());
         v.shards = Some(input.shards);
         v.created_at = Some(now.clone());
@@ -523,6 +537,7 @@ mod tests {
         gate: Option<GateOutcome>,
         now: Timestamp,
         parts: u32,
+        retrain: Option<String>,
     }
 
     impl World {
@@ -534,6 +549,7 @@ mod tests {
                 gate: None,
                 now: Timestamp::from_second(1_800_000_000).expect("time"),
                 parts: 1,
+                retrain: None,
             }
         }
 
@@ -552,6 +568,7 @@ mod tests {
                     shard_nodes: &self.shards,
                     router_nodes: &self.routers,
                     gate: self.gate.as_ref(),
+                    retrain: self.retrain.as_deref(),
                     now: self.now,
                 },
             )
@@ -728,6 +745,78 @@ mod tests {
         // Going back to the first spec makes a third version, not a resurrection.
         let s = w.step(&s.versions, HASH);
         assert_eq!(s.versions.versions[0].name, "v3-7f3a9c2e");
+    }
+
+    #[test]
+    fn a_new_retrain_token_makes_one_version_and_the_same_token_none() {
+        let mut w = World::new();
+        let active = to_active(&mut w);
+        w.retrain = Some("ticket-42".into());
+        let s = w.step(&active, HASH);
+        assert_eq!(s.versions.versions.len(), 2);
+        assert_eq!(s.versions.versions[0].name, "v2-7f3a9c2e");
+        assert_eq!(s.versions.versions[0].phase, VersionPhase::Pending);
+        assert_eq!(
+            s.versions.versions[0].trigger.as_deref(),
+            Some("retrain:ticket-42")
+        );
+        assert_eq!(s.versions.observed_retrain.as_deref(), Some("ticket-42"));
+        // The active version keeps serving while v2 is prepared.
+        assert_eq!(s.versions.active.as_deref(), Some("v1-7f3a9c2e"));
+        assert_eq!(s.versions.versions[1].phase, VersionPhase::Active);
+        // The same token again (every later reconcile) makes nothing new.
+        let again = w.step(&s.versions, HASH);
+        assert_eq!(again.versions.versions.len(), 2);
+        assert_eq!(again.versions.versions[0].phase, VersionPhase::Training);
+        // Removing the annotation does nothing either.
+        w.retrain = None;
+        assert_eq!(w.step(&again.versions, HASH).versions.versions.len(), 2);
+        // Blank is no token.
+        w.retrain = Some("  ".into());
+        assert_eq!(w.step(&again.versions, HASH).versions.versions.len(), 2);
+    }
+
+    #[test]
+    fn a_token_present_at_creation_is_spent_by_the_first_version() {
+        let mut w = World::new();
+        w.retrain = Some("t1".into());
+        let s = w.step(&Versions::default(), HASH);
+        assert_eq!(s.versions.versions[0].trigger.as_deref(), Some("create"));
+        assert_eq!(s.versions.observed_retrain.as_deref(), Some("t1"));
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(
+            s.versions.versions.len(),
+            1,
+            "no retrain right after create"
+        );
+    }
+
+    #[test]
+    fn a_new_token_supersedes_the_version_in_preparation() {
+        let mut w = World::new();
+        let active = to_active(&mut w);
+        w.retrain = Some("a".into());
+        let v = w.step(&active, HASH).versions;
+        let v = w.step(&v, HASH).versions;
+        assert_eq!(v.versions[0].phase, VersionPhase::Training);
+        w.retrain = Some("b".into());
+        let s = w.step(&v, HASH);
+        assert_eq!(s.versions.versions.len(), 3);
+        assert_eq!(s.versions.versions[0].trigger.as_deref(), Some("retrain:b"));
+        let old = &s.versions.versions[1];
+        assert_eq!(old.phase, VersionPhase::Failed);
+        let reason = old.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.starts_with("Superseded: retrain \"b\" was asked for; v3-7f3a9c2e"),
+            "{reason}"
+        );
+        assert_eq!(s.versions.active.as_deref(), Some("v1-7f3a9c2e"));
+        // A spec change and a new token at once make one version, triggered by the spec.
+        w.retrain = Some("c".into());
+        let s = w.step(&s.versions, H2);
+        assert_eq!(s.versions.versions.len(), 4);
+        assert_eq!(s.versions.versions[0].trigger.as_deref(), Some("spec"));
+        assert_eq!(s.versions.observed_retrain.as_deref(), Some("c"));
     }
 
     const H2: &str = "00000000000000bb";
