@@ -1,0 +1,181 @@
+//! Versions under change, end to end: later versions of a Ready index while it serves
+//! traffic. The real `quiver-operator` and `index-node` binaries, as in the operator suite;
+//! `index-node loadtest` drives the index's Service throughout.
+//!
+//! Runs on the in-process stand-in, or against another cluster with QUIVER_E2E_KUBECONFIG.
+//! Needs both binaries built in this target directory (`cargo test --workspace` builds them).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use quiver_api::VectorIndex;
+use quiver_api::keys::{annotations, labels};
+use quiver_api::v1alpha1::{IndexPhase, VersionPhase};
+use serde_json::{Value, json};
+
+mod opsupport;
+use opsupport::*;
+
+/// One bounded `index-node loadtest` run through the Service: its JSON summary.
+fn load(node: &Path, target: SocketAddr, queries: &Path, secs: f64) -> Value {
+    let out = Command::new(node)
+        .args([
+            "loadtest",
+            "--target",
+            &target.to_string(),
+            "--k",
+            "10",
+            "--json",
+        ])
+        .arg("--queries")
+        .arg(queries)
+        .args(["--concurrency", "4", "--duration-secs", &secs.to_string()])
+        .args(["--worker-threads", "1", "--timeout-ms", "5000"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "loadtest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
+}
+
+/// What a series of loadtest runs saw.
+#[derive(Default, Debug)]
+struct Seen {
+    ok: u64,
+    failed: u64,
+    errors: BTreeMap<String, u64>,
+    /// Answers per version.
+    versions: BTreeMap<String, u64>,
+}
+
+impl Seen {
+    fn add(&mut self, s: &Value) {
+        self.ok += s["ok"].as_u64().unwrap_or(0);
+        self.failed += s["failed"].as_u64().unwrap_or(0);
+        for (k, v) in s["errors"].as_object().into_iter().flatten() {
+            *self.errors.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+        }
+        for (k, v) in s["versions"].as_object().into_iter().flatten() {
+            *self.versions.entry(k.clone()).or_default() += v["answers"].as_u64().unwrap_or(0);
+        }
+    }
+
+    fn names(&self) -> BTreeSet<&str> {
+        self.versions.keys().map(String::as_str).collect()
+    }
+}
+
+fn version<'a>(vi: &'a VectorIndex, name: &str) -> Option<&'a quiver_api::v1alpha1::VersionStatus> {
+    vi.status.as_ref()?.version(name)
+}
+
+/// Retrain v1 → v2 by annotation while queries run: no query fails, every answer names v1
+/// or v2, v1 stops answering once drained, and the same token again does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrain_swaps_versions_under_load_without_a_failed_query() {
+    tokio::time::timeout(Duration::from_secs(480), async {
+        let (env, op, storage, _) = start().await;
+        let node = workspace_bin_node();
+        let api: Api<VectorIndex> = env.api();
+        let name = "swap";
+        api.create(
+            &PostParams::default(),
+            &index(name, &storage, json!({"synthetic": {"count": 8000, "seed": 5}})),
+        )
+        .await
+        .unwrap();
+        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| phase(vi) == Some(IndexPhase::Ready)).await;
+        let v1 = vi.status.unwrap().active_version.unwrap();
+        let root = storage.strip_prefix("file://").unwrap();
+        let queries = Path::new(root).join(format!("{}/{name}/versions/{v1}/eval.fvecs", env.ns));
+        let addr = service_address(&env, name).await;
+
+        let mut before = Seen::default();
+        before.add(&load(&node, addr, &queries, 2.0));
+        assert_eq!(before.failed, 0, "{before:?}");
+        assert_eq!(before.names(), BTreeSet::from([v1.as_str()]), "{before:?}");
+
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {annotations::RETRAIN: "t1"}}})),
+        )
+        .await
+        .unwrap();
+        // Load in 2 s runs until v1 is Retired.
+        let mut during = Seen::default();
+        let t0 = Instant::now();
+        let v2 = loop {
+            during.add(&load(&node, addr, &queries, 2.0));
+            let vi = api.get(name).await.unwrap();
+            let st = vi.status.clone().unwrap_or_default();
+            eprintln!(
+                "[{:5.1}s] {:?}",
+                t0.elapsed().as_secs_f64(),
+                st.versions.iter().map(|v| format!("{} {:?}", v.name, v.phase)).collect::<Vec<_>>()
+            );
+            if version(&vi, &v1).is_some_and(|v| v.phase == VersionPhase::Retired) {
+                break st.active_version.unwrap();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(240), "v1 not retired after 240 s: {:?}", st.versions);
+        };
+        assert_ne!(v2, v1);
+        assert_eq!(during.failed, 0, "queries failed during the swap: {during:?}");
+        assert!(during.names().is_subset(&BTreeSet::from([v1.as_str(), v2.as_str()])), "{during:?}");
+        assert!(during.versions.get(&v2).is_some_and(|n| *n > 0), "v2 never answered: {during:?}");
+
+        let mut after = Seen::default();
+        after.add(&load(&node, addr, &queries, 2.0));
+        assert_eq!(after.failed, 0, "{after:?}");
+        assert_eq!(after.names(), BTreeSet::from([v2.as_str()]), "v1 answered after its drain: {after:?}");
+
+        let vi = api.get(name).await.unwrap();
+        let st = vi.status.clone().unwrap();
+        assert_eq!(st.observed_retrain.as_deref(), Some("t1"));
+        assert_eq!(version(&vi, &v2).unwrap().trigger.as_deref(), Some("retrain:t1"));
+        assert_eq!(phase(&vi), Some(IndexPhase::Ready));
+        // One train Job for v2 (its pods are what ran).
+        let jobs: Api<Job> = env.api();
+        let trains: Vec<String> = jobs
+            .list(&ListParams::default().labels(labels::INDEX))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|j| j.metadata.name)
+            .filter(|n| n.ends_with("-train") && n.contains(&v2))
+            .collect();
+        assert_eq!(trains.len(), 1, "one train Job for {v2}: {trains:?}");
+
+        // The same token again: no new version.
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {annotations::RETRAIN: "t1"}, "labels": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let st = api.get(name).await.unwrap().status.unwrap();
+        assert_eq!(st.versions.len(), 2, "{:?}", st.versions);
+        assert_eq!(st.active_version.as_deref(), Some(v2.as_str()));
+        drop(op);
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}
+
+fn workspace_bin_node() -> std::path::PathBuf {
+    bins().1
+}
