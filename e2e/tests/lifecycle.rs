@@ -179,3 +179,176 @@ async fn a_retrain_swaps_versions_under_load_without_a_failed_query() {
 fn workspace_bin_node() -> std::path::PathBuf {
     bins().1
 }
+
+/// Load in the background, in 2 s `loadtest` runs, until stopped; what they saw.
+struct Background {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Seen>,
+}
+
+impl Background {
+    fn start(node: std::path::PathBuf, addr: SocketAddr, queries: std::path::PathBuf) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen = Seen::default();
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                seen.add(&load(&node, addr, &queries, 2.0));
+            }
+            seen
+        });
+        Background { stop, handle }
+    }
+
+    fn finish(self) -> Seen {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+/// The operator SIGKILLed while a second (third, ...) version is at each phase — right after
+/// the trigger (Pending), Training, Building, Warming, Gating, and while the previous one is
+/// Draining — and restarted: every version converges to Active with exactly one train pod,
+/// one build pod per part and one finalize pod, the one before it Retired, and the index's
+/// Service answers every query throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_at_each_phase_of_a_later_version_converges_while_serving() {
+    tokio::time::timeout(Duration::from_secs(900), async {
+        let (env, op, storage, bin) = start().await;
+        let mut op = Some(op);
+        let node = workspace_bin_node();
+        let api: Api<VectorIndex> = env.api();
+        let name = "again";
+        api.create(
+            &PostParams::default(),
+            &index(
+                name,
+                &storage,
+                json!({"synthetic": {"count": 20000, "seed": 7}}),
+            ),
+        )
+        .await
+        .unwrap();
+        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| {
+            phase(vi) == Some(IndexPhase::Ready)
+        })
+        .await;
+        let mut previous = vi.status.unwrap().active_version.unwrap();
+        let root = storage.strip_prefix("file://").unwrap();
+        let queries =
+            Path::new(root).join(format!("{}/{name}/versions/{previous}/eval.fvecs", env.ns));
+        let addr = service_address(&env, name).await;
+        let bg = Background::start(node, addr, queries);
+
+        for (i, at) in [
+            VersionPhase::Pending,
+            VersionPhase::Training,
+            VersionPhase::Building,
+            VersionPhase::Warming,
+            VersionPhase::Gating,
+            VersionPhase::Draining,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let token = format!("kill-{i}");
+            api.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {annotations::RETRAIN: token}}})),
+            )
+            .await
+            .unwrap();
+            // Poll fast: Pending and Gating last one reconcile. Pending is "right after the
+            // trigger": the kill may land before or after the operator wrote it.
+            let t0 = Instant::now();
+            let seen = loop {
+                if at == VersionPhase::Pending {
+                    break format!("{at:?} (just after the trigger)");
+                }
+                let vi = api.get(name).await.unwrap();
+                let st = vi.status.clone().unwrap_or_default();
+                let newest = st.versions.first().filter(|v| v.name != previous);
+                let hit = match at {
+                    VersionPhase::Draining => version(&vi, &previous).map(|v| v.phase) == Some(at),
+                    _ => newest.map(|v| v.phase) == Some(at),
+                };
+                if hit {
+                    break format!("{at:?}");
+                }
+                assert!(
+                    newest.is_none_or(|v| v.phase != VersionPhase::Active)
+                        || at == VersionPhase::Draining,
+                    "the new version went Active before the test saw {at:?}"
+                );
+                assert!(
+                    t0.elapsed() < Duration::from_secs(120),
+                    "never saw {at:?}: {:?}",
+                    st.versions
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let mut o = op.take().unwrap();
+            o.child.kill().unwrap(); // SIGKILL
+            o.child.wait().unwrap();
+            eprintln!("{token}: operator killed at {seen}");
+            op = Some(Operator::start(&env, &bin).await);
+            let prev = previous.clone();
+            let vi = wait_for(
+                &api,
+                name,
+                240,
+                "the new version Active, the old one Retired",
+                |vi| {
+                    let st = vi.status.clone().unwrap_or_default();
+                    st.versions
+                        .first()
+                        .is_some_and(|v| v.name != prev && v.phase == VersionPhase::Active)
+                        && version(vi, &prev).is_some_and(|v| v.phase == VersionPhase::Retired)
+                        && phase(vi) == Some(IndexPhase::Ready)
+                },
+            )
+            .await;
+            let st = vi.status.unwrap();
+            let v = st.versions[0].name.clone();
+            assert_eq!(
+                st.versions[0].trigger.as_deref(),
+                Some(format!("retrain:{token}").as_str())
+            );
+            assert_eq!(
+                st.versions.len(),
+                i + 2,
+                "one version per trigger: {:?}",
+                st.versions
+            );
+            let pods: Api<k8s_openapi::api::core::v1::Pod> = env.api();
+            for (role, runs) in [("train", 1), ("build", 2), ("finalize", 1)] {
+                let sel = format!(
+                    "{}={name},{}={v},{}={role}",
+                    labels::INDEX,
+                    labels::VERSION,
+                    labels::ROLE
+                );
+                let n = pods
+                    .list(&ListParams::default().labels(&sel))
+                    .await
+                    .unwrap()
+                    .items
+                    .len();
+                assert_eq!(n, runs, "{role} pods of {v} (killed at {seen})");
+            }
+            previous = v;
+        }
+        let load = bg.finish();
+        eprintln!("background load: {load:?}");
+        assert_eq!(
+            load.failed, 0,
+            "queries failed while the operator was killed: {load:?}"
+        );
+        assert!(load.ok > 0, "{load:?}");
+        drop(op);
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}
