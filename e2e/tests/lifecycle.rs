@@ -352,3 +352,139 @@ async fn an_operator_killed_at_each_phase_of_a_later_version_converges_while_ser
     .await
     .expect("scenario timed out");
 }
+
+async fn retrain(api: &Api<VectorIndex>, name: &str, token: &str, spec: Value) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {annotations::RETRAIN: token}}, "spec": spec}),
+        ),
+    )
+    .await
+    .unwrap();
+}
+
+/// A later version below `minRecall` fails with the measured recall while the active one keeps
+/// serving (Degraded says why, no retry); two triggers 1 s apart make the first one
+/// superseded and only the second built to Active, never two builds at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_gate_keeps_the_active_version_and_a_newer_trigger_supersedes() {
+    tokio::time::timeout(Duration::from_secs(600), async {
+        let (env, op, storage, _) = start().await;
+        let node = workspace_bin_node();
+        let api: Api<VectorIndex> = env.api();
+        let name = "gate";
+        api.create(
+            &PostParams::default(),
+            &index(
+                name,
+                &storage,
+                json!({"synthetic": {"count": 8000, "seed": 9}}),
+            ),
+        )
+        .await
+        .unwrap();
+        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| {
+            phase(vi) == Some(IndexPhase::Ready)
+        })
+        .await;
+        let v1 = vi.status.unwrap().active_version.unwrap();
+        let root = storage.strip_prefix("file://").unwrap();
+        let queries = Path::new(root).join(format!("{}/{name}/versions/{v1}/eval.fvecs", env.ns));
+        let addr = service_address(&env, name).await;
+        let bg = Background::start(node, addr, queries);
+
+        // PQ with 2 bytes per vector cannot reach recall 0.99: the gate refuses v2.
+        retrain(
+            &api,
+            name,
+            "strict",
+            json!({"rollout": {"minRecall": 0.99}, "index": {"quantizer": {"kind": "pq", "m": 2}}}),
+        )
+        .await;
+        let vi = wait_for(&api, name, 240, "v2 Failed at the gate", |vi| {
+            vi.status
+                .as_ref()
+                .and_then(|s| s.versions.first())
+                .is_some_and(|v| v.name != v1 && v.phase == VersionPhase::Failed)
+        })
+        .await;
+        let st = vi.status.clone().unwrap();
+        let v2 = st.versions[0].clone();
+        let reason = v2.reason.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with("GateFailed: recall ") && reason.contains("< minRecall 0.99 "),
+            "{reason}"
+        );
+        assert_eq!(
+            st.active_version.as_deref(),
+            Some(v1.as_str()),
+            "the active version stays"
+        );
+        let degraded = condition(&vi, "Degraded").unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "GateFailed"),
+            "{degraded:?}"
+        );
+        // No retry until a new trigger.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let st = api.get(name).await.unwrap().status.unwrap();
+        assert_eq!(st.versions.len(), 2, "{:?}", st.versions);
+
+        // Two triggers 1 s apart, the gate relaxed again.
+        retrain(
+            &api,
+            name,
+            "first",
+            json!({"rollout": {"minRecall": 0.8}, "index": {"quantizer": {"kind": "flat", "m": null}}}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        retrain(&api, name, "second", json!({})).await;
+        let vi = wait_for(
+            &api,
+            name,
+            240,
+            "the second trigger's version Active",
+            |vi| {
+                vi.status
+                    .as_ref()
+                    .and_then(|s| s.versions.first())
+                    .is_some_and(|v| {
+                        v.trigger.as_deref() == Some("retrain:second")
+                            && v.phase == VersionPhase::Active
+                    })
+                    && phase(vi) == Some(IndexPhase::Ready)
+            },
+        )
+        .await;
+        let st = vi.status.unwrap();
+        // The first trigger's version (a spec change with a token) was superseded, or was
+        // quick enough to go Active and then Retired: never two versions prepared at once.
+        for v in st.versions.iter().skip(1).filter(|v| v.name != v1 && v.name != v2.name) {
+            let superseded = v.phase == VersionPhase::Failed
+                && v.reason.as_deref().unwrap_or_default().starts_with("Superseded");
+            assert!(superseded || v.phase == VersionPhase::Retired, "{v:?}");
+        }
+        assert_eq!(
+            st.versions.iter().filter(|v| v.trigger.as_deref() == Some("retrain:second")).count(),
+            1,
+            "{:?}",
+            st.versions
+        );
+        assert_eq!(st.versions.len(), 4, "v1, v2 (failed), one per later trigger: {:?}", st.versions);
+        let load = bg.finish();
+        eprintln!("background load: {load:?}");
+        assert_eq!(load.failed, 0, "{load:?}");
+        assert!(
+            !load.versions.contains_key(&v2.name),
+            "the failed version answered: {load:?}"
+        );
+        drop(op);
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}
