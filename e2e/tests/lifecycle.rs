@@ -488,3 +488,113 @@ async fn a_failed_gate_keeps_the_active_version_and_a_newer_trigger_supersedes()
     .await
     .expect("scenario timed out");
 }
+
+/// Polls (fast: some phases last one reconcile) until `hit` holds for the index.
+async fn poll_until(
+    api: &Api<VectorIndex>,
+    name: &str,
+    what: &str,
+    hit: impl Fn(&VectorIndex) -> bool,
+) {
+    let t0 = Instant::now();
+    loop {
+        let vi = api.get(name).await.unwrap();
+        if hit(&vi) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "never saw {what}: {:?}",
+            vi.status.map(|s| s.versions)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Force-deletes a pod (grace 0: its process is killed), as a node failure would.
+async fn kill_pod(env: &quiver_e2e::testing::TestCluster, pod: &str) {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = env.api();
+    pods.delete(pod, &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    eprintln!("killed pod {pod}");
+}
+
+/// A shard replica killed while a new version warms, and another while the swap drains the
+/// old one: the StatefulSet brings each back, it loads what the status lists, the swap
+/// completes, and the routers fail over to the other replica so that no query fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_replicas_killed_during_warming_and_the_swap_lose_no_query() {
+    tokio::time::timeout(Duration::from_secs(600), async {
+        let (env, op, storage, _) = start().await;
+        let node = workspace_bin_node();
+        let api: Api<VectorIndex> = env.api();
+        let name = "faults";
+        api.create(
+            &PostParams::default(),
+            &index(
+                name,
+                &storage,
+                json!({"synthetic": {"count": 20000, "seed": 11}}),
+            ),
+        )
+        .await
+        .unwrap();
+        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| {
+            phase(vi) == Some(IndexPhase::Ready)
+        })
+        .await;
+        let mut previous = vi.status.unwrap().active_version.unwrap();
+        let root = storage.strip_prefix("file://").unwrap();
+        let queries =
+            Path::new(root).join(format!("{}/{name}/versions/{previous}/eval.fvecs", env.ns));
+        let addr = service_address(&env, name).await;
+        let bg = Background::start(node, addr, queries);
+
+        for (token, at, pod) in [
+            ("warm", VersionPhase::Warming, format!("{name}-shard-0-0")),
+            ("swap", VersionPhase::Draining, format!("{name}-shard-1-1")),
+        ] {
+            retrain(&api, name, token, json!({})).await;
+            let prev = previous.clone();
+            poll_until(&api, name, &format!("{at:?}"), |vi| match at {
+                // The swap: the new version Active, the old one still Draining.
+                VersionPhase::Draining => version(vi, &prev).map(|v| v.phase) == Some(at),
+                _ => vi
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.versions.first())
+                    .is_some_and(|v| v.name != prev && v.phase == at),
+            })
+            .await;
+            kill_pod(&env, &pod).await;
+            let vi = wait_for(
+                &api,
+                name,
+                240,
+                "the new version Active, the old one Retired, Ready",
+                |vi| {
+                    let st = vi.status.clone().unwrap_or_default();
+                    st.versions
+                        .first()
+                        .is_some_and(|v| v.name != prev && v.phase == VersionPhase::Active)
+                        && version(vi, &prev).is_some_and(|v| v.phase == VersionPhase::Retired)
+                        && phase(vi) == Some(IndexPhase::Ready)
+                },
+            )
+            .await;
+            previous = vi.status.unwrap().versions[0].name.clone();
+        }
+        let load = bg.finish();
+        eprintln!("background load: {load:?}");
+        assert_eq!(
+            load.failed, 0,
+            "queries failed while shard replicas were killed: {load:?}"
+        );
+        assert!(load.ok > 0, "{load:?}");
+        drop(op);
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}
