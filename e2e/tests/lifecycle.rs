@@ -598,3 +598,81 @@ async fn shard_replicas_killed_during_warming_and_the_swap_lose_no_query() {
     .await
     .expect("scenario timed out");
 }
+
+/// A router killed during the swap. Its Deployment replaces it and the swap completes with
+/// one version per trigger. Queries in flight on the killed router's connections fail
+/// (UNAVAILABLE or UNKNOWN, for a client to retry), and no other query does: at most the
+/// load's concurrency (4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_killed_during_the_swap_fails_only_its_inflight_queries() {
+    tokio::time::timeout(Duration::from_secs(600), async {
+        let (env, op, storage, _) = start().await;
+        let node = workspace_bin_node();
+        let api: Api<VectorIndex> = env.api();
+        let name = "router";
+        api.create(
+            &PostParams::default(),
+            &index(
+                name,
+                &storage,
+                json!({"synthetic": {"count": 20000, "seed": 13}}),
+            ),
+        )
+        .await
+        .unwrap();
+        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| {
+            phase(vi) == Some(IndexPhase::Ready)
+        })
+        .await;
+        let v1 = vi.status.unwrap().active_version.unwrap();
+        let root = storage.strip_prefix("file://").unwrap();
+        let queries = Path::new(root).join(format!("{}/{name}/versions/{v1}/eval.fvecs", env.ns));
+        let addr = service_address(&env, name).await;
+        let bg = Background::start(node, addr, queries);
+
+        retrain(&api, name, "t1", json!({})).await;
+        poll_until(&api, name, "v1 Draining", |vi| {
+            version(vi, &v1).map(|v| v.phase) == Some(VersionPhase::Draining)
+        })
+        .await;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = env.api();
+        let sel = format!("{}={name},{}=router", labels::INDEX, labels::ROLE);
+        let router = pods
+            .list(&ListParams::default().labels(&sel))
+            .await
+            .unwrap()
+            .items[0]
+            .metadata
+            .name
+            .clone()
+            .unwrap();
+        kill_pod(&env, &router).await;
+        let vi = wait_for(&api, name, 240, "v2 Active, v1 Retired, Ready", |vi| {
+            version(vi, &v1).is_some_and(|v| v.phase == VersionPhase::Retired)
+                && phase(vi) == Some(IndexPhase::Ready)
+        })
+        .await;
+        let st = vi.status.unwrap();
+        assert_eq!(st.versions.len(), 2, "{:?}", st.versions);
+        assert_eq!(st.versions[0].phase, VersionPhase::Active);
+        let load = bg.finish();
+        eprintln!("background load: {load:?}");
+        assert!(
+            load.failed <= 4,
+            "more than the in-flight queries failed: {load:?}"
+        );
+        // A connection cut mid-call surfaces as UNAVAILABLE, or UNKNOWN when the HTTP/2
+        // stream is reset under it.
+        assert!(
+            load.errors
+                .keys()
+                .all(|k| k == "Unavailable" || k == "Unknown"),
+            "{load:?}"
+        );
+        assert!(load.ok > 0, "{load:?}");
+        drop(op);
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}
