@@ -676,3 +676,90 @@ async fn a_router_killed_during_the_swap_fails_only_its_inflight_queries() {
     .await
     .expect("scenario timed out");
 }
+
+/// A spec change while a version is Gating supersedes it: the next version is built and goes
+/// Active, the superseded one never answers, and no query fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_during_gating_supersedes_the_gating_version() {
+    tokio::time::timeout(Duration::from_secs(600), async {
+        let (env, op, storage, _) = start().await;
+        let node = workspace_bin_node();
+        let api: Api<VectorIndex> = env.api();
+        let name = "regate";
+        api.create(
+            &PostParams::default(),
+            &index(
+                name,
+                &storage,
+                json!({"synthetic": {"count": 20000, "seed": 17}}),
+            ),
+        )
+        .await
+        .unwrap();
+        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| {
+            phase(vi) == Some(IndexPhase::Ready)
+        })
+        .await;
+        let v1 = vi.status.unwrap().active_version.unwrap();
+        let root = storage.strip_prefix("file://").unwrap();
+        let queries = Path::new(root).join(format!("{}/{name}/versions/{v1}/eval.fvecs", env.ns));
+        let addr = service_address(&env, name).await;
+        let bg = Background::start(node, addr, queries);
+
+        retrain(&api, name, "t1", json!({})).await;
+        poll_until(&api, name, "v2 Gating", |vi| {
+            vi.status
+                .as_ref()
+                .and_then(|s| s.versions.first())
+                .is_some_and(|v| v.name != v1 && v.phase == VersionPhase::Gating)
+        })
+        .await;
+        // A field that shapes the index: a new training seed.
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"index": {"training": {"seed": 99}}}})),
+        )
+        .await
+        .unwrap();
+        let vi = wait_for(&api, name, 240, "the spec's version Active, Ready", |vi| {
+            vi.status
+                .as_ref()
+                .and_then(|s| s.versions.first())
+                .is_some_and(|v| {
+                    v.trigger.as_deref() == Some("spec") && v.phase == VersionPhase::Active
+                })
+                && phase(vi) == Some(IndexPhase::Ready)
+        })
+        .await;
+        let st = vi.status.unwrap();
+        let v2 = st
+            .versions
+            .iter()
+            .find(|v| v.trigger.as_deref() == Some("retrain:t1"))
+            .unwrap();
+        // The gate may have finished in the same moment the spec changed: then v2 went Active
+        // and was drained; otherwise it was superseded.
+        let superseded = v2.phase == VersionPhase::Failed
+            && v2
+                .reason
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("Superseded");
+        assert!(superseded || v2.phase == VersionPhase::Retired, "{v2:?}");
+        assert_eq!(st.versions.len(), 3, "{:?}", st.versions);
+        let load = bg.finish();
+        eprintln!("background load: {load:?} (v2 superseded: {superseded})");
+        assert_eq!(load.failed, 0, "{load:?}");
+        if superseded {
+            assert!(
+                !load.versions.contains_key(&v2.name),
+                "a superseded version answered: {load:?}"
+            );
+        }
+        drop(op);
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}
