@@ -447,7 +447,7 @@ async fn a_failed_gate_keeps_the_active_version_and_a_newer_trigger_supersedes()
             &api,
             name,
             240,
-            "the second trigger's version Active",
+            "the second trigger's version Active, nothing Draining",
             |vi| {
                 vi.status
                     .as_ref()
@@ -457,6 +457,10 @@ async fn a_failed_gate_keeps_the_active_version_and_a_newer_trigger_supersedes()
                             && v.phase == VersionPhase::Active
                     })
                     && phase(vi) == Some(IndexPhase::Ready)
+                    // The one before it drained too (Draining ends once routers pin the new one).
+                    && vi.status.as_ref().is_some_and(|s| {
+                        s.versions.iter().all(|v| v.phase != VersionPhase::Draining)
+                    })
             },
         )
         .await;
