@@ -48,6 +48,36 @@ fn load(node: &Path, target: SocketAddr, queries: &Path, secs: f64) -> Value {
     serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
 }
 
+/// An index of `count` synthetic vectors (the test index otherwise) taken to Ready: its first
+/// version, that version's evaluation queries (what the load sends) and the Service address.
+async fn ready_index(
+    env: &quiver_e2e::testing::TestCluster,
+    api: &Api<VectorIndex>,
+    storage: &str,
+    name: &str,
+    count: u64,
+    seed: u64,
+) -> (String, std::path::PathBuf, SocketAddr) {
+    api.create(
+        &PostParams::default(),
+        &index(
+            name,
+            storage,
+            json!({"synthetic": {"count": count, "seed": seed}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let vi = wait_for(api, name, 240, "v1 Ready", |vi| {
+        phase(vi) == Some(IndexPhase::Ready)
+    })
+    .await;
+    let v1 = vi.status.unwrap().active_version.unwrap();
+    let root = storage.strip_prefix("file://").unwrap();
+    let queries = Path::new(root).join(format!("{}/{name}/versions/{v1}/eval.fvecs", env.ns));
+    (v1, queries, service_address(env, name).await)
+}
+
 /// What a series of loadtest runs saw.
 #[derive(Default, Debug)]
 struct Seen {
@@ -88,17 +118,8 @@ async fn a_retrain_swaps_versions_under_load_without_a_failed_query() {
         let node = workspace_bin_node();
         let api: Api<VectorIndex> = env.api();
         let name = "swap";
-        api.create(
-            &PostParams::default(),
-            &index(name, &storage, json!({"synthetic": {"count": 8000, "seed": 5}})),
-        )
-        .await
-        .unwrap();
-        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| phase(vi) == Some(IndexPhase::Ready)).await;
-        let v1 = vi.status.unwrap().active_version.unwrap();
-        let root = storage.strip_prefix("file://").unwrap();
-        let queries = Path::new(root).join(format!("{}/{name}/versions/{v1}/eval.fvecs", env.ns));
-        let addr = service_address(&env, name).await;
+        let (v1, queries, addr) =
+            ready_index(&env, &api, &storage, name, 8000, 5).await;
 
         let mut before = Seen::default();
         before.add(&load(&node, addr, &queries, 2.0));
@@ -219,25 +240,7 @@ async fn an_operator_killed_at_each_phase_of_a_later_version_converges_while_ser
         let node = workspace_bin_node();
         let api: Api<VectorIndex> = env.api();
         let name = "again";
-        api.create(
-            &PostParams::default(),
-            &index(
-                name,
-                &storage,
-                json!({"synthetic": {"count": 20000, "seed": 7}}),
-            ),
-        )
-        .await
-        .unwrap();
-        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| {
-            phase(vi) == Some(IndexPhase::Ready)
-        })
-        .await;
-        let mut previous = vi.status.unwrap().active_version.unwrap();
-        let root = storage.strip_prefix("file://").unwrap();
-        let queries =
-            Path::new(root).join(format!("{}/{name}/versions/{previous}/eval.fvecs", env.ns));
-        let addr = service_address(&env, name).await;
+        let (mut previous, queries, addr) = ready_index(&env, &api, &storage, name, 20000, 7).await;
         let bg = Background::start(node, addr, queries);
 
         for (i, at) in [
@@ -375,24 +378,8 @@ async fn a_failed_gate_keeps_the_active_version_and_a_newer_trigger_supersedes()
         let node = workspace_bin_node();
         let api: Api<VectorIndex> = env.api();
         let name = "gate";
-        api.create(
-            &PostParams::default(),
-            &index(
-                name,
-                &storage,
-                json!({"synthetic": {"count": 8000, "seed": 9}}),
-            ),
-        )
-        .await
-        .unwrap();
-        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| {
-            phase(vi) == Some(IndexPhase::Ready)
-        })
-        .await;
-        let v1 = vi.status.unwrap().active_version.unwrap();
-        let root = storage.strip_prefix("file://").unwrap();
-        let queries = Path::new(root).join(format!("{}/{name}/versions/{v1}/eval.fvecs", env.ns));
-        let addr = service_address(&env, name).await;
+        let (v1, queries, addr) =
+            ready_index(&env, &api, &storage, name, 8000, 9).await;
         let bg = Background::start(node, addr, queries);
 
         // PQ with 2 bytes per vector cannot reach recall 0.99: the gate refuses v2.
@@ -534,25 +521,8 @@ async fn shard_replicas_killed_during_warming_and_the_swap_lose_no_query() {
         let node = workspace_bin_node();
         let api: Api<VectorIndex> = env.api();
         let name = "faults";
-        api.create(
-            &PostParams::default(),
-            &index(
-                name,
-                &storage,
-                json!({"synthetic": {"count": 20000, "seed": 11}}),
-            ),
-        )
-        .await
-        .unwrap();
-        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| {
-            phase(vi) == Some(IndexPhase::Ready)
-        })
-        .await;
-        let mut previous = vi.status.unwrap().active_version.unwrap();
-        let root = storage.strip_prefix("file://").unwrap();
-        let queries =
-            Path::new(root).join(format!("{}/{name}/versions/{previous}/eval.fvecs", env.ns));
-        let addr = service_address(&env, name).await;
+        let (mut previous, queries, addr) =
+            ready_index(&env, &api, &storage, name, 20000, 11).await;
         let bg = Background::start(node, addr, queries);
 
         for (token, at, pod) in [
@@ -614,24 +584,7 @@ async fn a_router_killed_during_the_swap_fails_only_its_inflight_queries() {
         let node = workspace_bin_node();
         let api: Api<VectorIndex> = env.api();
         let name = "router";
-        api.create(
-            &PostParams::default(),
-            &index(
-                name,
-                &storage,
-                json!({"synthetic": {"count": 20000, "seed": 13}}),
-            ),
-        )
-        .await
-        .unwrap();
-        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| {
-            phase(vi) == Some(IndexPhase::Ready)
-        })
-        .await;
-        let v1 = vi.status.unwrap().active_version.unwrap();
-        let root = storage.strip_prefix("file://").unwrap();
-        let queries = Path::new(root).join(format!("{}/{name}/versions/{v1}/eval.fvecs", env.ns));
-        let addr = service_address(&env, name).await;
+        let (v1, queries, addr) = ready_index(&env, &api, &storage, name, 20000, 13).await;
         let bg = Background::start(node, addr, queries);
 
         retrain(&api, name, "t1", json!({})).await;
@@ -690,24 +643,7 @@ async fn a_spec_change_during_gating_supersedes_the_gating_version() {
         let node = workspace_bin_node();
         let api: Api<VectorIndex> = env.api();
         let name = "regate";
-        api.create(
-            &PostParams::default(),
-            &index(
-                name,
-                &storage,
-                json!({"synthetic": {"count": 20000, "seed": 17}}),
-            ),
-        )
-        .await
-        .unwrap();
-        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| {
-            phase(vi) == Some(IndexPhase::Ready)
-        })
-        .await;
-        let v1 = vi.status.unwrap().active_version.unwrap();
-        let root = storage.strip_prefix("file://").unwrap();
-        let queries = Path::new(root).join(format!("{}/{name}/versions/{v1}/eval.fvecs", env.ns));
-        let addr = service_address(&env, name).await;
+        let (v1, queries, addr) = ready_index(&env, &api, &storage, name, 20000, 17).await;
         let bg = Background::start(node, addr, queries);
 
         retrain(&api, name, "t1", json!({})).await;
