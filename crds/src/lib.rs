@@ -8,6 +8,8 @@
 //! * [`ports`], [`env`]: node pods' ports and environment variables.
 //! * [`layout`]: where a version's files are in storage ([`layout::VersionRef`]).
 //! * [`names`]: DNS-1123 name rules, [`names::VersionName`], child object names.
+//! * [`schedule`]: CronJob schedules (`spec.retrain.schedule`, `spec.retrain.timeZone`): parsing
+//!   and fire times.
 //!
 //! This crate depends on neither the engine nor the node: they depend on it.
 
@@ -16,6 +18,7 @@ pub mod keys;
 pub mod layout;
 pub mod names;
 pub mod ports;
+pub mod schedule;
 pub mod v1alpha1;
 mod validate;
 

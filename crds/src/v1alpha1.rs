@@ -563,18 +563,61 @@ impl Default for RolloutSpec {
     }
 }
 
-/// Scheduled retraining.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// Automatic retraining: on a schedule, or when live queries drift from the indexed data.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RetrainSpec {
-    /// Cron schedule (five fields, as a CronJob's), e.g. `0 3 * * 0` for Sundays at 03:00.
+    /// Cron schedule, as a CronJob's (five fields, names, `@daily`...), e.g. `0 3 * * 0` for
+    /// Sundays at 03:00. Runs missed while the operator was down count once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub schedule: String,
+    pub schedule: Option<String>,
 
     /// IANA time zone of the schedule (e.g. `Europe/Berlin`); default UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub time_zone: Option<String>,
+
+    /// Retrain when live queries drift from the indexed data (see `status.drift`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftSpec>,
+}
+
+/// When query drift retrains. Routers compare each live query's distance to its nearest
+/// centroid with the same distance of the version's held-out vectors; `status.drift.statistic`
+/// is the Kolmogorov–Smirnov distance of the two distributions (0: alike, 1: disjoint).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftSpec {
+    /// Retrain once the statistic exceeds this (e.g. 0.25). A version made for drift does not
+    /// retrain for drift again: retraining on the same data cannot follow queries elsewhere.
+    #[schemars(range(min = 0.01, max = 1.0))]
+    pub threshold: f64,
+
+    /// Live queries needed before the statistic may trigger (fewer are noise).
+    #[serde(default = "default_drift_min_queries")]
+    #[schemars(range(min = 100))]
+    pub min_queries: u64,
+}
+
+fn default_drift_min_queries() -> u64 {
+    1000
+}
+
+/// Query drift of the active version as the routers measured it.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftStatus {
+    /// The version the queries ran on.
+    pub version: String,
+    /// Kolmogorov–Smirnov distance between the live queries' nearest-centroid distances and
+    /// the version's held-out vectors' (0: alike, 1: disjoint).
+    pub statistic: f64,
+    /// Live queries measured (since the routers loaded the version).
+    pub queries: u64,
+    /// When it was measured. The figure in the status is refreshed at most every 5 minutes
+    /// (each refresh is a write); the operator's metric follows every reconcile.
+    pub measured_at: Time,
 }
 
 /// Pod settings.
@@ -679,6 +722,11 @@ pub struct VectorIndexStatus {
     /// When the last scheduled retrain (`spec.retrain.schedule`) started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scheduled_retrain: Option<Time>,
+
+    /// Query drift of the active version (published whether or not
+    /// `spec.retrain.drift` is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftStatus>,
 
     /// Ready shard pods over desired (shards × replicas).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,6 +9,7 @@
 use std::fmt;
 
 use crate::names::{self, VersionName};
+use crate::schedule::{self, Schedule};
 use crate::v1alpha1::{
     MAX_DIMENSION, MAX_NLIST, MAX_SHARDS, PQ_MIN_TRAINING, QuantizerKind, VectorIndexSpec,
 };
@@ -398,11 +399,34 @@ pub fn validate(name: &str, spec: &VectorIndexSpec) -> Result<(), ValidationErro
     }
 
     if let Some(rt) = &spec.retrain {
-        if rt.schedule.trim().is_empty() {
-            e.add("spec.retrain.schedule", "is empty");
+        // What a CronJob accepts (schedule::Schedule::parse), each field on its own.
+        match rt.schedule.as_deref() {
+            Some(sc) if sc.trim().is_empty() => e.add("spec.retrain.schedule", "is empty"),
+            Some(sc) => {
+                if let Err(err) = Schedule::parse(sc, None) {
+                    e.add("spec.retrain.schedule", err.to_string());
+                }
+            }
+            None => {}
         }
-        if rt.time_zone.as_deref().is_some_and(|z| z.trim().is_empty()) {
-            e.add("spec.retrain.timeZone", "is empty; leave it out for UTC");
+        if let Some(d) = &rt.drift
+            && !(d.threshold > 0.0 && d.threshold <= 1.0)
+        {
+            e.add(
+                "spec.retrain.drift.threshold",
+                format!("{} is not in (0, 1]", d.threshold),
+            );
+        }
+        match rt.time_zone.as_deref() {
+            Some(z) if z.trim().is_empty() => {
+                e.add("spec.retrain.timeZone", "is empty; leave it out for UTC");
+            }
+            Some(z) => {
+                if let Err(err) = schedule::parse_time_zone(z) {
+                    e.add("spec.retrain.timeZone", err.to_string());
+                }
+            }
+            None => {}
         }
     }
 
@@ -491,8 +515,8 @@ mod tests {
                 eval_k: 10,
             },
             retrain: Some(RetrainSpec {
-                schedule: "0 3 * * 0".into(),
-                time_zone: None,
+                schedule: Some("0 3 * * 0".into()),
+                ..RetrainSpec::default()
             }),
             pinned_version: None,
             pods: PodsSpec::default(),
@@ -836,15 +860,66 @@ mod tests {
     fn rule_retrain_fields_not_blank() {
         let mut s = example();
         s.retrain = Some(RetrainSpec {
-            schedule: " ".into(),
-            time_zone: None,
+            schedule: Some(" ".into()),
+            ..RetrainSpec::default()
         });
         assert_eq!(only_error(&s), "spec.retrain.schedule: is empty");
         s.retrain = Some(RetrainSpec {
-            schedule: "@daily".into(),
+            schedule: Some("@daily".into()),
             time_zone: Some(String::new()),
+            drift: None,
         });
         assert!(only_error(&s).starts_with("spec.retrain.timeZone: is empty"));
+    }
+
+    #[test]
+    fn rule_retrain_schedule_and_time_zone_as_a_cronjob() {
+        let mut s = example();
+        let retrain = |schedule: &str, time_zone: Option<&str>| {
+            Some(RetrainSpec {
+                schedule: Some(schedule.into()),
+                time_zone: time_zone.map(Into::into),
+                drift: None,
+            })
+        };
+        for (schedule, time_zone) in [
+            ("*/15 2-4 1,15 jan-jun MON-FRI", None),
+            ("@weekly", Some("Europe/Berlin")),
+            ("30 2 * * ?", Some("America/New_York")),
+        ] {
+            s.retrain = retrain(schedule, time_zone);
+            assert_eq!(validate("docs", &s), Ok(()), "{schedule} {time_zone:?}");
+        }
+        s.retrain = retrain("0 3 * * 7", None);
+        assert_eq!(
+            only_error(&s),
+            "spec.retrain.schedule: day of week \"7\": 7 is out of range 0-6; write Sunday as 0 or SUN"
+        );
+        s.retrain = retrain("0 0 3 * * *", None);
+        assert!(
+            only_error(&s).starts_with("spec.retrain.schedule: \"0 0 3 * * *\" has 6 fields"),
+            "{}",
+            only_error(&s)
+        );
+        s.retrain = retrain("TZ=Europe/Berlin 0 3 * * *", None);
+        assert!(
+            only_error(&s).ends_with("use spec.retrain.timeZone"),
+            "{}",
+            only_error(&s)
+        );
+        s.retrain = retrain("@every 1h", None);
+        assert!(only_error(&s).starts_with("spec.retrain.schedule: \"@every 1h\""));
+        s.retrain = retrain("0 3 * * *", Some("Europe/Berlim"));
+        assert_eq!(
+            only_error(&s),
+            "spec.retrain.timeZone: unknown time zone \"Europe/Berlim\": not in the time zone database"
+        );
+        // Both wrong: both reported.
+        s.retrain = retrain("0 3 L * *", Some("Local"));
+        let e = validate("docs", &s).expect_err("invalid");
+        assert!(e.has_field("spec.retrain.schedule"), "{e}");
+        assert!(e.has_field("spec.retrain.timeZone"), "{e}");
+        assert!(e.to_string().contains("day of month \"L\""), "{e}");
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct DemoConfig {
     pub exit: bool,
     /// Seconds to wait for Ready.
     pub timeout_secs: u64,
+    /// Then run the swap benchmark (retrain and swap under load, rollback; see
+    /// [`crate::swapbench`]).
+    pub swap: bool,
 }
 
 /// Phase timings of the first version: (phase, seconds spent in it).
@@ -165,6 +168,19 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
                 load["failed"],
             ),
         );
+        if cfg.swap {
+            crate::swapbench::run(&crate::swapbench::SwapBench {
+                api: &api,
+                name: &name,
+                index_node: &index_node,
+                target: addr.to_string(),
+                queries: data.join("queries.fvecs"),
+                gt: data.join("groundtruth.ivecs"),
+                concurrency: 8,
+                timeout_secs: cfg.timeout_secs,
+            })
+            .await?;
+        }
         anyhow::Ok(())
     }
     .await;

@@ -8,4 +8,5 @@ pub mod install;
 pub mod kubelet;
 pub mod local;
 pub mod proxy;
+pub mod swapbench;
 pub mod testing;

@@ -61,6 +61,11 @@ pub struct LoadtestCmd {
     pub version: Option<String>,
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// Send a query again, up to this many times, when it failed with UNAVAILABLE or
+    /// UNKNOWN (the router went away before answering; searches have no side effects, so a
+    /// client may retry them). Latency counts every attempt; `retried` counts the retries.
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
     /// Threads driving the client: 0 = one per core, 1 = a single-threaded runtime.
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
@@ -77,6 +82,37 @@ pub struct VersionSeen {
     pub answers: u64,
     pub min_id: u64,
     pub max_id: u64,
+    /// Wall-clock time (Unix ms) of the first and last answer from this version: how long a
+    /// swap or rollback took to reach clients, measured from outside.
+    pub first_unix_ms: u64,
+    pub last_unix_ms: u64,
+}
+
+impl VersionSeen {
+    fn new() -> Self {
+        VersionSeen {
+            answers: 0,
+            min_id: u64::MAX,
+            max_id: 0,
+            first_unix_ms: u64::MAX,
+            last_unix_ms: 0,
+        }
+    }
+
+    fn merge(&mut self, o: &VersionSeen) {
+        self.answers += o.answers;
+        self.min_id = self.min_id.min(o.min_id);
+        self.max_id = self.max_id.max(o.max_id);
+        self.first_unix_ms = self.first_unix_ms.min(o.first_unix_ms);
+        self.last_unix_ms = self.last_unix_ms.max(o.last_unix_ms);
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +131,8 @@ pub struct Summary {
     pub errors: BTreeMap<String, u64>,
     pub versions: BTreeMap<String, VersionSeen>,
     pub partial_answers: u64,
+    /// Queries sent again after UNAVAILABLE or UNKNOWN (`--retries`).
+    pub retried: u64,
 }
 
 #[derive(Default)]
@@ -105,6 +143,7 @@ struct Worker {
     recall_sum: f64,
     recall_n: u64,
     partial: u64,
+    retried: u64,
 }
 
 pub fn run(cmd: LoadtestCmd) -> anyhow::Result<()> {
@@ -211,13 +250,14 @@ pub async fn loadtest(cmd: &LoadtestCmd) -> anyhow::Result<Summary> {
         let queries = queries.clone();
         let gt = gt.clone();
         let next = next.clone();
-        let (count, k, nprobe, allow_partial, version, timeout) = (
+        let (count, k, nprobe, allow_partial, version, timeout, retries) = (
             cmd.count,
             cmd.k,
             cmd.nprobe,
             cmd.allow_partial,
             cmd.version.clone(),
             Duration::from_millis(cmd.timeout_ms),
+            cmd.retries,
         );
         tasks.push(tokio::spawn(async move {
             let mut st = Worker::default();
@@ -230,28 +270,46 @@ pub async fn loadtest(cmd: &LoadtestCmd) -> anyhow::Result<Summary> {
                     break;
                 }
                 let qi = (i % queries.len() as u64) as usize;
-                let mut req = tonic::Request::new(SearchRequest {
-                    vector: queries.row(qi).to_vec(),
-                    k,
-                    nprobe,
-                    allow_partial,
-                    version: version.clone(),
-                });
-                req.set_timeout(timeout);
                 let t = Instant::now();
-                match client.search(req).await {
+                let mut attempt = 0;
+                let result = loop {
+                    let mut req = tonic::Request::new(SearchRequest {
+                        vector: queries.row(qi).to_vec(),
+                        k,
+                        nprobe,
+                        allow_partial,
+                        version: version.clone(),
+                    });
+                    req.set_timeout(timeout);
+                    match client.search(req).await {
+                        Err(s)
+                            if attempt < retries
+                                && matches!(
+                                    s.code(),
+                                    tonic::Code::Unavailable | tonic::Code::Unknown
+                                ) =>
+                        {
+                            attempt += 1;
+                            st.retried += 1;
+                        }
+                        r => break r,
+                    }
+                };
+                match result {
                     Ok(resp) => {
                         st.lat_us.push(t.elapsed().as_micros() as u64);
                         let r = resp.into_inner();
                         if !r.missing_shards.is_empty() {
                             st.partial += 1;
                         }
-                        let seen = st.versions.entry(r.version.clone()).or_insert(VersionSeen {
-                            answers: 0,
-                            min_id: u64::MAX,
-                            max_id: 0,
-                        });
+                        let seen = st
+                            .versions
+                            .entry(r.version.clone())
+                            .or_insert_with(VersionSeen::new);
+                        let now = unix_ms();
                         seen.answers += 1;
+                        seen.first_unix_ms = seen.first_unix_ms.min(now);
+                        seen.last_unix_ms = seen.last_unix_ms.max(now);
                         for &id in &r.ids {
                             seen.min_id = seen.min_id.min(id);
                             seen.max_id = seen.max_id.max(id);
@@ -285,18 +343,15 @@ fn summarize(k: u32, started: Instant, workers: Vec<Worker>) -> Summary {
             *all.errors.entry(c).or_default() += n;
         }
         for (v, s) in w.versions {
-            let e = all.versions.entry(v).or_insert(VersionSeen {
-                answers: 0,
-                min_id: u64::MAX,
-                max_id: 0,
-            });
-            e.answers += s.answers;
-            e.min_id = e.min_id.min(s.min_id);
-            e.max_id = e.max_id.max(s.max_id);
+            all.versions
+                .entry(v)
+                .or_insert_with(VersionSeen::new)
+                .merge(&s);
         }
         all.recall_sum += w.recall_sum;
         all.recall_n += w.recall_n;
         all.partial += w.partial;
+        all.retried += w.retried;
     }
     let seconds = started.elapsed().as_secs_f64();
     all.lat_us.sort_unstable();
@@ -328,6 +383,7 @@ fn summarize(k: u32, started: Instant, workers: Vec<Worker>) -> Summary {
         errors: all.errors,
         versions: all.versions,
         partial_answers: all.partial,
+        retried: all.retried,
     }
 }
 
@@ -392,12 +448,10 @@ async fn local(
                                 Ok(hits) => {
                                     st.lat_us.push(t.elapsed().as_micros() as u64);
                                     let ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
-                                    let seen =
-                                        st.versions.entry(version.clone()).or_insert(VersionSeen {
-                                            answers: 0,
-                                            min_id: u64::MAX,
-                                            max_id: 0,
-                                        });
+                                    let seen = st
+                                        .versions
+                                        .entry(version.clone())
+                                        .or_insert_with(VersionSeen::new);
                                     seen.answers += 1;
                                     for &id in &ids {
                                         seen.min_id = seen.min_id.min(id);

@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod discovery;
+mod gc;
 mod k8s;
 mod loader;
 mod loadtest;
@@ -42,6 +43,8 @@ enum Command {
     Loadtest(loadtest::LoadtestCmd),
     /// Delete every version of one VectorIndex from storage (its deletionPolicy: Delete).
     Purge(purge::PurgeCmd),
+    /// Delete the files of named versions, except files that kept versions still use.
+    Gc(gc::GcCmd),
 }
 
 fn init_tracing() {
@@ -81,6 +84,10 @@ fn main() -> anyhow::Result<()> {
         Command::Purge(cmd) => {
             init_tracing();
             purge::run(cmd)
+        }
+        Command::Gc(cmd) => {
+            init_tracing();
+            gc::run(cmd)
         }
     }
 }

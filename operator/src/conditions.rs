@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use quiver_api::v1alpha1::{IndexPhase, ReadyCount, VersionPhase, conditions};
 
-use crate::lifecycle::{SUPERSEDED, Versions};
+use crate::lifecycle::{Hold, SUPERSEDED, Versions};
 
 /// What the summary is computed from.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct Summary<'a> {
     pub routers: ReadyCount,
     /// Set when the spec was refused by `validate()` (the message names the field).
     pub invalid: Option<String>,
+    /// What keeps the lifecycle from following the spec (a pin, capacity), if anything.
+    pub hold: Option<&'a Hold>,
     pub generation: Option<i64>,
     pub now: Timestamp,
 }
@@ -122,6 +124,8 @@ pub fn summarize(s: &Summary<'_>) -> (IndexPhase, Vec<Condition>) {
     // The first thing a person should act on.
     let problem: Option<(String, String)> = if let Some(msg) = &s.invalid {
         Some((conditions::REASON_INVALID_SPEC.into(), msg.clone()))
+    } else if let Some(h) = s.hold {
+        Some((h.reason.clone(), h.message.clone()))
     } else if let Some((reason, msg)) = preparing
         .and_then(|p| p.reason.as_deref().map(|r| (p, r)))
         .map(|(p, r)| {
@@ -223,6 +227,7 @@ mod tests {
                 desired: 2,
             },
             invalid: None,
+            hold: None,
             generation: Some(3),
             now: at(0),
         }
@@ -244,6 +249,36 @@ mod tests {
         assert!(get(&c, "Ready").message.contains("gate recall 0.9500"));
         assert_eq!(get(&c, "Progressing").status, "False");
         assert_eq!(get(&c, "Degraded").status, "False");
+    }
+
+    #[test]
+    fn a_hold_degrades_a_serving_index_with_its_own_reason() {
+        let v = versions(
+            &[("v1-7f3a9c2e", VersionPhase::Active, None)],
+            Some("v1-7f3a9c2e"),
+        );
+        let hold = Hold {
+            reason: "InsufficientMemory".into(),
+            message: "raise spec.pods.resources.shard.limits.memory".into(),
+        };
+        let mut sum = summary(&v);
+        sum.hold = Some(&hold);
+        let (phase, c) = summarize(&sum);
+        assert_eq!(
+            phase,
+            IndexPhase::Degraded,
+            "serving, but the spec is not followed"
+        );
+        assert_eq!(get(&c, "Ready").status, "True");
+        let d = get(&c, "Degraded");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str(), d.message.as_str()),
+            (
+                "True",
+                "InsufficientMemory",
+                "raise spec.pods.resources.shard.limits.memory"
+            )
+        );
     }
 
     #[test]

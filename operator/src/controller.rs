@@ -20,13 +20,16 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use quiver_api::FINALIZER;
 use quiver_api::keys::labels;
+use quiver_api::schedule::Schedule;
 use quiver_api::v1alpha1::{ReadyCount, VectorIndex, VectorIndexStatus, VersionPhase};
 use tracing::{info, warn};
 
 use crate::apply::{self, ApplyError, Writes};
+use crate::capacity;
 use crate::children::{self, ChildConfig, ChildrenError};
 use crate::conditions::{self, Summary};
 use crate::deletion::{self, DeletionStep};
+use crate::drift;
 use crate::jobs::{self, JobError, JobState};
 use crate::lifecycle::{self, Inputs, LifecycleError, Note, Versions};
 use crate::metrics::Metrics;
@@ -40,6 +43,8 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 pub struct Context {
     pub client: Client,
     pub cfg: ChildConfig,
+    /// A version whose shard replicas keep failing to load it this long fails.
+    pub warm_timeout: Duration,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
 }
@@ -230,6 +235,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
             shards_covered: (0, vi.spec.shards),
             routers: old.routers.unwrap_or_default(),
             invalid: Some(message.clone()),
+            hold: None,
             generation: vi.meta().generation,
             now,
         });
@@ -270,6 +276,59 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
     let hash = spec_hash(&vi.spec);
     let uid = vi.uid().unwrap_or_default();
     let current = versions_of(&old);
+    let schedule = vi.spec.retrain.as_ref().and_then(|r| {
+        // validate() refused a schedule that does not parse.
+        Schedule::parse(r.schedule.as_deref()?, r.time_zone.as_deref()).ok()
+    });
+    // Query drift of the active version, measured now (None: no router answered, or too few
+    // queries yet), and the stored figure when nothing was measured.
+    let drift_measured = old
+        .active_version
+        .as_deref()
+        .and_then(|a| drift::measure(a, &seen.router_nodes, now));
+    let drift_now = drift_measured.clone().or_else(|| {
+        old.drift
+            .clone()
+            .filter(|d| old.active_version.as_deref() == Some(d.version.as_str()))
+    });
+    let drift_threshold = vi
+        .spec
+        .retrain
+        .as_ref()
+        .and_then(|r| r.drift.as_ref())
+        .map(|d| (d.threshold, d.min_queries));
+    let drift_trigger = drift::triggers(
+        drift_now.as_ref(),
+        drift_threshold,
+        old.active_version.as_deref(),
+        &old.versions,
+    )
+    .then(|| {
+        format!(
+            "drift:{:.3}",
+            drift_now.as_ref().map_or(0.0, |d| d.statistic)
+        )
+    });
+    let schedule_due = schedule.as_ref().and_then(|s| {
+        let since = old
+            .last_scheduled_retrain
+            .as_ref()
+            .or(vi.meta().creation_timestamp.as_ref())
+            .map(|t| t.0)?;
+        s.due(since, now)
+    });
+    let active_vectors = old.active_version.as_ref().and_then(|a| {
+        let v = old.version(a)?;
+        Some((a.as_str(), v.vectors?))
+    });
+    let synthetic = vi.spec.source.synthetic.as_ref().map(|s| s.count);
+    let refuse_new = capacity::check(&vi.spec, active_vectors, synthetic);
+    let pinned = vi
+        .spec
+        .pinned_version
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty());
     let step = lifecycle::advance(
         &current,
         &Inputs {
@@ -288,6 +347,12 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
                 .annotations()
                 .get(quiver_api::keys::annotations::RETRAIN)
                 .map(String::as_str),
+            pinned,
+            retain: vi.spec.storage.retain_versions,
+            warm_timeout: ctx.warm_timeout,
+            schedule_due,
+            drift: drift_trigger.as_deref(),
+            refuse_new: refuse_new.as_ref(),
             now,
         },
     )
@@ -300,6 +365,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         .create
         .iter()
         .map(|(kind, version)| jobs::build(vi, &ctx.cfg, *kind, version, &hash))
+        .chain(step.gc.iter().map(|plan| jobs::gc(vi, &ctx.cfg, plan)))
         .collect::<Result<Vec<_>, _>>()?;
 
     // apply: serving children first (they do not depend on versions)
@@ -329,6 +395,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         shards_covered: (covered.len() as u32, vi.spec.shards),
         routers,
         invalid: None,
+        hold: step.hold.as_ref(),
         generation: vi.meta().generation,
         now,
     });
@@ -341,6 +408,13 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
     status.versions = step.versions.versions.clone();
     status.version_counter = step.versions.counter;
     status.observed_retrain = step.versions.observed_retrain.clone();
+    status.last_scheduled_retrain = step.versions.last_scheduled.clone();
+    status.drift = drift::to_publish(
+        old.drift.as_ref(),
+        drift_measured.as_ref(),
+        status.active_version.as_deref(),
+        now,
+    );
     status.shards = Some(shards);
     status.routers = Some(routers);
     status.conditions = conditions::keep_transition_times(&old.conditions, conds);
@@ -374,7 +448,8 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
                             | VersionPhase::Gating
                     ) || Some(&s.name) == status.active_version.as_ref())
             });
-            keep_version && !step.delete.contains(&j.name_any())
+            (keep_version || step.keep_jobs.contains(&j.name_any()))
+                && !step.delete.contains(&j.name_any())
         })
         .map(|j| j.name_any())
         .chain(new_jobs.iter().map(|j| j.name_any()))
@@ -396,6 +471,9 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
     });
     ctx.metrics
         .set_index(&ns, &index, shard_ready, router_ready, status.recall, age);
+    if let Some(d) = &drift_now {
+        ctx.metrics.set_drift(&ns, &index, d.statistic);
+    }
 
     let preparing = status.versions.iter().any(|v| {
         matches!(
@@ -406,11 +484,17 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
                 | VersionPhase::Draining
         )
     });
-    Ok(match step.requeue {
-        Some(d) => Action::requeue(d),
-        None if preparing => Action::requeue(lifecycle::POLL),
-        None => Action::requeue(RESYNC),
-    })
+    let wait = match step.requeue {
+        Some(d) => d,
+        None if preparing => lifecycle::POLL,
+        None => RESYNC,
+    };
+    // Wake for the next scheduled retrain (a second late, so that it is due then).
+    let next_fire = schedule
+        .as_ref()
+        .and_then(|s| s.next_after(now))
+        .map(|t| Duration::from_secs(now.duration_until(t).as_secs().max(0) as u64 + 1));
+    Ok(Action::requeue(next_fire.map_or(wait, |f| f.min(wait))))
 }
 
 /// Time between a failed cleanup Job and its retry.
@@ -545,6 +629,7 @@ fn versions_of(s: &VectorIndexStatus) -> Versions {
         recall: s.recall,
         counter: s.version_counter,
         observed_retrain: s.observed_retrain.clone(),
+        last_scheduled: s.last_scheduled_retrain.clone(),
     }
 }
 

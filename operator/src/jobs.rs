@@ -18,6 +18,7 @@ use quiver_api::{env, names};
 use serde_json::json;
 
 use crate::children::ChildConfig;
+use crate::lifecycle::GcPlan;
 
 /// Which step of a version a Job runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -218,6 +219,39 @@ fn pod_spec(
         pod_spec["tolerations"] = json!(spec.pods.tolerations);
     }
     pod_spec
+}
+
+/// The garbage-collection Job of `plan`: `index-node gc` deletes the files of the versions
+/// it names, except files the manifests of the kept versions still name. Owned by the index
+/// (it runs while the index lives), named for the newest version it collects.
+pub fn gc(vi: &VectorIndex, cfg: &ChildConfig, plan: &GcPlan) -> Result<Job, JobError> {
+    let index = vi.name_any();
+    let owner: OwnerReference = match vi.meta().uid {
+        Some(_) => vi
+            .controller_owner_ref(&())
+            .ok_or_else(|| JobError::NotStored(index.clone()))?,
+        None => return Err(JobError::NotStored(index)),
+    };
+    let pod_labels = labels::for_role(&index, Role::Gc);
+    let args = vec![
+        "gc".to_string(),
+        "--delete".into(),
+        plan.delete.join(","),
+        "--keep".into(),
+        plan.keep.join(","),
+    ];
+    let pod_spec = pod_spec(vi, cfg, "gc", args, Vec::new());
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": plan.job, "namespace": vi.namespace(), "labels": pod_labels,
+                     "ownerReferences": [owner]},
+        "spec": {"backoffLimit": BACKOFF_LIMIT,
+                 "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}},
+    });
+    serde_json::from_value::<Job>(job).map_err(|source| JobError::Build {
+        job: plan.job.clone(),
+        source,
+    })
 }
 
 /// Annotation on the cleanup Job: the uid of the resource it purges. The Job has no owner
@@ -452,6 +486,42 @@ pub(crate) mod tests {
             .position(|x| x == "--expect-dim")
             .expect("--expect-dim");
         assert_eq!(a[at + 1], vi.spec.dimension.to_string());
+    }
+
+    #[test]
+    fn gc_job_names_what_goes_and_what_stays_and_is_owned() {
+        let vi = index(|v| v["spec"]["storage"]["secretRef"] = json!({"name": "s3"}));
+        let plan = GcPlan {
+            job: "docs-gc-3".into(),
+            delete: vec!["v3-7f3a9c2e".into(), "v1-7f3a9c2e".into()],
+            keep: vec!["v5-7f3a9c2e".into(), "v4-7f3a9c2e".into()],
+        };
+        let j = gc(&vi, &cfg(), &plan).expect("gc");
+        assert_eq!(j.metadata.name.as_deref(), Some("docs-gc-3"));
+        assert_eq!(
+            args(&j),
+            [
+                "gc",
+                "--delete",
+                "v3-7f3a9c2e,v1-7f3a9c2e",
+                "--keep",
+                "v5-7f3a9c2e,v4-7f3a9c2e"
+            ]
+        );
+        assert_eq!(
+            j.metadata.labels.as_ref().expect("labels")[labels::ROLE],
+            "gc"
+        );
+        let pod = j
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod");
+        assert!(pod.containers[0].env_from.is_some(), "storage Secret");
+        assert_eq!(
+            j.metadata.owner_references.as_ref().expect("owner")[0].controller,
+            Some(true)
+        );
     }
 
     fn job_with(conditions: Value) -> Job {

@@ -1,14 +1,16 @@
 //! `quiver-operator`: reconciles `VectorIndex` resources into serving index clusters.
 //!
 //! Reconcile is a pipeline (see [`controller`]): observe ([`observe`]) → validate
-//! (`quiver_api::validate`) → plan ([`children`], [`jobs`], [`lifecycle`], [`conditions`],
-//! [`deletion`], all pure and unit-tested without a client) → apply ([`apply`]) → status.
+//! (`quiver_api::validate`) → plan ([`children`], [`jobs`], [`lifecycle`], [`capacity`],
+//! [`conditions`], [`deletion`], all pure and unit-tested without a client) → apply ([`apply`]) → status.
 
 pub mod apply;
+pub mod capacity;
 pub mod children;
 pub mod conditions;
 pub mod controller;
 pub mod deletion;
+pub mod drift;
 pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;

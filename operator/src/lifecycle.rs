@@ -38,6 +38,11 @@ pub struct NodeReport {
     pub active: Option<String>,
     /// The Admin call failed (the pod is starting, or gone).
     pub unreachable: Option<String>,
+    /// Queries in flight per version (routers).
+    pub inflight: BTreeMap<String, u64>,
+    /// Live queries per nearest-centroid-distance bucket, per version (routers; see
+    /// [`crate::drift`]).
+    pub drift: BTreeMap<String, Vec<u64>>,
 }
 
 /// A recall measurement of the Gating version by a router.
@@ -74,7 +79,31 @@ pub struct Inputs<'a> {
     pub gate: Option<&'a GateOutcome>,
     /// The `quiver.dev/retrain` annotation (a new value asks for one retrain).
     pub retrain: Option<&'a str>,
+    /// `spec.pinnedVersion`, when set and not empty.
+    pub pinned: Option<&'a str>,
+    /// `spec.storage.retainVersions`: versions kept in storage, the active one included.
+    pub retain: u32,
+    /// A Warming version that a Ready replica still fails to load this long after it began
+    /// warming fails (nodes retry loads on their own before that).
+    pub warm_timeout: Duration,
+    /// The newest fire time of `spec.retrain.schedule` after `Versions::last_scheduled` that
+    /// is due (the caller asks the schedule; many missed runs give one time).
+    pub schedule_due: Option<Timestamp>,
+    /// Set when query drift asks for a retrain ([`crate::drift::triggers`]): the trigger, e.g.
+    /// `drift:0.412`.
+    pub drift: Option<&'a str>,
+    /// Why no new version may start now (e.g. shard memory cannot hold two versions): triggers
+    /// wait, unspent, and the status says why.
+    pub refuse_new: Option<&'a Hold>,
     pub now: Timestamp,
+}
+
+/// Something that keeps the lifecycle from doing what the spec asks, for the Degraded
+/// condition: a CamelCase reason and a message naming the field to change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    pub reason: String,
+    pub message: String,
 }
 
 /// The lifecycle part of the status.
@@ -88,6 +117,8 @@ pub struct Versions {
     pub counter: Option<u32>,
     /// The retrain token last acted on (`status.observedRetrain`).
     pub observed_retrain: Option<String>,
+    /// The schedule fire time last acted on (`status.lastScheduledRetrain`).
+    pub last_scheduled: Option<Time>,
 }
 
 /// Something worth an Event (and a log line).
@@ -111,7 +142,26 @@ pub struct Step {
     pub notes: Vec<Note>,
     /// When to look again without any change: polling while nodes warm, back-off of retries.
     pub requeue: Option<Duration>,
+    /// Why the spec is not followed right now (Degraded condition), if anything holds it.
+    pub hold: Option<Hold>,
+    /// A garbage-collection Job to create (after the status is stored).
+    pub gc: Option<GcPlan>,
+    /// Jobs not tied to a version in preparation that must stay (a running GC Job).
+    pub keep_jobs: Vec<String>,
 }
+
+/// The files of `delete` go; files that the manifests of `keep` name stay even when they sit
+/// under a deleted version (a rebalanced manifest reuses list files).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GcPlan {
+    pub job: String,
+    pub delete: Vec<String>,
+    pub keep: Vec<String>,
+}
+
+/// Failed versions kept in the status (their reason is history, and the newest failure of a
+/// spec keeps a gate that failed from being retried); older ones are collected.
+pub const FAILED_KEPT: usize = 3;
 
 /// Poll interval while nodes load or a gate is pending (Job and pod changes wake the
 /// controller anyway; node Admin status does not).
@@ -162,57 +212,16 @@ pub fn advance(current: &Versions, input: &Inputs<'_>) -> Result<Step, Lifecycle
     };
     let now = Time(input.now);
 
-    let token = input.retrain.map(str::trim).filter(|t| !t.is_empty());
-    let new_token = token.filter(|t| step.versions.observed_retrain.as_deref() != Some(*t));
-    let by_spec = needs_new_version(&step.versions, input.spec_hash);
-    if by_spec || new_token.is_some() {
-        let name = next_name(&step.versions, input.uid)?;
-        let (trigger, why) = if step.versions.versions.is_empty() {
-            ("create".to_string(), String::new())
-        } else if let Some(t) = new_token.filter(|_| !by_spec) {
-            (
-                format!("retrain:{t}"),
-                format!("retrain {t:?} was asked for"),
-            )
-        } else {
-            ("spec".to_string(), "the spec changed".to_string())
-        };
-        // One version answers every trigger at hand: the token is spent either way.
-        if let Some(t) = token {
-            step.versions.observed_retrain = Some(t.to_string());
-        }
-        for v in step.versions.versions.iter_mut() {
-            if is_preparing(v.phase) {
-                v.phase = VersionPhase::Failed;
-                v.reason = Some(format!("{SUPERSEDED}: {why}; {name} replaces it"));
-                v.last_transition_time = Some(now.clone());
-                step.notes.push(Note {
-                    warning: false,
-                    reason: SUPERSEDED.into(),
-                    version: v.name.clone(),
-                    message: format!("{} superseded by {name}", v.name),
-                });
-                if step.versions.target.as_deref() == Some(v.name.as_str()) {
-                    step.versions.target = None;
-                }
+    // A pin freezes the index on one version: no trigger makes a new one until it goes.
+    match input.pinned {
+        Some(p) => pin(&mut step, p, input, &now),
+        None => {
+            restore_newest_good(&mut step, input, &now);
+            if trigger(&mut step, input, &now)? {
+                // Intent first: the status names the version before its train Job exists.
+                return Ok(step);
             }
         }
-        let mut v = VersionStatus::pending(name.to_string());
-        v.trigger = Some(trigger.clone());
-        v.spec_hash = Some(input.spec_hash.to_string());
-        v.shards = Some(input.shards);
-        v.created_at = Some(now.clone());
-        v.last_transition_time = Some(now.clone());
-        step.versions.counter = Some(name.counter());
-        step.notes.push(Note {
-            warning: false,
-            reason: "VersionCreated".into(),
-            version: v.name.clone(),
-            message: format!("new version {} ({trigger})", v.name),
-        });
-        step.versions.versions.insert(0, v);
-        // Intent first: the status names the version before its train Job exists.
-        return Ok(step);
     }
 
     if let Some(i) = step
@@ -224,7 +233,334 @@ pub fn advance(current: &Versions, input: &Inputs<'_>) -> Result<Step, Lifecycle
         prepare(&mut step, i, input, &now);
     }
     retire_drained(&mut step, input, &now);
+    collect(&mut step, input, &now);
     Ok(step)
+}
+
+/// Makes a new version when a trigger asks for one (a spec that shapes the index, a new
+/// retrain token, a due schedule). True when it did.
+fn trigger(step: &mut Step, input: &Inputs<'_>, now: &Time) -> Result<bool, LifecycleError> {
+    let token = input.retrain.map(str::trim).filter(|t| !t.is_empty());
+    let new_token = token.filter(|t| step.versions.observed_retrain.as_deref() != Some(*t));
+    let scheduled = input.schedule_due.filter(|due| {
+        step.versions
+            .last_scheduled
+            .as_ref()
+            .is_none_or(|last| last.0 < *due)
+    });
+    let by_spec = needs_new_version(&step.versions, input.spec_hash);
+    if !(by_spec || new_token.is_some() || scheduled.is_some() || input.drift.is_some()) {
+        return Ok(false);
+    }
+    if let Some(h) = input.refuse_new {
+        // Unspent: the trigger acts once the hold is gone.
+        step.hold = Some(h.clone());
+        return Ok(false);
+    }
+    let name = next_name(&step.versions, input.uid)?;
+    let (trigger, why) = if step.versions.versions.is_empty() {
+        ("create".to_string(), String::new())
+    } else if by_spec {
+        ("spec".to_string(), "the spec changed".to_string())
+    } else if let Some(t) = new_token {
+        (
+            format!("retrain:{t}"),
+            format!("retrain {t:?} was asked for"),
+        )
+    } else if let Some(at) = scheduled {
+        (
+            format!("schedule:{at}"),
+            format!("spec.retrain.schedule fired at {at}"),
+        )
+    } else {
+        let d = input.drift.unwrap_or("drift");
+        (
+            d.to_string(),
+            format!("live queries drifted ({d} > spec.retrain.drift.threshold)"),
+        )
+    };
+    // One version answers every trigger at hand: each is spent.
+    if let Some(t) = token {
+        step.versions.observed_retrain = Some(t.to_string());
+    }
+    if let Some(due) = scheduled {
+        step.versions.last_scheduled = Some(Time(due));
+    }
+    supersede_preparing(step, |_| true, &format!("{why}; {name} replaces it"), now);
+    let mut v = VersionStatus::pending(name.to_string());
+    v.trigger = Some(trigger.clone());
+    v.spec_hash = Some(input.spec_hash.to_string());
+    v.shards = Some(input.shards);
+    v.created_at = Some(now.clone());
+    v.last_transition_time = Some(now.clone());
+    step.versions.counter = Some(name.counter());
+    step.notes.push(Note {
+        warning: false,
+        reason: "VersionCreated".into(),
+        version: v.name.clone(),
+        message: format!("new version {} ({trigger})", v.name),
+    });
+    step.versions.versions.insert(0, v);
+    Ok(true)
+}
+
+/// Gives up every version in preparation that `which` selects. A version that once passed
+/// its gate (a rollback being restored) goes back to Retired, its files intact; any other one
+/// fails as superseded.
+fn supersede_preparing(
+    step: &mut Step,
+    which: impl Fn(&VersionStatus) -> bool,
+    why: &str,
+    now: &Time,
+) {
+    for v in step.versions.versions.iter_mut() {
+        if !is_preparing(v.phase) || !which(v) {
+            continue;
+        }
+        let restored = v.recall.is_some();
+        set_phase(
+            v,
+            if restored {
+                VersionPhase::Retired
+            } else {
+                VersionPhase::Failed
+            },
+            now,
+        );
+        v.reason = Some(format!("{SUPERSEDED}: {why}"));
+        step.notes.push(Note {
+            warning: false,
+            reason: SUPERSEDED.into(),
+            version: v.name.clone(),
+            message: format!("{} superseded: {why}", v.name),
+        });
+        if step.versions.target.as_deref() == Some(v.name.as_str()) {
+            step.versions.target = None;
+        }
+    }
+}
+
+/// Whether a version passed its gate once and its files are still retained (collected
+/// versions leave the status): it can serve again.
+fn is_good(v: &VersionStatus) -> bool {
+    v.recall.is_some()
+        && matches!(
+            v.phase,
+            VersionPhase::Active | VersionPhase::Draining | VersionPhase::Retired
+        )
+}
+
+/// Puts a retained version back on the warm → gate → swap path.
+fn restore(step: &mut Step, i: usize, why: &str, now: &Time) {
+    let v = &mut step.versions.versions[i];
+    let name = v.name.clone();
+    set_phase(v, VersionPhase::Warming, now);
+    step.versions.target = Some(name.clone());
+    step.requeue = Some(POLL);
+    step.notes.push(Note {
+        warning: false,
+        reason: "Restoring".into(),
+        version: name.clone(),
+        message: format!("{why}: shard and router pods load {name} again from storage"),
+    });
+}
+
+/// `spec.pinnedVersion`: serve exactly that version. Other versions in preparation give way;
+/// a retained older one goes through warm → gate → swap; triggers wait until the pin goes.
+fn pin(step: &mut Step, pinned: &str, input: &Inputs<'_>, now: &Time) {
+    let Some(i) = step.versions.versions.iter().position(|v| v.name == pinned) else {
+        let retained: Vec<&str> = step
+            .versions
+            .versions
+            .iter()
+            .filter(|v| is_good(v))
+            .map(|v| v.name.as_str())
+            .collect();
+        step.hold = Some(Hold {
+            reason: "PinnedVersionUnavailable".into(),
+            message: format!(
+                "spec.pinnedVersion {pinned} is not a version this index retains (retained: {}); nothing changes until it names one",
+                if retained.is_empty() {
+                    "none".to_string()
+                } else {
+                    retained.join(", ")
+                }
+            ),
+        });
+        return;
+    };
+    supersede_preparing(
+        step,
+        |v| v.name != pinned,
+        &format!("spec.pinnedVersion is {pinned}"),
+        now,
+    );
+    let v = &step.versions.versions[i];
+    match v.phase {
+        VersionPhase::Active => {
+            if v.spec_hash.as_deref() != Some(input.spec_hash) {
+                step.hold = Some(Hold {
+                    reason: "Pinned".into(),
+                    message: format!(
+                        "spec.pinnedVersion holds {pinned}, which was built from another spec; a version of the current spec waits until spec.pinnedVersion is cleared"
+                    ),
+                });
+            }
+        }
+        // Becomes active when it passes its gate, like any version.
+        p if is_preparing(p) => {}
+        VersionPhase::Draining | VersionPhase::Retired if v.recall.is_some() => {
+            restore(step, i, &format!("spec.pinnedVersion is {pinned}"), now)
+        }
+        p => {
+            step.hold = Some(Hold {
+                reason: "PinnedVersionUnavailable".into(),
+                message: format!(
+                    "spec.pinnedVersion {pinned} is {p:?}{}: only a version that passed its gate can be pinned",
+                    v.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+    }
+}
+
+/// Unpinned, the index serves its newest good version: after a pin to an older one is
+/// cleared, that newest one is restored (when the spec still matches it; otherwise the
+/// spec's trigger makes a new version anyway).
+fn restore_newest_good(step: &mut Step, input: &Inputs<'_>, now: &Time) {
+    if step.versions.versions.iter().any(|v| is_preparing(v.phase)) {
+        return;
+    }
+    let Some(active) = step.versions.active.clone() else {
+        return;
+    };
+    let Some(i) = step.versions.versions.iter().position(is_good) else {
+        return;
+    };
+    let v = &step.versions.versions[i];
+    if v.name != active && v.spec_hash.as_deref() == Some(input.spec_hash) {
+        restore(
+            step,
+            i,
+            "spec.pinnedVersion is unset and this is the newest version that passed its gate",
+            now,
+        );
+    }
+}
+
+/// Garbage collection: Retired versions beyond `retainVersions` (counted newest first, the
+/// active and pinned ones included) and Failed ones beyond [`FAILED_KEPT`] lose their files
+/// in one Job, then leave the status. Never while a version is prepared (a rebalanced
+/// manifest being written may reuse older files), never the active or pinned version.
+fn collect(step: &mut Step, input: &Inputs<'_>, now: &Time) {
+    if step.versions.versions.iter().any(|v| is_preparing(v.phase)) {
+        return;
+    }
+    let (mut kept_good, mut kept_failed) = (0u32, 0usize);
+    let mut delete = Vec::new();
+    for v in &step.versions.versions {
+        let protected = step.versions.active.as_deref() == Some(v.name.as_str())
+            || input.pinned == Some(v.name.as_str())
+            || v.phase.is_held();
+        match v.phase {
+            VersionPhase::Failed if !protected => {
+                kept_failed += 1;
+                if kept_failed > FAILED_KEPT {
+                    delete.push(v.name.clone());
+                }
+            }
+            VersionPhase::Retired if !protected => {
+                kept_good += 1;
+                if kept_good > input.retain.max(1) {
+                    delete.push(v.name.clone());
+                }
+            }
+            _ => kept_good += u32::from(is_good(v)),
+        }
+    }
+    let Some(n) = delete
+        .iter()
+        .filter_map(|d| VersionName::parse(d).ok())
+        .map(|d| d.counter())
+        .max()
+    else {
+        return;
+    };
+    let job = quiver_api::names::gc_job(input.index, n);
+    let keep: Vec<String> = step
+        .versions
+        .versions
+        .iter()
+        .filter(|v| !delete.contains(&v.name))
+        .map(|v| v.name.clone())
+        .collect();
+    let plan = GcPlan {
+        job: job.clone(),
+        delete: delete.clone(),
+        keep,
+    };
+    // Retries back off on the newest collected version's attempts.
+    let Some(first) = step
+        .versions
+        .versions
+        .iter()
+        .position(|v| v.name == delete[0])
+    else {
+        return;
+    };
+    match input.jobs.get(&job).cloned().unwrap_or(JobState::Absent) {
+        JobState::Succeeded => {
+            step.versions.versions.retain(|v| !delete.contains(&v.name));
+            step.notes.push(Note {
+                warning: false,
+                reason: "Collected".into(),
+                version: delete[0].clone(),
+                message: format!(
+                    "deleted the files of {} (storage.retainVersions {}; Job {job})",
+                    delete.join(", "),
+                    input.retain
+                ),
+            });
+        }
+        JobState::Running | JobState::Deleting => step.keep_jobs.push(job),
+        JobState::Absent => {
+            let v = &step.versions.versions[first];
+            let attempts = v.attempts.unwrap_or(0);
+            let since = v
+                .last_transition_time
+                .as_ref()
+                .map(|t| input.now.duration_since(t.0).as_secs_f64().max(0.0))
+                .unwrap_or(f64::MAX);
+            let wait = backoff(attempts).as_secs_f64();
+            if attempts == 0 || since >= wait {
+                step.keep_jobs.push(job);
+                step.gc = Some(plan);
+            } else {
+                step.requeue = Some(Duration::from_secs_f64((wait - since).max(1.0)));
+            }
+        }
+        JobState::Failed { message } => {
+            let v = &mut step.versions.versions[first];
+            let attempts = v.attempts.unwrap_or(0) + 1;
+            v.attempts = Some(attempts);
+            v.last_transition_time = Some(now.clone());
+            step.delete.push(job.clone());
+            step.requeue = Some(backoff(attempts));
+            step.notes.push(Note {
+                warning: true,
+                reason: "GcFailed".into(),
+                version: delete[0].clone(),
+                message: format!(
+                    "garbage collection of {} failed (attempt {attempts}, retry in {} s): {message}",
+                    delete.join(", "),
+                    backoff(attempts).as_secs()
+                ),
+            });
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -416,7 +752,32 @@ fn warm(step: &mut Step, i: usize, input: &Inputs<'_>, now: &Time) {
         });
         return;
     }
-    // Nodes retry failed loads with their own back-off; say why it waits.
+    // Nodes retry failed loads with their own back-off; past the warm timeout a failure
+    // that persists (a corrupt file, a version that does not fit) fails the version.
+    let warming_for = v
+        .last_transition_time
+        .as_ref()
+        .map(|t| input.now.duration_since(t.0).as_secs_f64().max(0.0))
+        .unwrap_or(0.0);
+    if let Some(first) = failures.first()
+        && warming_for >= input.warm_timeout.as_secs_f64()
+    {
+        let reason = format!(
+            "WarmFailed: {first} (still failing {} s after warming began)",
+            warming_for.round()
+        );
+        set_phase(v, VersionPhase::Failed, now);
+        v.reason = Some(reason.clone());
+        step.versions.target = None;
+        step.requeue = None;
+        step.notes.push(Note {
+            warning: true,
+            reason: "WarmFailed".into(),
+            version: name.clone(),
+            message: format!("{name} failed: {reason}; the active version keeps serving"),
+        });
+        return;
+    }
     let reason = failures.first().map(|f| format!("WarmFailed: {f}"));
     if v.reason != reason {
         if let Some(r) = &reason {
@@ -494,28 +855,44 @@ fn gate(step: &mut Step, i: usize, input: &Inputs<'_>, now: &Time) {
     }
 }
 
-/// Draining → Retired once every router pins the active version (so no router can route
-/// to the drained one any more).
+/// Draining → Retired once no router can route to it any more: every router that answers
+/// pins the active version and reports no query in flight on the drained one (a router that
+/// does not answer blocks it while it is Ready, as it may still hold queries; one that is not
+/// Ready gets no traffic). Shards drop a version only once it is Retired.
 fn retire_drained(step: &mut Step, input: &Inputs<'_>, now: &Time) {
     let Some(active) = step.versions.active.clone() else {
         return;
     };
-    let routers_moved = !input.router_nodes.is_empty()
-        && input
+    let answering = || {
+        input
             .router_nodes
             .iter()
-            .all(|r| r.unreachable.is_none() && r.active.as_deref() == Some(active.as_str()));
+            .filter(|r| r.unreachable.is_none())
+    };
+    let blocked = input
+        .router_nodes
+        .iter()
+        .any(|r| r.unreachable.is_some() && r.ready);
+    let moved = !blocked
+        && answering().next().is_some()
+        && answering().all(|r| r.active.as_deref() == Some(active.as_str()));
     for v in step.versions.versions.iter_mut() {
         if v.phase != VersionPhase::Draining {
             continue;
         }
-        if routers_moved {
+        let busy: u64 = answering()
+            .map(|r| r.inflight.get(&v.name).copied().unwrap_or(0))
+            .sum();
+        if moved && busy == 0 {
             set_phase(v, VersionPhase::Retired, now);
             step.notes.push(Note {
                 warning: false,
                 reason: "Retired".into(),
                 version: v.name.clone(),
-                message: format!("{} retired: every router serves {active}", v.name),
+                message: format!(
+                    "{} retired: every router serves {active} and none has a query on it",
+                    v.name
+                ),
             });
         } else {
             step.requeue = Some(POLL);
@@ -538,6 +915,11 @@ mod tests {
         now: Timestamp,
         parts: u32,
         retrain: Option<String>,
+        pinned: Option<String>,
+        retain: u32,
+        schedule_due: Option<Timestamp>,
+        drift: Option<String>,
+        refuse: Option<Hold>,
     }
 
     impl World {
@@ -550,6 +932,11 @@ mod tests {
                 now: Timestamp::from_second(1_800_000_000).expect("time"),
                 parts: 1,
                 retrain: None,
+                pinned: None,
+                retain: 2,
+                schedule_due: None,
+                drift: None,
+                refuse: None,
             }
         }
 
@@ -569,6 +956,12 @@ mod tests {
                     router_nodes: &self.routers,
                     gate: self.gate.as_ref(),
                     retrain: self.retrain.as_deref(),
+                    pinned: self.pinned.as_deref(),
+                    retain: self.retain,
+                    warm_timeout: Duration::from_secs(300),
+                    schedule_due: self.schedule_due,
+                    drift: self.drift.as_deref(),
+                    refuse_new: self.refuse.as_ref(),
                     now: self.now,
                 },
             )
@@ -923,6 +1316,342 @@ mod tests {
         assert_eq!(
             w.step(&v, HASH).versions.versions[0].phase,
             VersionPhase::Gating
+        );
+    }
+
+    /// Walks a new version for `hash` (or for a retrain token already set) from its trigger
+    /// to Active, and the previous one to Retired.
+    fn next_active(w: &mut World, v: &Versions, hash: &str) -> Versions {
+        let mut v = w.step(v, hash).versions;
+        let name = v.versions[0].name.clone();
+        assert_eq!(v.versions[0].phase, VersionPhase::Pending);
+        v = w.step(&v, hash).versions;
+        w.job(&format!("docs-{name}-train"), JobState::Succeeded);
+        v = w.step(&v, hash).versions;
+        w.job(&format!("docs-{name}-build"), JobState::Succeeded);
+        v = w.step(&v, hash).versions;
+        assert_eq!(v.versions[0].phase, VersionPhase::Warming);
+        warm_and_swap(w, &v, hash, &name)
+    }
+
+    /// Makes every node hold `name`, passes its gate and moves routers to it.
+    fn warm_and_swap(w: &mut World, v: &Versions, hash: &str, name: &str) -> Versions {
+        for n in w.shards.iter_mut().chain(w.routers.iter_mut()) {
+            n.warm.insert(name.into(), 100);
+        }
+        let v = w.step(v, hash).versions;
+        let at = v
+            .versions
+            .iter()
+            .position(|x| x.name == name)
+            .expect("version");
+        assert_eq!(v.versions[at].phase, VersionPhase::Gating);
+        w.gate = Some(GateOutcome::Measured {
+            recall: 0.95,
+            k: 10,
+            nprobe: 16,
+            queries: 100,
+        });
+        let v = w.step(&v, hash).versions;
+        w.gate = None;
+        assert_eq!(v.active.as_deref(), Some(name));
+        for r in w.routers.iter_mut() {
+            r.active = Some(name.into());
+        }
+        let v = w.step(&v, hash).versions;
+        assert!(
+            v.versions.iter().all(|x| x.phase != VersionPhase::Draining),
+            "{v:?}"
+        );
+        v
+    }
+
+    fn phase_of(v: &Versions, name: &str) -> Option<VersionPhase> {
+        v.versions.iter().find(|x| x.name == name).map(|x| x.phase)
+    }
+
+    #[test]
+    fn a_due_schedule_makes_one_version_and_many_missed_runs_count_once() {
+        let mut w = World::new();
+        let active = to_active(&mut w);
+        let due = w.now;
+        w.schedule_due = Some(due);
+        let s = w.step(&active, HASH);
+        assert_eq!(s.versions.versions.len(), 2);
+        let trigger = s.versions.versions[0].trigger.clone().unwrap_or_default();
+        assert!(trigger.starts_with("schedule:"), "{trigger}");
+        assert_eq!(s.versions.last_scheduled, Some(Time(due)));
+        // The same due time again (the caller asks the schedule every reconcile): nothing.
+        let again = w.step(&s.versions, HASH);
+        assert_eq!(again.versions.versions.len(), 2);
+        // A later fire time while v2 is prepared supersedes it, once.
+        w.later(3600);
+        w.schedule_due = Some(w.now);
+        let s = w.step(&again.versions, HASH);
+        assert_eq!(s.versions.versions.len(), 3);
+        assert_eq!(s.versions.versions[1].phase, VersionPhase::Failed);
+        assert_eq!(s.versions.last_scheduled, Some(Time(w.now)));
+    }
+
+    #[test]
+    fn drift_makes_one_version_named_for_it() {
+        let mut w = World::new();
+        let active = to_active(&mut w);
+        w.drift = Some("drift:0.412".into());
+        let s = w.step(&active, HASH);
+        assert_eq!(s.versions.versions.len(), 2);
+        assert_eq!(
+            s.versions.versions[0].trigger.as_deref(),
+            Some("drift:0.412")
+        );
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.reason == "VersionCreated" && n.message.contains("drift:0.412"))
+        );
+    }
+
+    #[test]
+    fn a_refusal_holds_triggers_unspent_until_it_goes() {
+        let mut w = World::new();
+        let active = to_active(&mut w);
+        w.retrain = Some("t1".into());
+        w.refuse = Some(Hold {
+            reason: "InsufficientMemory".into(),
+            message: "spec.pods.resources.shard.limits.memory 1Mi cannot hold two versions".into(),
+        });
+        let s = w.step(&active, HASH);
+        assert_eq!(s.versions.versions.len(), 1, "no version while refused");
+        assert_eq!(s.versions.observed_retrain, None, "the token is not spent");
+        assert_eq!(
+            s.hold.as_ref().map(|h| h.reason.as_str()),
+            Some("InsufficientMemory")
+        );
+        w.refuse = None;
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(s.versions.versions.len(), 2);
+        assert_eq!(
+            s.versions.versions[0].trigger.as_deref(),
+            Some("retrain:t1")
+        );
+        assert_eq!(s.hold, None);
+    }
+
+    #[test]
+    fn a_load_failure_that_outlasts_the_warm_timeout_fails_the_version() {
+        let mut w = World::new();
+        let active = to_active(&mut w);
+        let mut v = w.step(&active, H2).versions;
+        v = w.step(&v, H2).versions;
+        w.job("docs-v2-7f3a9c2e-train", JobState::Succeeded);
+        v = w.step(&v, H2).versions;
+        w.job("docs-v2-7f3a9c2e-build", JobState::Succeeded);
+        v = w.step(&v, H2).versions;
+        assert_eq!(v.target.as_deref(), Some("v2-7f3a9c2e"));
+        w.shards[0]
+            .failed
+            .insert("v2-7f3a9c2e".into(), "list 17: checksum mismatch".into());
+        w.later(10);
+        let s = w.step(&v, H2);
+        assert_eq!(phase(&s), VersionPhase::Warming, "nodes retry first");
+        w.later(300);
+        let s = w.step(&s.versions, H2);
+        let failed = &s.versions.versions[0];
+        assert_eq!(failed.phase, VersionPhase::Failed);
+        let reason = failed.reason.clone().unwrap_or_default();
+        assert!(
+            reason.starts_with("WarmFailed: docs-shard-0-0: list 17: checksum mismatch"),
+            "{reason}"
+        );
+        assert_eq!(s.versions.active.as_deref(), Some("v1-7f3a9c2e"));
+        assert_eq!(s.versions.target, None);
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.warning && n.reason == "WarmFailed")
+        );
+        // A failed version of this spec is not rebuilt until a new trigger.
+        assert_eq!(w.step(&s.versions, H2).versions, s.versions);
+    }
+
+    #[test]
+    fn a_pin_rolls_back_through_warm_gate_swap_and_unpinning_returns() {
+        let mut w = World::new();
+        let v1 = to_active(&mut w);
+        w.retrain = Some("r".into());
+        let v2 = next_active(&mut w, &v1, HASH);
+        assert_eq!(phase_of(&v2, "v1-7f3a9c2e"), Some(VersionPhase::Retired));
+        // Nodes dropped v1 once it was Retired.
+        for n in w.shards.iter_mut().chain(w.routers.iter_mut()) {
+            n.warm.remove("v1-7f3a9c2e");
+        }
+        w.pinned = Some("v1-7f3a9c2e".into());
+        let s = w.step(&v2, HASH);
+        assert_eq!(
+            phase_of(&s.versions, "v1-7f3a9c2e"),
+            Some(VersionPhase::Warming)
+        );
+        assert_eq!(s.versions.target.as_deref(), Some("v1-7f3a9c2e"));
+        assert_eq!(
+            s.versions.active.as_deref(),
+            Some("v2-7f3a9c2e"),
+            "v2 serves meanwhile"
+        );
+        assert!(s.create.is_empty(), "a rollback needs no Job");
+        let rolled = warm_and_swap(&mut w, &s.versions, HASH, "v1-7f3a9c2e");
+        assert_eq!(
+            phase_of(&rolled, "v2-7f3a9c2e"),
+            Some(VersionPhase::Retired)
+        );
+        assert_eq!(rolled.versions.len(), 2, "no new version for a rollback");
+        // Pinned: a new token and a spec change wait, and the status says so.
+        w.retrain = Some("r2".into());
+        let s = w.step(&rolled, H2);
+        assert_eq!(s.versions.versions.len(), 2);
+        assert_eq!(s.hold.as_ref().map(|h| h.reason.as_str()), Some("Pinned"));
+        // Unpinned (same spec): back to the newest good version, v2, which the nodes dropped
+        // when it was Retired.
+        for n in w.shards.iter_mut().chain(w.routers.iter_mut()) {
+            n.warm.remove("v2-7f3a9c2e");
+        }
+        w.pinned = None;
+        w.retrain = Some("r".into());
+        let s = w.step(&rolled, HASH);
+        assert_eq!(
+            phase_of(&s.versions, "v2-7f3a9c2e"),
+            Some(VersionPhase::Warming)
+        );
+        assert_eq!(s.versions.versions.len(), 2);
+        let back = warm_and_swap(&mut w, &s.versions, HASH, "v2-7f3a9c2e");
+        assert_eq!(phase_of(&back, "v1-7f3a9c2e"), Some(VersionPhase::Retired));
+        assert_eq!(w.step(&back, HASH).versions, back, "settled");
+    }
+
+    #[test]
+    fn a_pin_to_an_unknown_or_failed_version_changes_nothing_and_says_why() {
+        let mut w = World::new();
+        let v1 = to_active(&mut w);
+        w.pinned = Some("v9-7f3a9c2e".into());
+        let s = w.step(&v1, H2);
+        assert_eq!(s.versions, v1, "no new version, no change");
+        let h = s.hold.expect("hold");
+        assert_eq!(h.reason, "PinnedVersionUnavailable");
+        assert!(h.message.contains("retained: v1-7f3a9c2e"), "{}", h.message);
+    }
+
+    #[test]
+    fn a_pin_supersedes_the_version_in_preparation() {
+        let mut w = World::new();
+        let v1 = to_active(&mut w);
+        let mut v = w.step(&v1, H2).versions;
+        v = w.step(&v, H2).versions;
+        assert_eq!(v.versions[0].phase, VersionPhase::Training);
+        w.pinned = Some("v1-7f3a9c2e".into());
+        let s = w.step(&v, H2);
+        assert_eq!(s.versions.versions[0].phase, VersionPhase::Failed);
+        assert!(
+            s.versions.versions[0]
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("spec.pinnedVersion is v1-7f3a9c2e")),
+        );
+        assert_eq!(s.versions.active.as_deref(), Some("v1-7f3a9c2e"));
+    }
+
+    #[test]
+    fn versions_beyond_retain_are_collected_by_one_job_then_leave_the_status() {
+        let mut w = World::new();
+        w.retain = 2;
+        let mut v = to_active(&mut w);
+        for t in ["a", "b"] {
+            w.retrain = Some(t.into());
+            v = next_active(&mut w, &v, HASH);
+        }
+        // v3 Active, v2 and v1 Retired: v1 is beyond retainVersions 2.
+        let s = w.step(&v, HASH);
+        let plan = s.gc.clone().expect("a GC plan");
+        assert_eq!(plan.job, "docs-gc-1");
+        assert_eq!(plan.delete, vec!["v1-7f3a9c2e".to_string()]);
+        assert_eq!(
+            plan.keep,
+            vec!["v3-7f3a9c2e".to_string(), "v2-7f3a9c2e".to_string()]
+        );
+        assert_eq!(s.keep_jobs, vec!["docs-gc-1".to_string()]);
+        // Running: kept, not created again.
+        w.job("docs-gc-1", JobState::Running);
+        let s2 = w.step(&s.versions, HASH);
+        assert_eq!(s2.gc, None);
+        assert_eq!(s2.keep_jobs, vec!["docs-gc-1".to_string()]);
+        // Failed: recorded, deleted, retried after the back-off.
+        w.job(
+            "docs-gc-1",
+            JobState::Failed {
+                message: "storage down".into(),
+            },
+        );
+        let s3 = w.step(&s2.versions, HASH);
+        assert_eq!(s3.delete, vec!["docs-gc-1".to_string()]);
+        assert!(s3.notes.iter().any(|n| n.warning && n.reason == "GcFailed"));
+        w.jobs.remove("docs-gc-1");
+        assert_eq!(w.step(&s3.versions, HASH).gc, None, "backing off");
+        w.later(11);
+        assert!(w.step(&s3.versions, HASH).gc.is_some(), "retried");
+        w.job("docs-gc-1", JobState::Succeeded);
+        let done = w.step(&s3.versions, HASH);
+        assert_eq!(phase_of(&done.versions, "v1-7f3a9c2e"), None);
+        assert_eq!(done.versions.versions.len(), 2);
+        assert!(done.keep_jobs.is_empty(), "the finished Job goes");
+        // A pinned version is never collected.
+        let mut w2 = World::new();
+        w2.retain = 1;
+        let mut v = to_active(&mut w2);
+        w2.retrain = Some("a".into());
+        v = next_active(&mut w2, &v, HASH);
+        w2.pinned = Some("v2-7f3a9c2e".into());
+        let s = w2.step(&v, HASH);
+        let plan = s.gc.expect("v1 goes");
+        assert_eq!(plan.delete, vec!["v1-7f3a9c2e".to_string()]);
+    }
+
+    #[test]
+    fn a_draining_version_retires_only_when_no_router_has_a_query_on_it() {
+        let mut w = World::new();
+        let active = to_active(&mut w);
+        let v = second_to_gating(&mut w, &active);
+        w.gate = Some(GateOutcome::Measured {
+            recall: 0.97,
+            k: 10,
+            nprobe: 16,
+            queries: 100,
+        });
+        let s = w.step(&v, H2);
+        w.gate = None;
+        w.routers[0].active = Some("v2-7f3a9c2e".into());
+        w.routers[0].inflight.insert("v1-7f3a9c2e".into(), 3);
+        let s = w.step(&s.versions, H2);
+        assert_eq!(
+            phase_of(&s.versions, "v1-7f3a9c2e"),
+            Some(VersionPhase::Draining)
+        );
+        // A Ready router that does not answer may still hold queries: wait.
+        w.routers[0].inflight.clear();
+        w.routers.push(NodeReport {
+            pod: "docs-router-b".into(),
+            ready: true,
+            unreachable: Some("timed out".into()),
+            ..NodeReport::default()
+        });
+        let s = w.step(&s.versions, H2);
+        assert_eq!(
+            phase_of(&s.versions, "v1-7f3a9c2e"),
+            Some(VersionPhase::Draining)
+        );
+        // Not Ready: out of the Service, no traffic.
+        w.routers[1].ready = false;
+        let s = w.step(&s.versions, H2);
+        assert_eq!(
+            phase_of(&s.versions, "v1-7f3a9c2e"),
+            Some(VersionPhase::Retired)
         );
     }
 

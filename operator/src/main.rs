@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -58,6 +59,12 @@ struct Cli {
     #[arg(long, env = "QUIVER_LEASE_GRACE_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     lease_grace_secs: u64,
+    /// A version whose Ready shard replicas still fail to load it (a corrupt or missing list
+    /// file) this many seconds after it began warming fails with the nodes' reason, and the
+    /// active version keeps serving. Nodes retry failed loads with back-off until then.
+    #[arg(long, env = "QUIVER_WARM_TIMEOUT_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    warm_timeout_secs: u64,
 }
 
 struct Http {
@@ -114,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         cfg: ChildConfig {
             node_image: cli.node_image.clone(),
         },
+        warm_timeout: Duration::from_secs(cli.warm_timeout_secs),
         recorder,
         metrics,
     });

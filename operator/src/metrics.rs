@@ -29,6 +29,8 @@ pub struct Metrics {
     pub gate_recall_bp: Family<Labels, Gauge>,
     /// Seconds since the active version became active.
     pub active_version_age_seconds: Family<Labels, Gauge>,
+    /// Query drift of the active version (KS distance, in 1/10000).
+    pub query_drift_bp: Family<Labels, Gauge>,
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
     indexes: Mutex<std::collections::BTreeSet<(String, String)>>,
@@ -52,6 +54,7 @@ impl Metrics {
             ready_routers: Family::default(),
             gate_recall_bp: Family::default(),
             active_version_age_seconds: Family::default(),
+            query_drift_bp: Family::default(),
             leader: Gauge::default(),
             indexes: Mutex::default(),
             registry: Registry::default(),
@@ -87,6 +90,11 @@ impl Metrics {
             "index_active_version_age_seconds",
             "Seconds since the active version was activated",
             m.active_version_age_seconds.clone(),
+        );
+        registry.register(
+            "index_query_drift_basis_points",
+            "Kolmogorov-Smirnov distance between live queries' and the active version's held-out vectors' nearest-centroid distances (1/10000)",
+            m.query_drift_bp.clone(),
         );
         registry.register("leader", "1 while this replica leads", m.leader.clone());
         Metrics { registry, ..m }
@@ -124,6 +132,13 @@ impl Metrics {
         }
     }
 
+    /// Records the query drift of one index's active version.
+    pub fn set_drift(&self, ns: &str, index: &str, statistic: f64) {
+        self.query_drift_bp
+            .get_or_create(&Self::index_labels(ns, index))
+            .set((statistic * 10_000.0).round() as i64);
+    }
+
     /// Drops the series of a deleted index.
     pub fn forget_index(&self, ns: &str, index: &str) {
         let l = Self::index_labels(ns, index);
@@ -131,6 +146,7 @@ impl Metrics {
         self.ready_routers.remove(&l);
         self.gate_recall_bp.remove(&l);
         self.active_version_age_seconds.remove(&l);
+        self.query_drift_bp.remove(&l);
         if let Ok(mut s) = self.indexes.lock() {
             s.remove(&(ns.to_string(), index.to_string()));
         }

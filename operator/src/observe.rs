@@ -1,6 +1,7 @@
 //! Observe: what exists for an index (children and Jobs by the index label, owned by this
-//! index's uid), its pods' readiness, and, only while a version is warming, gating or
-//! draining, what each node pod says through `Admin/Status` (and the gate's `Admin/Evaluate`).
+//! index's uid), its pods' readiness, and what node pods say through `Admin/Status`: shards
+//! only while a version is warming, gating or draining, routers whenever a version serves
+//! (for query drift), and the gate's `Admin/Evaluate`.
 //! Reads only: an idle index costs list calls, never a write.
 
 use std::collections::BTreeMap;
@@ -156,12 +157,17 @@ pub async fn observe(client: &Client, vi: &VectorIndex) -> Result<Observed, Obse
             VersionPhase::Warming | VersionPhase::Gating | VersionPhase::Draining
         )
     });
-    let (shard_nodes, router_nodes) = if needs_nodes {
-        let s = futures::future::join_all(shard_pods.iter().map(report)).await;
-        let r = futures::future::join_all(router_pods.iter().map(report)).await;
-        (s, r)
+    // Routers are asked whenever a version serves: their query drift is published even on
+    // an idle index (a read per router and reconcile; no write unless the figure changed).
+    let shard_nodes = if needs_nodes {
+        futures::future::join_all(shard_pods.iter().map(report)).await
     } else {
-        (Vec::new(), Vec::new())
+        Vec::new()
+    };
+    let router_nodes = if needs_nodes || status.active_version.is_some() {
+        futures::future::join_all(router_pods.iter().map(report)).await
+    } else {
+        Vec::new()
     };
     let gate = match status
         .versions
@@ -290,6 +296,12 @@ async fn report(pod: &Pod) -> NodeReport {
             for v in st.versions {
                 match VersionState::try_from(v.state) {
                     Ok(VersionState::Warm | VersionState::Active) => {
+                        if !v.drift_counts.is_empty() {
+                            r.drift.insert(v.version.clone(), v.drift_counts.clone());
+                        }
+                        if v.inflight > 0 {
+                            r.inflight.insert(v.version.clone(), v.inflight);
+                        }
                         r.warm.insert(v.version, v.vectors);
                     }
                     Ok(VersionState::Failed) => {

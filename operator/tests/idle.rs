@@ -68,7 +68,7 @@ fn world(vi: &VectorIndex) -> World {
     )
     .unwrap();
     let owner = vi.controller_owner_ref(&()).unwrap();
-    let ready = json!({"phase": "Running", "podIP": "10.0.0.1",
+    let ready = json!({"phase": "Running", "podIP": "127.0.0.77",
                        "conditions": [{"type": "Ready", "status": "True"}]});
     let mut pods = Vec::new();
     for s in 0..2 {
@@ -183,6 +183,7 @@ async fn run(vi: VectorIndex, world: World) -> Vec<(Method, String, Value)> {
         cfg: ChildConfig {
             node_image: "index-node:test".into(),
         },
+        warm_timeout: std::time::Duration::from_secs(300),
         recorder: Recorder::new(
             client,
             Reporter {

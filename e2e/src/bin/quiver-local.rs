@@ -79,6 +79,12 @@ enum Cmd {
         /// Stop the cluster when done (for benchmarks) instead of serving until Ctrl-C.
         #[arg(long)]
         exit: bool,
+        /// Then benchmark a version swap: retrain under load at concurrency 8 through the
+        /// Service, follow the swap, roll back with spec.pinnedVersion and return; prints
+        /// queries served and failed, p99 before and during the swap, trigger → Active and
+        /// rollback times.
+        #[arg(long)]
+        swap: bool,
     },
     /// Kubelet-only mode: run just the process kubelet and the Service proxy against any
     /// API server (a real control plane, or another `up --no-kubelet`), until SIGINT/SIGTERM.
@@ -213,6 +219,7 @@ fn main() -> Result<()> {
             concurrency,
             timeout_secs,
             exit,
+            swap,
         } => {
             init_logs("warn");
             build_siblings()?;
@@ -241,6 +248,7 @@ fn main() -> Result<()> {
                 concurrency,
                 exit,
                 timeout_secs,
+                swap,
             }))
         }
         Cmd::Kubelet {

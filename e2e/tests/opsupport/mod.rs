@@ -55,6 +55,8 @@ impl Operator {
             .args(["--namespace", &env.ns, "--node-image", "index-node"])
             .args(["--http", "127.0.0.1:0"])
             .args(LEASE)
+            // Short, so that a version that cannot load fails within a test.
+            .args(["--warm-timeout-secs", "15"])
             .env("KUBECONFIG", kubeconfig)
             .env("QUIVER_POD_NAME", identity)
             .env("RUST_LOG", "info,kube=warn")

@@ -571,6 +571,15 @@ impl IvfIndex {
 
     /// The `nprobe` lists nearest to `query`, nearest first (the router's side).
     pub fn probe(&self, query: &[f32], nprobe: usize) -> Result<Vec<u32>> {
+        self.probe_with_distance(query, nprobe)
+            .map(|(lists, _)| lists)
+    }
+
+    /// [`IvfIndex::probe`], plus the coarse distance of the nearest list as the coarse step
+    /// computes it (smaller is better): squared L2, the negated dot product for IP, squared L2
+    /// of the normalised query for cosine. NaN when every coarse distance is. Routers watch
+    /// it for query drift.
+    pub fn probe_with_distance(&self, query: &[f32], nprobe: usize) -> Result<(Vec<u32>, f32)> {
         self.check_search(query, 1)?;
         if nprobe == 0 {
             return Err(IvfError::param("nprobe", "must be at least 1"));
@@ -579,7 +588,8 @@ impl IvfIndex {
             let s = &mut *s.borrow_mut();
             self.prepare_query(query, s);
             self.coarse(nprobe, s);
-            Ok(s.coarse.iter().map(|&(_, l)| l).collect())
+            let nearest = s.coarse.first().map_or(f32::NAN, |&(d, _)| d);
+            Ok((s.coarse.iter().map(|&(_, l)| l).collect(), nearest))
         })
     }
 
@@ -1330,6 +1340,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The router's coarse step reports the nearest centroid's squared L2 distance, and the
+    /// same lists as `probe`.
+    #[test]
+    fn probe_with_distance_reports_the_nearest_centroid() {
+        let dim = 16;
+        let syn = Synthetic {
+            n: 2000,
+            dim,
+            clusters: 10,
+            skew: 0.5,
+            seed: 5,
+        };
+        let base = syn.generate(2000, 0);
+        let queries = syn.generate(20, 1);
+        let mut p = IvfParams::new(dim, Metric::L2, 32, QuantizerKind::Flat);
+        p.kmeans.iters = 5;
+        let index = IvfIndex::train(p, &base).expect("train");
+        for query in queries.chunks_exact(dim) {
+            let want = index
+                .centroids
+                .chunks_exact(dim)
+                .map(|c| {
+                    query
+                        .iter()
+                        .zip(c)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum::<f32>()
+                })
+                .fold(f32::INFINITY, f32::min);
+            for nprobe in [1, 4, 32] {
+                let (lists, d) = index.probe_with_distance(query, nprobe).expect("probe");
+                assert!(
+                    (d - want).abs() <= 1e-4 * want.abs().max(1e-6),
+                    "nprobe {nprobe}: {d} vs brute force {want}"
+                );
+                assert_eq!(lists, index.probe(query, nprobe).expect("probe"));
+            }
+        }
+        assert!(index.probe_with_distance(&queries[..dim], 0).is_err());
+        assert!(index.probe_with_distance(&queries[..dim - 1], 1).is_err());
     }
 
     /// The distance a search reports for an SQ8/PQ entry must be the exact distance between

@@ -12,14 +12,16 @@ use quiver_proto::{
 use tonic::{Request, Response, Status};
 
 use super::holder::{Slot, Slots};
+use super::router::{Asked, Drift};
 use super::{Node, RoleState, validate};
 use crate::manifest::imbalance;
 
-/// The holder's one state per version, as the status reports it.
+/// The holder's one state per version, as the status reports it; `fill` adds what the role
+/// knows of a warm version (sizes, in-flight queries, drift).
 fn versions<V>(
     slots: &Slots<V>,
     active: &str,
-    size: impl Fn(&V) -> (u64, u64, u32),
+    fill: impl Fn(&V, &mut VersionStatus),
 ) -> Vec<VersionStatus> {
     slots
         .iter()
@@ -40,13 +42,20 @@ fn versions<V>(
                     } else {
                         VersionState::Warm as i32
                     };
-                    (vs.vectors, vs.bytes, vs.lists) = size(v);
+                    fill(v, &mut vs);
                 }
             }
             vs
         })
         .collect()
 }
+
+/// The recall gate's queries: every shard must answer, and they are the drift reference
+/// itself, so they are not counted as live traffic.
+const GATE: Asked = Asked {
+    allow_partial: false,
+    live: false,
+};
 
 pub struct AdminSvc {
     pub node: Arc<Node>,
@@ -74,12 +83,10 @@ impl quiver_proto::admin_server::Admin for AdminSvc {
                 out.role = quiver_proto::Role::Shard as i32;
                 out.shard = s.shard;
                 out.active_version = s.active.load().as_ref().clone().unwrap_or_default();
-                out.versions = versions(&s.holder.slots(), &out.active_version, |v| {
-                    (
-                        v.vectors,
-                        v.bytes,
-                        v.owned.iter().filter(|o| **o).count() as u32,
-                    )
+                out.versions = versions(&s.holder.slots(), &out.active_version, |v, vs| {
+                    vs.vectors = v.vectors;
+                    vs.bytes = v.bytes;
+                    vs.lists = v.owned.iter().filter(|o| **o).count() as u32;
                 });
             }
             RoleState::Router(r) => {
@@ -90,8 +97,11 @@ impl quiver_proto::admin_server::Admin for AdminSvc {
                     .as_ref()
                     .map(|v| v.name.clone())
                     .unwrap_or_default();
-                out.versions = versions(&r.holder.slots(), &out.active_version, |v| {
-                    (v.manifest.ntotal, 0, v.manifest.nlist as u32)
+                out.versions = versions(&r.holder.slots(), &out.active_version, |v, vs| {
+                    vs.vectors = v.manifest.ntotal;
+                    vs.lists = v.manifest.nlist as u32;
+                    vs.inflight = v.inflight.load(Ordering::Relaxed);
+                    vs.drift_counts = v.drift.as_ref().map(Drift::counts).unwrap_or_default();
                 });
                 if let Some(p) = r.pending.load().as_ref() {
                     out.pending_active_version = p.version.clone();
@@ -175,7 +185,7 @@ impl quiver_proto::admin_server::Admin for AdminSvc {
         let mut found = 0usize;
         for i in 0..n {
             let ans = r
-                .search_one(&self.node, &v, eval.queries.row(i), k, nprobe, false)
+                .search_one(&self.node, &v, eval.queries.row(i), k, nprobe, GATE)
                 .await?;
             let gt = &eval.gt[i * eval.k..i * eval.k + k];
             found += ans

@@ -37,6 +37,126 @@ pub struct RouterVersion {
     pub owners: Vec<u32>,
     pub probes: Vec<AtomicU64>,
     pub eval: Option<Eval>,
+    /// Queries pinned to this version and not answered yet (see [`InFlight`]).
+    pub inflight: AtomicU64,
+    /// Live queries by nearest-centroid distance against the reference (None without one).
+    pub drift: Option<Drift>,
+}
+
+/// Buckets of the drift histogram: the reference's ventiles.
+pub const DRIFT_BUCKETS: usize = 20;
+/// Fewer reference distances than this give too coarse ventiles (two per bucket) to compare
+/// live traffic with.
+const DRIFT_MIN_REFERENCE: usize = 2 * DRIFT_BUCKETS;
+
+/// Query drift of one version: live queries counted by their distance to the nearest
+/// centroid, in buckets that each hold 1/20 of the reference distribution (the version's
+/// held-out evaluation vectors). Uniform counts mean live queries look like the data; the
+/// operator compares them with the reference (Kolmogorov–Smirnov).
+pub struct Drift {
+    /// The 19 inner ventile edges of the reference, ascending.
+    pub edges: Vec<f32>,
+    /// Live queries per bucket (`DRIFT_BUCKETS`), see [`drift_bucket`].
+    pub counts: Vec<AtomicU64>,
+}
+
+impl Drift {
+    pub fn new(edges: Vec<f32>) -> Self {
+        Drift {
+            counts: (0..=edges.len()).map(|_| AtomicU64::new(0)).collect(),
+            edges,
+        }
+    }
+
+    /// The reference of a version: nearest-centroid distances of its evaluation queries.
+    /// None without evaluation queries or with too few of them.
+    pub fn from_eval(quantizer: &IvfIndex, eval: Option<&Eval>) -> Option<Drift> {
+        let eval = eval?;
+        let distances = (0..eval.queries.len())
+            .filter_map(|i| quantizer.probe_with_distance(eval.queries.row(i), 1).ok())
+            .map(|(_, d)| d)
+            .collect();
+        reference_edges(distances).map(Drift::new)
+    }
+
+    /// Counts one live query (lock- and allocation-free: this runs on every query).
+    pub fn record(&self, distance: f32) {
+        if let Some(c) = drift_bucket(&self.edges, distance).and_then(|b| self.counts.get(b)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn counts(&self) -> Vec<u64> {
+        self.counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// Ventile edges of reference distances: non-finite ones skipped, None if fewer than
+/// `DRIFT_MIN_REFERENCE` remain.
+pub fn reference_edges(mut distances: Vec<f32>) -> Option<Vec<f32>> {
+    distances.retain(|d| d.is_finite());
+    distances.sort_unstable_by(f32::total_cmp);
+    ventile_edges(&distances)
+}
+
+/// The 19 inner ventile edges (5 %, 10 %, ..., 95 %) of ascending `sorted`, by nearest rank
+/// (the ⌈p·n⌉-th smallest); None if it has fewer than `DRIFT_MIN_REFERENCE` values.
+pub fn ventile_edges(sorted: &[f32]) -> Option<Vec<f32>> {
+    let n = sorted.len();
+    if n < DRIFT_MIN_REFERENCE {
+        return None;
+    }
+    (1..DRIFT_BUCKETS)
+        .map(|j| sorted.get((j * n).div_ceil(DRIFT_BUCKETS) - 1).copied())
+        .collect()
+}
+
+/// The bucket of `distance`: i when edges[i-1] <= distance < edges[i] (0 below the first
+/// edge, the last at or above the last edge; with tied edges, the highest of them). None
+/// for NaN, which has no place in the order.
+pub fn drift_bucket(edges: &[f32], distance: f32) -> Option<usize> {
+    if distance.is_nan() {
+        return None;
+    }
+    Some(edges.partition_point(|e| *e <= distance))
+}
+
+/// How a query was asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked {
+    /// Answer without the shards that failed (named in `missing_shards`).
+    pub allow_partial: bool,
+    /// Live traffic, counted for drift. Admin/Evaluate (the operator's gate) asks the
+    /// reference queries themselves: counting them would pull the live distribution
+    /// toward the reference and hide drift.
+    pub live: bool,
+}
+
+/// Counts a query on its pinned version for as long as it runs, so that Admin status can
+/// tell the operator when a draining version has no query left.
+pub struct InFlight(Arc<RouterVersion>);
+
+impl InFlight {
+    pub fn new(v: Arc<RouterVersion>) -> Self {
+        v.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(v)
+    }
+}
+
+impl std::ops::Deref for InFlight {
+    type Target = Arc<RouterVersion>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Loads what a router needs of a version: manifest, centroids, evaluation set.
@@ -57,6 +177,14 @@ impl Loader for RouterLoader {
         let quantizer =
             loader::read_quantizer(&c.storage, &c.namespace, &c.index, &manifest).await?;
         let eval = loader::read_eval(&c.storage, &c.namespace, &c.index, &manifest).await?;
+        let drift = Drift::from_eval(&quantizer, eval.as_ref());
+        if drift.is_none() {
+            tracing::info!(
+                version,
+                eval_queries = eval.as_ref().map(|e| e.queries.len()),
+                "no query drift reference (no or too few evaluation queries)"
+            );
+        }
         Ok(RouterVersion {
             name: version.to_string(),
             owners: manifest.list_owners(),
@@ -64,6 +192,8 @@ impl Loader for RouterLoader {
             manifest,
             quantizer,
             eval,
+            inflight: AtomicU64::new(0),
+            drift,
         })
     }
 
@@ -422,15 +552,24 @@ impl RouterState {
         vector: &[f32],
         k: usize,
         nprobe: usize,
-        allow_partial: bool,
+        asked: Asked,
     ) -> Result<SearchResponse, Status> {
-        let lists = v
+        let (lists, nearest) = v
             .quantizer
-            .probe(vector, nprobe)
+            .probe_with_distance(vector, nprobe)
             .map_err(|e| Status::invalid_argument(format!("vector: {e}")))?;
+        if asked.live
+            && let Some(drift) = &v.drift
+        {
+            drift.record(nearest);
+        }
+        let allow_partial = asked.allow_partial;
         let mut by_shard: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for &l in &lists {
-            if let Some(p) = v.probes.get(l as usize) {
+            // Per-list load is live traffic's: the gate's replay would skew it.
+            if asked.live
+                && let Some(p) = v.probes.get(l as usize)
+            {
                 p.fetch_add(1, Ordering::Relaxed);
             }
             let owner = v.owners.get(l as usize).copied().unwrap_or(0);
@@ -615,6 +754,14 @@ async fn replica_holds(rep: &Replica, version: &str) -> Result<(), String> {
 /// Deadline of one Admin status call to a replica before a version switch.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(1000);
 
+/// Clients' queries (the Query service): live traffic.
+fn live(allow_partial: bool) -> Asked {
+    Asked {
+        allow_partial,
+        live: true,
+    }
+}
+
 pub struct QuerySvc {
     pub state: Arc<RouterState>,
     pub node: Arc<Node>,
@@ -662,11 +809,18 @@ impl quiver_proto::query_server::Query for QuerySvc {
         let req = req.into_inner();
         self.node.metrics.inflight.inc();
         let r = async {
-            let v = self.state.pin(req.version.as_deref())?;
+            let v = InFlight::new(self.state.pin(req.version.as_deref())?);
             validate::vector("vector", &req.vector, v.manifest.dim)?;
             let (k, nprobe) = self.params(&v, req.k, req.nprobe)?;
             self.state
-                .search_one(&self.node, &v, &req.vector, k, nprobe, req.allow_partial)
+                .search_one(
+                    &self.node,
+                    &v,
+                    &req.vector,
+                    k,
+                    nprobe,
+                    live(req.allow_partial),
+                )
                 .await
         }
         .await;
@@ -695,14 +849,20 @@ impl quiver_proto::query_server::Query for QuerySvc {
                 )));
             }
             // One pin for the whole batch: every answer comes from the same version.
-            let v = self.state.pin(req.version.as_deref())?;
+            let v = InFlight::new(self.state.pin(req.version.as_deref())?);
             let (k, nprobe) = self.params(&v, req.k, req.nprobe)?;
             for (i, q) in req.queries.iter().enumerate() {
                 validate::vector(&format!("queries[{i}].values"), &q.values, v.manifest.dim)?;
             }
             let all = req.queries.iter().map(|q| {
-                self.state
-                    .search_one(&self.node, &v, &q.values, k, nprobe, req.allow_partial)
+                self.state.search_one(
+                    &self.node,
+                    &v,
+                    &q.values,
+                    k,
+                    nprobe,
+                    live(req.allow_partial),
+                )
             });
             let results = futures::future::try_join_all(all).await?;
             Ok(BatchSearchResponse {
@@ -714,5 +874,80 @@ impl quiver_proto::query_server::Query for QuerySvc {
         self.node.metrics.inflight.dec();
         self.record(started, n, &r, r.as_ref().ok().map(|r| r.version.as_str()));
         r.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 0..1000: the j-th edge is the ⌈50j⌉-th smallest, 50j − 1; every bucket then holds 50
+    /// of the reference (49 and 51 at the ends, the edge value going to the bucket above).
+    #[test]
+    fn ventiles_of_a_uniform_reference() {
+        let sorted: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let edges = ventile_edges(&sorted).expect("edges");
+        let want: Vec<f32> = (1..20).map(|j| (50 * j - 1) as f32).collect();
+        assert_eq!(edges, want);
+        let mut counts = [0usize; DRIFT_BUCKETS];
+        for &d in &sorted {
+            counts[drift_bucket(&edges, d).expect("bucket")] += 1;
+        }
+        assert_eq!(counts[0], 49);
+        assert!(counts[1..19].iter().all(|&c| c == 50), "{counts:?}");
+        assert_eq!(counts[19], 51);
+        assert_eq!(drift_bucket(&edges, -1.0), Some(0));
+        assert_eq!(drift_bucket(&edges, 48.9), Some(0));
+        assert_eq!(drift_bucket(&edges, 49.0), Some(1));
+        assert_eq!(drift_bucket(&edges, 949.0), Some(19));
+        assert_eq!(drift_bucket(&edges, f32::INFINITY), Some(19));
+        assert_eq!(drift_bucket(&edges, f32::NAN), None);
+    }
+
+    /// Tied edges leave the buckets between them empty: a tied value goes to the highest.
+    #[test]
+    fn tied_reference_values() {
+        let all_same = vec![5.0f32; 100];
+        let edges = ventile_edges(&all_same).expect("edges");
+        assert!(edges.iter().all(|&e| e == 5.0));
+        assert_eq!(drift_bucket(&edges, 5.0), Some(19));
+        assert_eq!(drift_bucket(&edges, 4.9), Some(0));
+
+        // Half zeros, half ones: the 10th ventile (the 50th smallest) is still 0.
+        let halves: Vec<f32> = (0..100).map(|i| if i < 50 { 0.0 } else { 1.0 }).collect();
+        let edges = ventile_edges(&halves).expect("edges");
+        assert_eq!(edges.iter().filter(|&&e| e == 0.0).count(), 10);
+        assert_eq!(drift_bucket(&edges, 0.0), Some(10));
+        assert_eq!(drift_bucket(&edges, 0.5), Some(10));
+        assert_eq!(drift_bucket(&edges, 1.0), Some(19));
+    }
+
+    #[test]
+    fn too_small_or_non_finite_references_give_none() {
+        let sorted: Vec<f32> = (0..39).map(|i| i as f32).collect();
+        assert_eq!(ventile_edges(&sorted), None);
+        assert_eq!(ventile_edges(&[]), None);
+        let forty: Vec<f32> = (0..40).map(|i| i as f32).collect();
+        assert_eq!(ventile_edges(&forty).map(|e| e.len()), Some(19));
+
+        // NaN and infinities are skipped before counting, in any input order.
+        let mut d: Vec<f32> = (0..39).rev().map(|i| i as f32).collect();
+        d.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY]);
+        assert_eq!(reference_edges(d.clone()), None);
+        d.push(39.0);
+        assert_eq!(reference_edges(d), ventile_edges(&forty));
+    }
+
+    #[test]
+    fn drift_records_into_its_bucket() {
+        let sorted: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let drift = Drift::new(ventile_edges(&sorted).expect("edges"));
+        assert_eq!(drift.counts.len(), DRIFT_BUCKETS);
+        for d in [0.0, 60.0, 60.0, 5000.0, f32::NAN] {
+            drift.record(d);
+        }
+        let mut want = vec![0u64; DRIFT_BUCKETS];
+        (want[0], want[1], want[19]) = (1, 2, 1);
+        assert_eq!(drift.counts(), want);
     }
 }

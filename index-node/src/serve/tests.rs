@@ -13,16 +13,21 @@ use quiver_proto::shard_server::{Shard, ShardServer};
 use quiver_proto::{ShardBatchSearchRequest, ShardSearchRequest, ShardSearchResponse};
 use tonic::{Request, Status};
 
-use quiver_proto::StatusRequest;
+use quiver_ivf::dataset::Vectors;
 use quiver_proto::admin_server::{Admin, AdminServer};
+use quiver_proto::query_server::Query;
+use quiver_proto::{
+    BatchSearchRequest, EvaluateRequest, SearchRequest, StatusRequest, StatusResponse, Vector,
+};
 
 use super::admin::AdminSvc;
 use super::batcher::{Batcher, from_result};
 use super::holder::Failure;
 use super::metrics::Metrics;
-use super::router::{FailureLog, RouterState, RouterVersion};
+use super::router::{DRIFT_BUCKETS, Drift, FailureLog, QuerySvc, RouterState, RouterVersion};
 use super::shard::{ShardState, ShardSvc, ShardVersion, Slot};
 use super::{Ctx, Node, REFUSED_HEADER, RoleState};
+use crate::loader::Eval;
 use crate::manifest::{BuildStats, FileEntry, Manifest, ShardEntry};
 use crate::storage::Storage;
 use crate::versions::Desired;
@@ -662,7 +667,72 @@ fn router_version(name: &str, id_offset: u64) -> RouterVersion {
         quantizer: v.index,
         manifest: v.manifest,
         eval: None,
+        inflight: AtomicU64::new(0),
+        drift: None,
     }
+}
+
+/// A shard version that owns every list, so that a router can send it any query.
+fn whole_version(name: &str) -> ShardVersion {
+    let mut v = version(name, 0);
+    v.owned = vec![true; NLIST];
+    v.manifest.shards[0].lists = (0..NLIST as u32).collect();
+    v
+}
+
+/// The router's side of `whole_version`, with `eval_n` evaluation queries drawn like the
+/// data and its drift reference built from them as the router's loader does.
+fn router_version_with_eval(name: &str, eval_n: usize) -> RouterVersion {
+    let v = whole_version(name);
+    let eval = Eval {
+        queries: Vectors {
+            dim: DIM,
+            data: data(eval_n, 11),
+        },
+        // The gate's recall is not under test here, only that its queries are not counted.
+        gt: vec![0; eval_n * 10],
+        k: 10,
+    };
+    let drift = Drift::from_eval(&v.index, Some(&eval));
+    RouterVersion {
+        name: name.into(),
+        owners: v.manifest.list_owners(),
+        probes: (0..NLIST).map(|_| AtomicU64::new(0)).collect(),
+        quantizer: v.index,
+        manifest: v.manifest,
+        eval: Some(eval),
+        inflight: AtomicU64::new(0),
+        drift,
+    }
+}
+
+/// A router node holding `versions` warm, whose only shard (0) is served at `addr`.
+fn router_node(
+    addr: std::net::SocketAddr,
+    versions: Vec<RouterVersion>,
+) -> (Arc<RouterState>, Arc<Node>) {
+    let metrics = Metrics::new("router");
+    let replicas = BTreeMap::from([(0u32, vec![addr.to_string()])]);
+    let router = RouterState::new(
+        test_ctx(100, 64),
+        tokio::sync::watch::channel(Some(replicas)).1,
+        Duration::from_secs(5),
+        1,
+        metrics.shard_batch.clone(),
+        metrics.version_gauges(),
+    );
+    for v in versions {
+        router
+            .holder
+            .insert(&v.name.clone(), super::holder::Slot::Warm(Arc::new(v)));
+    }
+    let node = Arc::new(Node {
+        name: "router".into(),
+        metrics,
+        shutting_down: AtomicBool::new(false),
+        inner: RoleState::Router(router.clone()),
+    });
+    (router, node)
 }
 
 /// The router is told to activate v2, which the only shard of the map failed to load (a
@@ -683,28 +753,10 @@ async fn the_router_activates_only_a_version_every_shard_holds_warm() {
     let shard_state = shard.state.clone();
     let addr = serve_node(shard).await;
 
-    let metrics = Metrics::new("router");
-    let replicas = BTreeMap::from([(0u32, vec![addr.to_string()])]);
-    let router = RouterState::new(
-        test_ctx(100, 64),
-        tokio::sync::watch::channel(Some(replicas)).1,
-        Duration::from_secs(5),
-        1,
-        metrics.shard_batch.clone(),
-        metrics.version_gauges(),
+    let (router, node) = router_node(
+        addr,
+        vec![router_version("v1", 0), router_version("v2", V2_OFFSET)],
     );
-    for (name, off) in [("v1", 0), ("v2", V2_OFFSET)] {
-        router.holder.insert(
-            name,
-            super::holder::Slot::Warm(Arc::new(router_version(name, off))),
-        );
-    }
-    let node = Arc::new(Node {
-        name: "router".into(),
-        metrics,
-        shutting_down: AtomicBool::new(false),
-        inner: RoleState::Router(router.clone()),
-    });
     let (tx, rx) = tokio::sync::watch::channel(desired(&["v1", "v2"], "v1"));
     router.clone().start(node.clone(), rx);
     let active = |r: &RouterState| r.active.load().as_ref().map(|v| v.name.clone());
@@ -755,4 +807,119 @@ fn failing_shard_calls_are_logged_at_most_once_a_second_with_a_count() {
     }
     assert_eq!(log.record(1005), Some(495));
     assert_eq!(log.record(1006), None);
+}
+
+/// The drift counts a router's Admin status reports for `version`.
+fn drift_counts(st: &StatusResponse, version: &str) -> Vec<u64> {
+    st.versions
+        .iter()
+        .find(|v| v.version == version)
+        .map(|v| v.drift_counts.clone())
+        .expect("version in status")
+}
+
+/// Live queries (Search and BatchSearch) are counted by their nearest-centroid distance in
+/// the ventile buckets of the version's evaluation queries: near uniform for queries drawn
+/// like the data, all in the top bucket for queries far from every centroid; the gate's
+/// Evaluate adds nothing; a version without a reference reports no counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_count_live_queries_by_nearest_centroid_distance() {
+    assert!(
+        router_version_with_eval("v1", 39).drift.is_none(),
+        "39 evaluation queries are too few for a reference"
+    );
+    let shard = shard_svc_with(100, 64, vec![("v1", whole_version("v1"))]);
+    let addr = serve_node(shard).await;
+    let v1 = router_version_with_eval("v1", 200);
+    assert_eq!(v1.drift.as_ref().map(|d| d.edges.len()), Some(19));
+    let (router, node) = router_node(addr, vec![v1, router_version("v2", V2_OFFSET)]);
+    let (_tx, rx) = tokio::sync::watch::channel(desired(&["v1", "v2"], "v1"));
+    router.clone().start(node.clone(), rx);
+    wait_for("v1 active", || {
+        router
+            .active
+            .load()
+            .as_ref()
+            .map(|v| v.name.clone())
+            .as_deref()
+            == Some("v1")
+    })
+    .await;
+    let query = QuerySvc {
+        state: router.clone(),
+        node: node.clone(),
+    };
+    let admin = AdminSvc { node: node.clone() };
+    let status = || async {
+        admin
+            .status(Request::new(StatusRequest {}))
+            .await
+            .expect("status")
+            .into_inner()
+    };
+    // Half the queries one by one, half in batches: both paths count.
+    let query = &query;
+    let ask = |q: Vec<f32>| async move {
+        let (single, batched) = q.split_at(q.len() / 2);
+        for v in single.chunks_exact(DIM) {
+            query
+                .search(Request::new(SearchRequest {
+                    vector: v.to_vec(),
+                    k: 10,
+                    ..Default::default()
+                }))
+                .await
+                .expect("search");
+        }
+        for b in batched.chunks(50 * DIM) {
+            query
+                .batch_search(Request::new(BatchSearchRequest {
+                    queries: b
+                        .chunks_exact(DIM)
+                        .map(|v| Vector { values: v.to_vec() })
+                        .collect(),
+                    k: 10,
+                    ..Default::default()
+                }))
+                .await
+                .expect("batch search");
+        }
+    };
+
+    const Q: usize = 400;
+    assert_eq!(drift_counts(&status().await, "v1"), vec![0; DRIFT_BUCKETS]);
+    ask(data(Q, 21)).await;
+    let like_data = drift_counts(&status().await, "v1");
+    assert_eq!(like_data.iter().sum::<u64>(), Q as u64, "{like_data:?}");
+    assert!(
+        like_data.iter().all(|&c| c <= (Q * 4 / 10) as u64),
+        "{like_data:?}"
+    );
+    assert!(
+        like_data.iter().filter(|&&c| c > 0).count() >= 15,
+        "{like_data:?}"
+    );
+
+    // Scaled ×4: far from every centroid.
+    ask(data(Q, 23).iter().map(|x| x * 4.0).collect()).await;
+    let after = drift_counts(&status().await, "v1");
+    let new: Vec<u64> = after.iter().zip(&like_data).map(|(a, b)| a - b).collect();
+    assert_eq!(new.iter().sum::<u64>(), Q as u64, "{new:?}");
+    assert!(new[DRIFT_BUCKETS - 1] >= (Q * 95 / 100) as u64, "{new:?}");
+
+    // The gate's queries are the reference itself: not counted.
+    let e = admin
+        .evaluate(Request::new(EvaluateRequest {
+            version: "v1".into(),
+            k: 10,
+            nprobe: None,
+            max_queries: 0,
+        }))
+        .await
+        .expect("evaluate")
+        .into_inner();
+    assert_eq!(e.queries, 200);
+    let st = status().await;
+    assert_eq!(drift_counts(&st, "v1"), after);
+    assert!(drift_counts(&st, "v2").is_empty(), "v2 has no reference");
 }
