@@ -351,14 +351,28 @@ async fn follow(
 
 /// `index-node loadtest` through the Service; its JSON summary.
 fn loadtest(cfg: &DemoConfig, bin: &Path, data: &Path, target: &str) -> Result<Value> {
+    let args: Vec<std::ffi::OsString> = vec![
+        "--target".into(),
+        target.into(),
+        "--k".into(),
+        "10".into(),
+        "--queries".into(),
+        data.join("queries.fvecs").into(),
+        "--gt".into(),
+        data.join("groundtruth.ivecs").into(),
+        "--count".into(),
+        cfg.queries.to_string().into(),
+        "--concurrency".into(),
+        cfg.concurrency.to_string().into(),
+    ];
+    loadtest_json(bin, &args)
+}
+
+/// Runs `index-node loadtest --json` with `args`; its JSON summary (the last line).
+pub(crate) fn loadtest_json(bin: &Path, args: &[std::ffi::OsString]) -> Result<Value> {
     let out = Command::new(bin)
-        .args(["loadtest", "--target", target, "--k", "10", "--json"])
-        .arg("--queries")
-        .arg(data.join("queries.fvecs"))
-        .arg("--gt")
-        .arg(data.join("groundtruth.ivecs"))
-        .args(["--count", &cfg.queries.to_string()])
-        .args(["--concurrency", &cfg.concurrency.to_string()])
+        .args(["loadtest", "--json"])
+        .args(args)
         .output()
         .with_context(|| format!("running {} loadtest", bin.display()))?;
     ensure!(

@@ -10,12 +10,11 @@
 //! the run overlaps the time from the new version's Warming to the old one's retirement.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use kube::api::{Api, Patch, PatchParams};
 use quiver_api::VectorIndex;
 use quiver_api::keys::annotations;
@@ -71,26 +70,21 @@ impl LoadSpec {
 
 fn loadtest(b: &LoadSpec, secs: f64) -> Result<Run> {
     let start = unix_ms();
-    let out = Command::new(&b.index_node)
-        .args(["loadtest", "--target", &b.target, "--k", "10", "--json"])
-        .arg("--queries")
-        .arg(&b.queries)
-        .arg("--gt")
-        .arg(&b.gt)
-        .args(["--duration-secs", &secs.to_string()])
-        .args(["--concurrency", &b.concurrency.to_string()])
-        .output()
-        .with_context(|| format!("running {} loadtest", b.index_node.display()))?;
-    ensure!(
-        out.status.success(),
-        "index-node loadtest failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
-    let summary =
-        serde_json::from_str(line).with_context(|| format!("loadtest output {line:?}"))?;
+    let args: Vec<std::ffi::OsString> = vec![
+        "--target".into(),
+        b.target.clone().into(),
+        "--k".into(),
+        "10".into(),
+        "--queries".into(),
+        b.queries.clone().into(),
+        "--gt".into(),
+        b.gt.clone().into(),
+        "--duration-secs".into(),
+        secs.to_string().into(),
+        "--concurrency".into(),
+        b.concurrency.to_string().into(),
+    ];
+    let summary = crate::demo::loadtest_json(&b.index_node, &args)?;
     Ok(Run {
         start,
         end: unix_ms(),

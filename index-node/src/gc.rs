@@ -159,15 +159,7 @@ mod tests {
 
     #[test]
     fn deletes_named_versions_but_not_files_a_kept_manifest_names() {
-        let dir = std::env::temp_dir().join(format!("quiver-gc-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let uri = format!("file://{}", dir.display());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let s = Storage::open(&uri).expect("open");
+        crate::storage::with_temp_store("gc", |s, uri| async move {
             let put = |p: String, b: String| {
                 let s = &s;
                 async move { s.put(&p, Bytes::from(b)).await.expect("put") }
@@ -282,6 +274,5 @@ mod tests {
                 .expect_err("both");
             assert!(e.to_string().contains("both"), "{e}");
         });
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -121,15 +121,7 @@ mod tests {
 
     #[test]
     fn purge_deletes_this_index_and_keeps_a_predecessors_files() {
-        let dir = std::env::temp_dir().join(format!("quiver-purge-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let uri = format!("file://{}", dir.display());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let s = Storage::open(&uri).expect("open");
+        crate::storage::with_temp_store("purge", |s, uri| async move {
             for f in [
                 "ns/docs/versions/v1-7f3a9c2e/manifest.json",
                 "ns/docs/versions/v1-7f3a9c2e/lists.qivf",
@@ -166,6 +158,5 @@ mod tests {
             let e = purge(bad).await.expect_err("bad uid");
             assert!(e.to_string().contains("--uid"), "{e}");
         });
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -228,6 +228,26 @@ pub fn check_name(field: &str, value: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `f` on an empty file store in a fresh temporary directory (named for `name` and this
+/// process), on a current-thread runtime; removes the directory afterwards.
+#[cfg(test)]
+pub fn with_temp_store<F, Fut>(name: &str, f: F)
+where
+    F: FnOnce(Storage, String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = std::env::temp_dir().join(format!("quiver-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let uri = format!("file://{}", dir.display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = Storage::open(&uri).expect("open");
+    rt.block_on(f(store, uri));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,6 +173,19 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(secs.min(600))
 }
 
+/// How long a Job of `v` must still wait before its next attempt (None: go now): the
+/// back-off of its failed attempts, counted from the last failure.
+fn retry_wait(v: &VersionStatus, now: Timestamp) -> Option<Duration> {
+    let attempts = v.attempts.unwrap_or(0);
+    let since = v
+        .last_transition_time
+        .as_ref()
+        .map(|t| now.duration_since(t.0).as_secs_f64().max(0.0))
+        .unwrap_or(f64::MAX);
+    let wait = backoff(attempts).as_secs_f64();
+    (attempts > 0 && since < wait).then(|| Duration::from_secs_f64((wait - since).max(1.0)))
+}
+
 fn is_preparing(p: VersionPhase) -> bool {
     matches!(
         p,
@@ -526,22 +539,13 @@ fn collect(step: &mut Step, input: &Inputs<'_>, now: &Time) {
             });
         }
         JobState::Running | JobState::Deleting => step.keep_jobs.push(job),
-        JobState::Absent => {
-            let v = &step.versions.versions[first];
-            let attempts = v.attempts.unwrap_or(0);
-            let since = v
-                .last_transition_time
-                .as_ref()
-                .map(|t| input.now.duration_since(t.0).as_secs_f64().max(0.0))
-                .unwrap_or(f64::MAX);
-            let wait = backoff(attempts).as_secs_f64();
-            if attempts == 0 || since >= wait {
+        JobState::Absent => match retry_wait(&step.versions.versions[first], input.now) {
+            None => {
                 step.keep_jobs.push(job);
                 step.gc = Some(plan);
-            } else {
-                step.requeue = Some(Duration::from_secs_f64((wait - since).max(1.0)));
             }
-        }
+            Some(wait) => step.requeue = Some(wait),
+        },
         JobState::Failed { message } => {
             let v = &mut step.versions.versions[first];
             let attempts = v.attempts.unwrap_or(0) + 1;
@@ -673,17 +677,9 @@ fn run_job(
         JobState::Deleting => step.requeue = Some(POLL),
         JobState::Absent => {
             // First run (an operator restarted after recording the phase), or a retry.
-            let attempts = v.attempts.unwrap_or(0);
-            let since = v
-                .last_transition_time
-                .as_ref()
-                .map(|t| input.now.duration_since(t.0).as_secs_f64().max(0.0))
-                .unwrap_or(f64::MAX);
-            let wait = backoff(attempts).as_secs_f64();
-            if attempts == 0 || since >= wait {
-                step.create.push((kind, v.name.clone()));
-            } else {
-                step.requeue = Some(Duration::from_secs_f64((wait - since).max(1.0)));
+            match retry_wait(v, input.now) {
+                None => step.create.push((kind, v.name.clone())),
+                Some(wait) => step.requeue = Some(wait),
             }
         }
         JobState::Failed { message } => {
