@@ -379,8 +379,13 @@ impl Default for TrainingSpec {
 
 /// What to index: exactly one of `uri` and `synthetic`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[x_kube(validation = Rule::new("has(self.uri) != has(self.synthetic)")
-    .message("exactly one of spec.source.uri and spec.source.synthetic must be set"))]
+#[x_kube(
+    validation = Rule::new("has(self.uri) != has(self.synthetic)")
+        .message("exactly one of spec.source.uri and spec.source.synthetic must be set"),
+    validation = Rule::new("!has(self.synthetic) || !has(self.idOffset) || self.idOffset + self.synthetic.count <= 2147483648")
+        .message("spec.source.idOffset plus spec.source.synthetic.count passes the largest id 2^31-1")
+        .field_path(".idOffset")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceSpec {
     /// A vector file (`.fvecs`, `.bvecs` or `.npy`) or a directory of them (ending in `/`,
@@ -401,6 +406,18 @@ pub struct SourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub revision: Option<String>,
+
+    /// Added to each vector's row number in the source (counted from 0 across files) to make
+    /// its id: ids are `idOffset`, `idOffset + 1`, …. Ids fit 31 bits (the evaluation ground
+    /// truth stores them as `.ivecs`), so `idOffset` plus the row count must stay below 2^31.
+    /// Changing it makes a new version.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    #[schemars(range(max = 2147483647))]
+    pub id_offset: u64,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Generated data.
@@ -869,6 +886,19 @@ pub enum VersionPhase {
 }
 
 impl VersionPhase {
+    /// Whether the version is still being prepared (Pending through Gating): at most one is,
+    /// per index, and a newer trigger supersedes it.
+    pub fn is_preparing(self) -> bool {
+        matches!(
+            self,
+            VersionPhase::Pending
+                | VersionPhase::Training
+                | VersionPhase::Building
+                | VersionPhase::Warming
+                | VersionPhase::Gating
+        )
+    }
+
     /// Whether index-node pods hold the version (the whole node contract): Warming, Gating,
     /// Active or Draining.
     pub fn is_held(self) -> bool {

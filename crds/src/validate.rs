@@ -24,6 +24,9 @@ pub struct ValidationError {
     pub message: String,
 }
 
+/// The largest vector id: the evaluation ground truth (`.ivecs`) stores ids as i32.
+const MAX_ID: u64 = i32::MAX as u64;
+
 /// Every broken rule of one resource (at least one).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ValidationErrors(pub Vec<ValidationError>);
@@ -333,6 +336,18 @@ pub fn validate(name: &str, spec: &VectorIndexSpec) -> Result<(), ValidationErro
             }
         }
     }
+    e.range("spec.source.idOffset", s.id_offset, 0, MAX_ID);
+    if let Some(syn) = &s.synthetic
+        && syn.count.saturating_add(s.id_offset) > MAX_ID + 1
+    {
+        e.add(
+            "spec.source.idOffset",
+            format!(
+                "{} plus spec.source.synthetic.count {} passes the largest id 2^31-1",
+                s.id_offset, syn.count
+            ),
+        );
+    }
     if let Some(syn) = &s.synthetic {
         e.range("spec.source.synthetic.count", syn.count, 1, 1_000_000_000);
         if syn.count < u64::from(index.nlist) {
@@ -493,6 +508,7 @@ mod tests {
                 uri: Some("s3://corp-vectors/docs/vectors.npy".into()),
                 synthetic: None,
                 revision: Some("2026-12-01".into()),
+                id_offset: 0,
             },
             storage: StorageSpec {
                 uri: "s3://corp-quiver/indexes".into(),
@@ -716,6 +732,29 @@ mod tests {
         assert!(
             e.starts_with("spec.index.training.sampleSize: 100 is less than 256"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn rule_id_offset_keeps_ids_in_31_bits() {
+        let mut s = example();
+        s.source.id_offset = 1 << 31;
+        assert!(
+            only_error(&s).starts_with("spec.source.idOffset: 2147483648 is out of range"),
+            "{}",
+            only_error(&s)
+        );
+        s.source.uri = None;
+        s.source.synthetic = Some(SyntheticSource {
+            count: 10_000,
+            seed: 1,
+        });
+        s.source.id_offset = (1 << 31) - 10_000;
+        assert!(validate("x", &s).is_ok());
+        s.source.id_offset += 1;
+        assert_eq!(
+            only_error(&s),
+            "spec.source.idOffset: 2147473649 plus spec.source.synthetic.count 10000 passes the largest id 2^31-1"
         );
     }
 

@@ -26,6 +26,16 @@ fn committed_yaml_is_up_to_date() {
         "{CRD_PATH} differs from what crds/src/v1alpha1.rs generates: \
          run `cargo run -p quiver-api --bin crdgen` and commit the result"
     );
+    // The Helm chart installs the same file (Helm takes CRDs only from inside the chart).
+    let chart = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/quiver/crds/vectorindex.yaml"
+    );
+    assert!(
+        std::fs::read_to_string(chart).unwrap_or_default() == want,
+        "charts/quiver/crds/vectorindex.yaml differs from {CRD_PATH}: run \
+         `cargo run -p quiver-api --bin crdgen` (it writes both) and commit the result"
+    );
     // And it parses back into the same CRD.
     let back: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
         serde_saphyr::from_str(&have).expect("YAML parses");

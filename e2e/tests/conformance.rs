@@ -386,6 +386,57 @@ async fn scale_subresource_of_workloads() {
 }
 
 #[tokio::test]
+async fn dry_run_writes_validate_and_store_nothing() {
+    bounded(60, async {
+        let c = Cluster::start().await;
+        let ns = c.namespace("dryrun").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.client.clone(), &ns.name);
+        let dry = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        let made = api
+            .create(&dry, &cm("a", json!({}), json!({"k": "1"})))
+            .await
+            .expect("dry create");
+        assert_eq!(made.data.expect("data")["k"], "1");
+        assert_eq!(api_err(api.get("a").await.expect_err("not stored")).0, 404);
+
+        let v1 = api
+            .create(
+                &PostParams::default(),
+                &cm("a", json!({}), json!({"k": "1"})),
+            )
+            .await
+            .expect("create");
+        let mut pp = PatchParams::apply("dry-tester").force();
+        pp.dry_run = true;
+        let applied = api
+            .patch(
+                "a",
+                &pp,
+                &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "2"}})),
+            )
+            .await
+            .expect("dry apply");
+        assert_eq!(applied.data.expect("data")["k"], "2");
+        let now = api.get("a").await.expect("get");
+        assert_eq!(now.data.as_ref().expect("data")["k"], "1");
+        assert_eq!(now.resource_version(), v1.resource_version());
+        // Validation still runs.
+        let (code, _) = api_err(
+            api.create(&dry, &cm("Not_A_Name", json!({}), json!({})))
+                .await
+                .expect_err("invalid name"),
+        );
+        assert_eq!(code, 422);
+        drop(ns);
+        c.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn stale_resource_version_conflicts() {
     bounded(60, async {
         let c = Cluster::start().await;

@@ -35,29 +35,7 @@ fn load_retrying(
     secs: f64,
     retries: u32,
 ) -> Value {
-    let out = Command::new(node)
-        .args([
-            "loadtest",
-            "--target",
-            &target.to_string(),
-            "--k",
-            "10",
-            "--json",
-        ])
-        .arg("--queries")
-        .arg(queries)
-        .args(["--concurrency", "4", "--duration-secs", &secs.to_string()])
-        .args(["--worker-threads", "1", "--timeout-ms", "5000"])
-        .args(["--retries", &retries.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "loadtest: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
+    loadtest(node, &target.to_string(), queries, secs, 4, retries)
 }
 
 /// An index of `count` synthetic vectors (the test index otherwise) taken to Ready: its first
@@ -93,6 +71,9 @@ async fn ready_index(
     (v1, queries, service_address(env, name).await)
 }
 
+/// The first id of the swap test's second version: its rows, numbered apart from the first's.
+const V2_IDS: u64 = 1_000_000;
+
 /// What a series of loadtest runs saw.
 #[derive(Default, Debug)]
 struct Seen {
@@ -103,6 +84,8 @@ struct Seen {
     versions: BTreeMap<String, u64>,
     /// Each run's first answer (Unix ms) per version.
     firsts: Vec<(String, u64)>,
+    /// The smallest and largest id each version answered with.
+    ids: BTreeMap<String, (u64, u64)>,
     retried: u64,
 }
 
@@ -117,6 +100,12 @@ impl Seen {
             *self.versions.entry(k.clone()).or_default() += v["answers"].as_u64().unwrap_or(0);
             if let Some(t) = v["first_unix_ms"].as_u64() {
                 self.firsts.push((k.clone(), t));
+            }
+            if let (Some(lo), Some(hi)) = (v["min_id"].as_u64(), v["max_id"].as_u64())
+                && lo <= hi
+            {
+                let e = self.ids.entry(k.clone()).or_insert((lo, hi));
+                *e = (e.0.min(lo), e.1.max(hi));
             }
         }
         self.retried += s["retried"].as_u64().unwrap_or(0);
@@ -140,8 +129,9 @@ fn version<'a>(vi: &'a VectorIndex, name: &str) -> Option<&'a quiver_api::v1alph
     vi.status.as_ref()?.version(name)
 }
 
-/// Retrain v1 → v2 by annotation while queries run: no query fails, every answer names v1
-/// or v2, v1 stops answering once drained, and the same token again does nothing.
+/// Retrain v1 → v2 (a spec change and a retrain token at once) while queries run: no query
+/// fails, every answer names v1 or v2 and carries only that version's ids, v1 stops
+/// answering once drained, and the same token again does nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retrain_swaps_versions_under_load_without_a_failed_query() {
     tokio::time::timeout(Duration::from_secs(480), async {
@@ -157,10 +147,15 @@ async fn a_retrain_swaps_versions_under_load_without_a_failed_query() {
         assert_eq!(before.failed, 0, "{before:?}");
         assert_eq!(before.names(), BTreeSet::from([v1.as_str()]), "{before:?}");
 
+        // v2 numbers the same rows from 1,000,000, so every answer's ids show which version's
+        // lists it came from, whatever version the answer names. The token is spent with it.
         api.patch(
             name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {annotations::RETRAIN: "t1"}}})),
+            &Patch::Merge(json!({
+                "metadata": {"annotations": {annotations::RETRAIN: "t1"}},
+                "spec": {"source": {"idOffset": V2_IDS}},
+            })),
         )
         .await
         .unwrap();
@@ -185,16 +180,26 @@ async fn a_retrain_swaps_versions_under_load_without_a_failed_query() {
         assert_eq!(during.failed, 0, "queries failed during the swap: {during:?}");
         assert!(during.names().is_subset(&BTreeSet::from([v1.as_str(), v2.as_str()])), "{during:?}");
         assert!(during.versions.get(&v2).is_some_and(|n| *n > 0), "v2 never answered: {during:?}");
+        // Every answer's ids belong to the version it names: none mixes lists of both.
+        for seen in [&before, &during] {
+            if let Some((lo, hi)) = seen.ids.get(&v1) {
+                assert!(*lo < 8000 && *hi < 8000, "{v1} answered with ids {lo}..={hi}: {seen:?}");
+            }
+        }
+        let (lo, hi) = during.ids[&v2];
+        assert!(lo >= V2_IDS && hi < V2_IDS + 8000, "{v2} answered with ids {lo}..={hi}");
 
         let mut after = Seen::default();
         after.add(&load(&node, addr, &queries, 2.0));
         assert_eq!(after.failed, 0, "{after:?}");
         assert_eq!(after.names(), BTreeSet::from([v2.as_str()]), "v1 answered after its drain: {after:?}");
+        assert!(after.ids[&v2].0 >= V2_IDS, "{after:?}");
 
         let vi = api.get(name).await.unwrap();
         let st = vi.status.clone().unwrap();
         assert_eq!(st.observed_retrain.as_deref(), Some("t1"));
-        assert_eq!(version(&vi, &v2).unwrap().trigger.as_deref(), Some("retrain:t1"));
+        // One version answered both triggers; the spec change names it.
+        assert_eq!(version(&vi, &v2).unwrap().trigger.as_deref(), Some("spec"));
         assert_eq!(phase(&vi), Some(IndexPhase::Ready));
         // One train Job for v2 (its pods are what ran).
         let jobs: Api<Job> = env.api();
@@ -1110,6 +1115,271 @@ async fn drifted_queries_are_measured_and_retrain_once() {
         tokio::time::sleep(Duration::from_secs(6)).await;
         let st = api.get(name).await.unwrap().status.unwrap();
         assert_eq!(st.version_counter, Some(2), "{:?}", st.versions);
+        drop(op);
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}
+
+/// moto's S3 server on 127.0.0.1 (as `index-node/tests/s3.rs` starts it), killed on drop.
+struct Moto(std::process::Child, u16);
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_moto() -> Moto {
+    let ok = Command::new("python3")
+        .args(["-c", "import moto.server"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "this test needs moto's S3 server: `pip install -r .ci/requirements.txt` (python3 -m moto.server must work)"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let moto = Moto(child, port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "moto did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    moto
+}
+
+/// One plain HTTP/1.1 request to moto (it checks no signature): status line and body.
+fn http(port: u16, method: &str, path: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        out[split + 4..].to_vec(),
+    )
+}
+
+/// A TCP forwarder in front of the S3 server that can be cut: while down, it closes every
+/// connection it holds and every new one at once, as a storage outage looks to a client.
+struct StorageLink {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StorageLink {
+    async fn start(to: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, rx) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*rx.borrow() {
+                    continue; // dropped: closed at once
+                }
+                let mut rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = rx.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        StorageLink { port, up, task }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for StorageLink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Storage (S3) unreachable while a version is prepared: its Job fails, is retried after the
+/// back-off, fails again while storage stays down, and the version goes Active once storage
+/// returns; the active version serves every query throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_unreachable_during_a_build_fails_it_and_it_retries_until_storage_returns() {
+    tokio::time::timeout(Duration::from_secs(420), async {
+        use k8s_openapi::api::core::v1::Secret;
+        let (env, op, _, _) = start().await;
+        let node = workspace_bin_node();
+        let moto = start_moto();
+        let link = StorageLink::start(moto.1).await;
+        let (status, _) = http(moto.1, "PUT", "/quiver");
+        assert!(status.contains(" 200"), "create bucket: {status}");
+
+        let secrets: Api<Secret> = env.api();
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "s3"},
+            "stringData": {
+                "AWS_ENDPOINT": format!("http://127.0.0.1:{}", link.port),
+                "AWS_ALLOW_HTTP": "true",
+                "AWS_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "test",
+                "AWS_SECRET_ACCESS_KEY": "test",
+                // A request fails after 2 s of retries: the operator's back-off does the rest.
+                "QUIVER_STORAGE_RETRY_TIMEOUT_SECS": "2",
+            }
+        }))
+        .unwrap();
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .unwrap();
+
+        let api: Api<VectorIndex> = env.api();
+        let name = "outage";
+        let mut vi = index(
+            name,
+            "s3://quiver/idx",
+            json!({"synthetic": {"count": 4000, "seed": 9}}),
+        );
+        vi.spec.storage.secret_ref = Some(quiver_api::v1alpha1::SecretRef { name: "s3".into() });
+        api.create(&PostParams::default(), &vi).await.unwrap();
+        let vi = wait_for(&api, name, 240, "v1 Ready", |vi| {
+            phase(vi) == Some(IndexPhase::Ready)
+        })
+        .await;
+        let v1 = vi.status.unwrap().active_version.unwrap();
+        assert!(
+            v1.starts_with("v1-"),
+            "{v1}: the first version, built over S3"
+        );
+        // Any 16-component vectors will do as queries: the load only counts answers.
+        let queries = env.dir.join("outage-queries.fvecs");
+        let mut fvecs = Vec::new();
+        let mut x: u32 = 12345;
+        for _ in 0..200 {
+            fvecs.extend_from_slice(&16i32.to_le_bytes());
+            for _ in 0..16 {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                fvecs.extend_from_slice(&((x >> 8) as f32 / (1u32 << 24) as f32).to_le_bytes());
+            }
+        }
+        std::fs::write(&queries, fvecs).unwrap();
+        let addr = service_address(&env, name).await;
+
+        let mut seen = Seen::default();
+        seen.add(&load(&node, addr, &queries, 1.0));
+
+        link.set(false);
+        retrain(&api, name, "outage", json!({})).await;
+        // Two failed attempts while storage is down, the second after the back-off.
+        let t0 = Instant::now();
+        let mut failed_at: BTreeMap<u32, i64> = BTreeMap::new();
+        let (v2, failures) = loop {
+            seen.add(&load(&node, addr, &queries, 2.0));
+            let vi = api.get(name).await.unwrap();
+            let st = vi.status.unwrap_or_default();
+            let v = st
+                .versions
+                .iter()
+                .find(|v| v.trigger.as_deref() == Some("retrain:outage"));
+            if let Some(v) = v {
+                eprintln!(
+                    "[{:5.1}s] {} {:?} attempts {:?} {:?}",
+                    t0.elapsed().as_secs_f64(),
+                    v.name,
+                    v.phase,
+                    v.attempts,
+                    v.reason
+                );
+                assert_ne!(
+                    v.phase,
+                    VersionPhase::Active,
+                    "{} went Active with storage down",
+                    v.name
+                );
+                if let (Some(n), Some(t)) = (v.attempts, &v.last_transition_time) {
+                    failed_at.entry(n).or_insert(t.0.as_second());
+                }
+                if v.attempts.unwrap_or(0) >= 2 {
+                    break (v.name.clone(), v.reason.clone().unwrap_or_default());
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(150),
+                "no two failed attempts in 150 s: {:?}",
+                st.versions
+            );
+        };
+        assert!(failures.contains("Failed"), "{failures}");
+        // The back-off: the second attempt began 10 s after the first failed, so it failed
+        // at least that much later.
+        let (a1, a2) = (failed_at.get(&1), failed_at.get(&2));
+        assert!(
+            a1.zip(a2).is_some_and(|(a1, a2)| a2 - a1 >= 10),
+            "attempts failed at {failed_at:?} (Unix s): no 10 s back-off between them"
+        );
+
+        link.set(true);
+        let t1 = Instant::now();
+        loop {
+            seen.add(&load(&node, addr, &queries, 2.0));
+            let st = api.get(name).await.unwrap().status.unwrap_or_default();
+            if st.active_version.as_deref() == Some(v2.as_str()) {
+                break;
+            }
+            assert!(
+                t1.elapsed() < Duration::from_secs(150),
+                "{v2} not Active 150 s after storage returned: {:?}",
+                st.versions
+            );
+        }
+        seen.add(&load(&node, addr, &queries, 1.0));
+        assert_eq!(seen.failed, 0, "queries failed during the outage: {seen:?}");
+        assert!(seen.versions.get(&v2).is_some_and(|n| *n > 0), "{seen:?}");
+        drop(link);
         drop(op);
         env.stop().await;
     })

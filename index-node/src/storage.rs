@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
@@ -13,7 +14,7 @@ use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -43,6 +44,34 @@ impl std::fmt::Debug for Storage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Storage({})", self.uri)
     }
+}
+
+/// How long one object-store request keeps retrying transient failures (connection refused,
+/// 5xx, throttling) before it fails, in seconds; object_store's default is 180. A Job that
+/// fails sooner is retried by the operator with its own back-off, so a storage outage costs
+/// a failed attempt rather than a Job hanging for minutes. Read from the environment, so it
+/// can sit in the storage Secret beside the credentials.
+pub const RETRY_TIMEOUT_ENV: &str = "QUIVER_STORAGE_RETRY_TIMEOUT_SECS";
+
+/// The retry policy for remote stores: object_store's, with the timeout of
+/// [`RETRY_TIMEOUT_ENV`] when set.
+fn retry_config(timeout_secs: Option<&str>) -> std::result::Result<RetryConfig, String> {
+    let mut retry = RetryConfig::default();
+    if let Some(v) = timeout_secs {
+        let secs: f64 = v
+            .trim()
+            .parse()
+            .ok()
+            .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s <= 3600.0)
+            .ok_or_else(|| {
+                format!("{RETRY_TIMEOUT_ENV}={v:?} is not a number of seconds in 0..=3600")
+            })?;
+        retry.retry_timeout = Duration::from_secs_f64(secs);
+        if secs == 0.0 {
+            retry.max_retries = 0;
+        }
+    }
+    Ok(retry)
 }
 
 impl Storage {
@@ -85,22 +114,27 @@ impl Storage {
                 }
                 // Credentials, region, account and endpoint come from the environment
                 // variables each service's own tools use.
+                let retry = retry_config(std::env::var(RETRY_TIMEOUT_ENV).ok().as_deref())
+                    .map_err(|m| bad(&m))?;
                 let store: Arc<dyn ObjectStore> = match scheme {
                     "s3" => Arc::new(
                         AmazonS3Builder::from_env()
                             .with_bucket_name(bucket)
+                            .with_retry(retry)
                             .build()
                             .map_err(|e| bad(&e.to_string()))?,
                     ),
                     "gs" => Arc::new(
                         GoogleCloudStorageBuilder::from_env()
                             .with_bucket_name(bucket)
+                            .with_retry(retry)
                             .build()
                             .map_err(|e| bad(&e.to_string()))?,
                     ),
                     _ => Arc::new(
                         MicrosoftAzureBuilder::from_env()
                             .with_container_name(bucket)
+                            .with_retry(retry)
                             .build()
                             .map_err(|e| bad(&e.to_string()))?,
                     ),
@@ -251,6 +285,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_timeout_comes_from_the_environment_value_and_refuses_nonsense() {
+        assert_eq!(
+            retry_config(None).expect("default").retry_timeout,
+            Duration::from_secs(180)
+        );
+        let short = retry_config(Some(" 2.5")).expect("2.5 s");
+        assert_eq!(short.retry_timeout, Duration::from_millis(2500));
+        assert!(short.max_retries > 0);
+        assert_eq!(retry_config(Some("0")).expect("off").max_retries, 0);
+        for bad in ["", "soon", "-1", "NaN", "1e9"] {
+            let e = retry_config(Some(bad)).expect_err(bad);
+            assert!(e.contains(RETRY_TIMEOUT_ENV), "{e}");
+        }
+    }
 
     fn open_err(uri: &str) -> String {
         match Storage::open(uri) {

@@ -134,6 +134,9 @@ pub fn build(
                 "--spec-hash".into(),
                 spec_hash.into(),
             ]);
+            if spec.source.id_offset > 0 {
+                args.extend(["--id-offset".into(), spec.source.id_offset.to_string()]);
+            }
             if kind == JobKind::Finalize {
                 args.push("--finalize".into());
             }
@@ -429,6 +432,24 @@ pub(crate) mod tests {
             let ib = b.iter().position(|x| x == flag).expect(flag);
             assert_eq!(a[ia + 1], b[ib + 1], "{flag}");
         }
+    }
+
+    #[test]
+    fn an_id_offset_reaches_build_and_finalize_only() {
+        let plain = index(|_| {});
+        let b = args(&build(&plain, &cfg(), JobKind::Build, "v1-7f3a9c2e", "h").expect("build"));
+        assert!(!b.contains(&"--id-offset".to_string()), "{b:?}");
+        let vi = index(|v| v["spec"]["source"]["idOffset"] = json!(1_000_000));
+        for kind in [JobKind::Build, JobKind::Finalize] {
+            let a = args(&build(&vi, &cfg(), kind, "v1-7f3a9c2e", "h").expect("job"));
+            let at = a
+                .iter()
+                .position(|x| x == "--id-offset")
+                .expect("--id-offset");
+            assert_eq!(a[at + 1], "1000000");
+        }
+        let t = args(&build(&vi, &cfg(), JobKind::Train, "v1-7f3a9c2e", "h").expect("train"));
+        assert!(!t.contains(&"--id-offset".to_string()), "{t:?}");
     }
 
     #[test]

@@ -186,17 +186,6 @@ fn retry_wait(v: &VersionStatus, now: Timestamp) -> Option<Duration> {
     (attempts > 0 && since < wait).then(|| Duration::from_secs_f64((wait - since).max(1.0)))
 }
 
-fn is_preparing(p: VersionPhase) -> bool {
-    matches!(
-        p,
-        VersionPhase::Pending
-            | VersionPhase::Training
-            | VersionPhase::Building
-            | VersionPhase::Warming
-            | VersionPhase::Gating
-    )
-}
-
 /// Whether a new version must be made for `spec_hash`: no version of it is Active or in
 /// preparation, and none failed for a reason that only a new trigger may retry (a gate).
 pub fn needs_new_version(v: &Versions, spec_hash: &str) -> bool {
@@ -241,7 +230,7 @@ pub fn advance(current: &Versions, input: &Inputs<'_>) -> Result<Step, Lifecycle
         .versions
         .versions
         .iter()
-        .position(|v| is_preparing(v.phase))
+        .position(|v| v.phase.is_preparing())
     {
         prepare(&mut step, i, input, &now);
     }
@@ -327,7 +316,7 @@ fn supersede_preparing(
     now: &Time,
 ) {
     for v in step.versions.versions.iter_mut() {
-        if !is_preparing(v.phase) || !which(v) {
+        if !v.phase.is_preparing() || !which(v) {
             continue;
         }
         let restored = v.recall.is_some();
@@ -421,7 +410,7 @@ fn pin(step: &mut Step, pinned: &str, input: &Inputs<'_>, now: &Time) {
             }
         }
         // Becomes active when it passes its gate, like any version.
-        p if is_preparing(p) => {}
+        p if p.is_preparing() => {}
         VersionPhase::Draining | VersionPhase::Retired if v.recall.is_some() => {
             restore(step, i, &format!("spec.pinnedVersion is {pinned}"), now)
         }
@@ -444,7 +433,12 @@ fn pin(step: &mut Step, pinned: &str, input: &Inputs<'_>, now: &Time) {
 /// cleared, that newest one is restored (when the spec still matches it; otherwise the
 /// spec's trigger makes a new version anyway).
 fn restore_newest_good(step: &mut Step, input: &Inputs<'_>, now: &Time) {
-    if step.versions.versions.iter().any(|v| is_preparing(v.phase)) {
+    if step
+        .versions
+        .versions
+        .iter()
+        .any(|v| v.phase.is_preparing())
+    {
         return;
     }
     let Some(active) = step.versions.active.clone() else {
@@ -469,7 +463,12 @@ fn restore_newest_good(step: &mut Step, input: &Inputs<'_>, now: &Time) {
 /// in one Job, then leave the status. Never while a version is prepared (a rebalanced
 /// manifest being written may reuse older files), never the active or pinned version.
 fn collect(step: &mut Step, input: &Inputs<'_>, now: &Time) {
-    if step.versions.versions.iter().any(|v| is_preparing(v.phase)) {
+    if step
+        .versions
+        .versions
+        .iter()
+        .any(|v| v.phase.is_preparing())
+    {
         return;
     }
     let (mut kept_good, mut kept_failed) = (0u32, 0usize);

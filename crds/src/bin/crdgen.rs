@@ -1,5 +1,6 @@
-//! Writes the `VectorIndex` CustomResourceDefinition to `crds/vectorindex.yaml` (or to the path
-//! given as the only argument; `-` prints it).
+//! Writes the `VectorIndex` CustomResourceDefinition to `crds/vectorindex.yaml` and to the Helm
+//! chart's copy, `charts/quiver/crds/vectorindex.yaml` (or only to the path given as the only
+//! argument; `-` prints it). A test fails when either file differs from the types.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,13 +18,20 @@ fn main() -> ExitCode {
         print!("{yaml}");
         return ExitCode::SUCCESS;
     }
-    let path = target
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectorindex.yaml"));
-    if let Err(e) = std::fs::write(&path, yaml) {
-        eprintln!("crdgen: cannot write {}: {e}", path.display());
-        return ExitCode::FAILURE;
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let paths = match target {
+        Some(t) => vec![PathBuf::from(t)],
+        None => vec![
+            crate_dir.join("vectorindex.yaml"),
+            crate_dir.join("../charts/quiver/crds/vectorindex.yaml"),
+        ],
+    };
+    for path in paths {
+        if let Err(e) = std::fs::write(&path, &yaml) {
+            eprintln!("crdgen: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("crdgen: wrote {}", path.display());
     }
-    eprintln!("crdgen: wrote {}", path.display());
     ExitCode::SUCCESS
 }

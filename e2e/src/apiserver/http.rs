@@ -299,13 +299,24 @@ pub async fn handle(
         .get("fieldManager")
         .cloned()
         .unwrap_or_else(|| ua.split('/').next().unwrap_or("unknown").to_string());
-    let content_type = headers
+    let mut content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    if !body.is_empty() && (content_type.contains("protobuf") || content_type.contains("cbor")) {
-        // Only JSON bodies are understood; clients such as kubectl fall back on 415.
+    let mut body = body;
+    if !body.is_empty() && content_type.contains("protobuf") {
+        // Helm writes its release records as protobuf and does not fall back to JSON: the
+        // kinds it writes are decoded (protobuf.rs says which), the rest refused with 415.
+        match super::protobuf::decode(&body, &content_type) {
+            Ok(v) => {
+                body = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+                content_type = "application/json".to_string();
+            }
+            Err(e) => return error_response(&e),
+        }
+    } else if !body.is_empty() && content_type.contains("cbor") {
+        // Clients such as kubectl fall back to JSON on 415.
         return error_response(&ApiError::unsupported_media(&content_type));
     }
     if q.get("fieldValidation").is_some_and(|v| v == "Strict")
@@ -531,7 +542,15 @@ struct Req<'a> {
 fn serve(app: &AppState, method: &Method, t: Target, req: &Req<'_>) -> Result<Response, ApiError> {
     let (q, manager, ct, body) = (req.q, req.manager, req.ct, req.body);
     let include = table::Include::parse(req.q.get("includeObject").map(String::as_str));
-    let store = &app.store;
+    // dryRun=All: the write runs in full against a copy (a real API server runs admission and
+    // validation and skips storage), so a GitOps dry run sees the same errors and result.
+    let scratch;
+    let store = if q.get("dryRun").is_some_and(|d| d == "All") && method != Method::GET {
+        scratch = app.store.scratch();
+        &scratch
+    } else {
+        &app.store
+    };
     let res = &t.res;
     let ns_for_obj = if res.namespaced {
         t.ns.clone()

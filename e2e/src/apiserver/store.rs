@@ -33,6 +33,7 @@ pub struct Event {
     pub old: Option<Value>,
 }
 
+#[derive(Clone)]
 struct Inner {
     registry: Registry,
     objects: HashMap<String, BTreeMap<(String, String), Value>>,
@@ -313,6 +314,18 @@ fn crd_status(crd: &Value) -> Value {
 }
 
 impl Store {
+    /// A copy of this store that nobody watches: a `dryRun=All` request runs against it, so
+    /// admission, defaulting, validation and apply run as for a real write, and nothing is
+    /// stored or sent to watches.
+    pub fn scratch(&self) -> Store {
+        let mut inner = self.lock().clone();
+        inner.log.clear();
+        Store {
+            inner: Mutex::new(inner),
+            tx: broadcast::channel(1).0,
+        }
+    }
+
     pub fn new(window: usize) -> Self {
         let (tx, _) = broadcast::channel(4096);
         let store = Store {

@@ -279,3 +279,32 @@ pub fn eval_queries(store: &str, ns: &str, index: &str, version: &str) -> Vec<Ve
     }
     out
 }
+
+/// One bounded `index-node loadtest` run against `target` (a router or the index Service):
+/// its JSON summary. `retries`: send a query again after UNAVAILABLE/UNKNOWN.
+pub fn loadtest(
+    node: &std::path::Path,
+    target: &str,
+    queries: &std::path::Path,
+    secs: f64,
+    concurrency: u32,
+    retries: u32,
+) -> Value {
+    let out = Command::new(node)
+        .args(["loadtest", "--target", target, "--k", "10", "--json"])
+        .arg("--queries")
+        .arg(queries)
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--duration-secs", &secs.to_string()])
+        .args(["--worker-threads", "1", "--timeout-ms", "5000"])
+        .args(["--retries", &retries.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "loadtest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap()
+}

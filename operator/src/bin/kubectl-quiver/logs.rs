@@ -1,0 +1,305 @@
+//! `logs NAME [--role ROLE] [--tail N]`: the logs of an index's pods of one role, or of the
+//! operator's pods (the lines about this index), through the pods/log API.
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ListParams, LogParams};
+use quiver_api::labels::{self, Role};
+
+use crate::connect::{Global, connect};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogRole {
+    /// Shard pods (serve inverted lists).
+    Shard,
+    /// Router pods (the Service clients query).
+    Router,
+    /// Train Job pods.
+    Train,
+    /// Build Job pods.
+    Build,
+    /// Finalize Job pods.
+    Finalize,
+    /// Garbage-collection Job pods.
+    Gc,
+    /// The operator's pods: only the lines about this index (--all-lines for every line).
+    Operator,
+}
+
+impl LogRole {
+    fn role(self) -> Option<Role> {
+        match self {
+            LogRole::Shard => Some(Role::Shard),
+            LogRole::Router => Some(Role::Router),
+            LogRole::Train => Some(Role::Train),
+            LogRole::Build => Some(Role::Build),
+            LogRole::Finalize => Some(Role::Finalize),
+            LogRole::Gc => Some(Role::Gc),
+            LogRole::Operator => None,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The VectorIndex.
+    pub name: String,
+    /// Whose logs. Default: every pod of the index (shards, routers and Job pods).
+    #[arg(long, value_enum)]
+    pub role: Option<LogRole>,
+    /// Lines from the end of each container's log; -1 for all.
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
+    pub tail: i64,
+    /// Only this container (default: every container of each pod).
+    #[arg(short = 'c', long)]
+    pub container: Option<String>,
+    /// The previous (crashed) instance of each container.
+    #[arg(short = 'p', long)]
+    pub previous: bool,
+    /// Namespace of the operator's pods (--role operator).
+    #[arg(long, default_value = "quiver-system", value_name = "NAMESPACE")]
+    pub operator_namespace: String,
+    /// Label selector of the operator's pods (--role operator).
+    #[arg(
+        long,
+        default_value = "app.kubernetes.io/name=quiver-operator",
+        value_name = "SELECTOR"
+    )]
+    pub operator_selector: String,
+    /// With --role operator: every line, not only those about this index.
+    #[arg(long)]
+    pub all_lines: bool,
+}
+
+/// (namespace, label selector) of the pods whose logs to read.
+pub fn pods_of(index: &str, namespace: &str, args: &Args) -> (String, String) {
+    match args.role {
+        Some(LogRole::Operator) => (
+            args.operator_namespace.clone(),
+            args.operator_selector.clone(),
+        ),
+        Some(r) => (
+            namespace.to_string(),
+            labels::role_selector(index, r.role().unwrap_or(Role::Shard)),
+        ),
+        None => (namespace.to_string(), format!("{}={index}", labels::INDEX)),
+    }
+}
+
+/// Whether an operator log line is about `index`: its `index` field, as text
+/// (`index=docs`, `index="docs"`) or JSON (`"index":"docs"`).
+pub fn mentions_index(line: &str, index: &str) -> bool {
+    [
+        format!("index={index}"),
+        format!("index=\"{index}\""),
+        format!("\"index\":\"{index}\""),
+        format!("\"index\": \"{index}\""),
+    ]
+    .iter()
+    .any(|p| {
+        line.match_indices(p.as_str()).any(|(at, _)| {
+            // The value ends there: not a prefix of a longer name.
+            !line[at + p.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+    })
+}
+
+/// The last `n` lines of `text` (all when `n` < 0).
+pub fn tail(text: &str, n: i64) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let keep = if n < 0 {
+        lines.len()
+    } else {
+        (n as usize).min(lines.len())
+    };
+    let mut out = lines[lines.len() - keep..].join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+/// A container's log as the local cluster's process kubelet keeps it:
+/// `<state-dir>/pods/<namespace>/<pod>/logs/<container>.log`.
+pub fn local_log(state_dir: &Path, namespace: &str, pod: &str, container: &str) -> Option<String> {
+    let file = state_dir
+        .join("pods")
+        .join(namespace)
+        .join(pod)
+        .join("logs")
+        .join(format!("{container}.log"));
+    std::fs::read_to_string(file).ok()
+}
+
+pub async fn run(g: &Global, args: &Args) -> anyhow::Result<()> {
+    let kube = connect(g).await?;
+    if args.role != Some(LogRole::Operator) {
+        // Says clearly when the index itself does not exist.
+        kube.index(&args.name).await?;
+    }
+    let (ns, selector) = pods_of(&args.name, &kube.namespace, args);
+    let pods: Api<Pod> = Api::namespaced(kube.client.clone(), &ns);
+    let mut list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .with_context(|| format!("listing pods {selector} in {ns}"))?
+        .items;
+    if list.is_empty() {
+        return Err(anyhow!(
+            "no pods with labels {selector} in namespace {ns}{}",
+            if args.role == Some(LogRole::Operator) {
+                " (the operator may run elsewhere: --operator-namespace, --operator-selector)"
+            } else {
+                ""
+            }
+        ));
+    }
+    list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let filter = args.role == Some(LogRole::Operator) && !args.all_lines;
+    let mut printed = 0usize;
+    for pod in &list {
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let containers: Vec<String> = match &args.container {
+            Some(c) => vec![c.clone()],
+            None => pod
+                .spec
+                .iter()
+                .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
+                .collect(),
+        };
+        for c in containers {
+            let lp = LogParams {
+                container: Some(c.clone()),
+                previous: args.previous,
+                // Operator lines are filtered first, then tailed.
+                tail_lines: (!filter && args.tail >= 0).then_some(args.tail),
+                ..LogParams::default()
+            };
+            let text = match pods.logs(&pod_name, &lp).await {
+                Ok(t) => t,
+                // No pods/log on this API server (the local stand-in): the kubelet's files.
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    match kube
+                        .local_state_dir
+                        .as_deref()
+                        .and_then(|d| local_log(d, &ns, &pod_name, &c))
+                    {
+                        Some(t) => t,
+                        None => {
+                            return Err(anyhow!(
+                                "the API server does not serve pods/{pod_name}/log (404); on the local cluster pass --local-state-dir (quiver-local's state directory) to read the kubelet's log files"
+                            ));
+                        }
+                    }
+                }
+                Err(e) => return Err(anyhow!("log of pod {pod_name} ({c}): {e}")),
+            };
+            let text = if filter {
+                let about: String = text
+                    .lines()
+                    .filter(|l| mentions_index(l, &args.name))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                tail(&about, args.tail)
+            } else {
+                tail(&text, args.tail)
+            };
+            println!("==> {ns}/{pod_name} [{c}] <==");
+            print!("{text}");
+            printed += text.lines().count();
+        }
+    }
+    if printed == 0 {
+        eprintln!("(no log lines)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(role: Option<LogRole>) -> Args {
+        Args {
+            name: "docs".into(),
+            role,
+            tail: 100,
+            container: None,
+            previous: false,
+            operator_namespace: "quiver-system".into(),
+            operator_selector: "app.kubernetes.io/name=quiver-operator".into(),
+            all_lines: false,
+        }
+    }
+
+    #[test]
+    fn roles_select_the_index_pods_or_the_operator() {
+        assert_eq!(
+            pods_of("docs", "search", &args(Some(LogRole::Shard))),
+            (
+                "search".into(),
+                "quiver.dev/index=docs,quiver.dev/role=shard".into()
+            )
+        );
+        assert_eq!(
+            pods_of("docs", "search", &args(Some(LogRole::Build))).1,
+            "quiver.dev/index=docs,quiver.dev/role=build"
+        );
+        assert_eq!(
+            pods_of("docs", "search", &args(None)),
+            ("search".into(), "quiver.dev/index=docs".into())
+        );
+        assert_eq!(
+            pods_of("docs", "search", &args(Some(LogRole::Operator))),
+            (
+                "quiver-system".into(),
+                "app.kubernetes.io/name=quiver-operator".into()
+            )
+        );
+    }
+
+    #[test]
+    fn operator_lines_are_kept_by_their_index_field() {
+        assert!(mentions_index(
+            "2026-12-06T10:00:00Z  INFO reconcile{index=docs namespace=search}: applied",
+            "docs"
+        ));
+        assert!(mentions_index(
+            r#"{"level":"INFO","index":"docs","msg":"x"}"#,
+            "docs"
+        ));
+        assert!(mentions_index(r#"{"fields":{"index": "docs"}}"#, "docs"));
+        assert!(!mentions_index("reconcile{index=docs-2}: applied", "docs"));
+        assert!(!mentions_index("reconcile{index=other}: applied", "docs"));
+    }
+
+    #[test]
+    fn tails_keep_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(tail("a\nb\nc", 5), "a\nb\nc\n");
+        assert_eq!(tail("a\nb\nc", -1), "a\nb\nc\n");
+        assert_eq!(tail("a\nb\nc", 0), "");
+        assert_eq!(tail("", 3), "");
+    }
+
+    #[test]
+    fn local_logs_are_read_from_the_state_dir() {
+        let dir = std::env::temp_dir().join(format!("kq-logs-{}", std::process::id()));
+        let logs = dir.join("pods/search/docs-shard-0-0/logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(logs.join("node.log"), "hello\n").unwrap();
+        assert_eq!(
+            local_log(&dir, "search", "docs-shard-0-0", "node").as_deref(),
+            Some("hello\n")
+        );
+        assert_eq!(local_log(&dir, "search", "docs-shard-0-0", "other"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
