@@ -621,7 +621,7 @@ fn operator_logs(dir: &Path) -> String {
     {
         for pod in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
             let name = pod.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("q-quiver") {
+            if !name.starts_with("q-operator") {
                 continue;
             }
             for f in std::fs::read_dir(pod.path().join("logs"))
@@ -688,7 +688,7 @@ async fn helm_install_upgrade_and_uninstall_on_the_cluster_serve_an_index() {
         let ready = |want_gen: i64| {
             let deployments = deployments.clone();
             async move {
-                let Ok(d) = deployments.get("q-quiver").await else { return false };
+                let Ok(d) = deployments.get("q-operator").await else { return false };
                 let st = d.status.unwrap_or_default();
                 d.metadata.generation.is_some_and(|g| g >= want_gen)
                     && st.observed_generation.is_some_and(|g| g >= want_gen)
@@ -744,7 +744,7 @@ async fn helm_install_upgrade_and_uninstall_on_the_cluster_serve_an_index() {
         // Upgrade: a new operator template rolls out; the index stays Ready.
         helm_on(&["upgrade", "q", c.to_str().unwrap(), "--reuse-values", "--set", "logLevel=debug"]);
         until(120, "the upgraded operator rolls out", || ready(2)).await;
-        let d = deployments.get("q-quiver").await.unwrap();
+        let d = deployments.get("q-operator").await.unwrap();
         let d = serde_json::to_value(&d).unwrap();
         assert_eq!(env_of(&d, "RUST_LOG").as_deref(), Some("debug"));
         assert_eq!(releases().await, ["sh.helm.release.v1.q.v1", "sh.helm.release.v1.q.v2"]);
@@ -755,7 +755,7 @@ async fn helm_install_upgrade_and_uninstall_on_the_cluster_serve_an_index() {
         helm_on(&["uninstall", "q"]);
         until(60, "the operator Deployment is deleted", || {
             let deployments = deployments.clone();
-            async move { deployments.get_opt("q-quiver").await.unwrap().is_none() }
+            async move { deployments.get_opt("q-operator").await.unwrap().is_none() }
         })
         .await;
         assert!(releases().await.is_empty());

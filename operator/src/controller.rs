@@ -439,14 +439,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
             let v = j.labels().get(labels::VERSION).cloned().unwrap_or_default();
             let keep_version = status.versions.iter().any(|s| {
                 s.name == v
-                    && (matches!(
-                        s.phase,
-                        VersionPhase::Pending
-                            | VersionPhase::Training
-                            | VersionPhase::Building
-                            | VersionPhase::Warming
-                            | VersionPhase::Gating
-                    ) || Some(&s.name) == status.active_version.as_ref())
+                    && (s.phase.is_preparing() || Some(&s.name) == status.active_version.as_ref())
             });
             (keep_version || step.keep_jobs.contains(&j.name_any()))
                 && !step.delete.contains(&j.name_any())
@@ -474,6 +467,14 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
     if let Some(d) = &drift_now {
         ctx.metrics.set_drift(&ns, &index, d.statistic);
     }
+    ctx.metrics.set_lifecycle(
+        &ns,
+        &index,
+        &old,
+        &status,
+        now,
+        (vi.spec.shards * vi.spec.replicas, vi.spec.router.replicas),
+    );
 
     let preparing = status.versions.iter().any(|v| {
         matches!(

@@ -1,9 +1,10 @@
-{{/* The release's full name: <release> when it already names quiver, else <release>-quiver. */}}
+{{/* The operator's objects: <release>-operator (release `quiver` gives `quiver-operator`, the
+     names of operator/deploy/operator.yaml, its Lease and the runbooks). */}}
 {{- define "quiver.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if hasSuffix "-operator" .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
