@@ -7,13 +7,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use quiver_api::VectorIndex;
-use quiver_api::annotations;
 use quiver_api::v1alpha1::{ReadyCount, VersionPhase, conditions};
 use serde::Serialize;
 
 use crate::connect::{Global, connect};
 use crate::output::{self, NONE, OutputArg, or_none, recall};
-use crate::versions::{self, VersionRow, counter, pinned};
+use crate::versions::{self, VersionRow, counter, pinned, retrain_token};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -137,13 +136,7 @@ pub fn diagnose(vi: &VectorIndex, now: Timestamp) -> (Vec<String>, Vec<String>) 
             "spec generation {g} not yet observed by the operator (status is of generation {o})"
         ));
     }
-    let token = vi
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(annotations::RETRAIN))
-        .map(|t| t.trim())
-        .filter(|t| !t.is_empty());
+    let token = retrain_token(vi);
     if let Some(t) = token
         && st.observed_retrain.as_deref() != Some(t)
     {
@@ -428,7 +421,7 @@ mod tests {
             .annotations
             .as_mut()
             .unwrap()
-            .insert(annotations::RETRAIN.into(), "ticket-10".into());
+            .insert(quiver_api::annotations::RETRAIN.into(), "ticket-10".into());
         let (progress, attention) = diagnose(&vi, now());
         assert_eq!(
             progress,

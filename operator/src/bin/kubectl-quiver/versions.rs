@@ -50,6 +50,16 @@ pub fn pinned(vi: &VectorIndex) -> Option<&str> {
     vi.spec.pinned_version.as_deref().filter(|p| !p.is_empty())
 }
 
+/// The retrain token the index asks for (annotation `quiver.dev/retrain`), if any.
+pub fn retrain_token(vi: &VectorIndex) -> Option<&str> {
+    vi.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(quiver_api::annotations::RETRAIN))
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// The counter of a version name (`v3-…` → 3), for ordering.
 pub fn counter(name: &str) -> Option<u32> {
     VersionName::parse(name).ok().map(|v| v.counter())

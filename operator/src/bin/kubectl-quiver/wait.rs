@@ -4,11 +4,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use quiver_api::VectorIndex;
-use quiver_api::annotations;
 use quiver_api::v1alpha1::{IndexPhase, VersionPhase, conditions};
 
 use crate::connect::{Global, connect};
-use crate::versions::pinned;
+use crate::versions::{pinned, retrain_token};
 
 /// What `wait` help says `--for` accepts.
 pub const FOR_HELP: &str = "\
@@ -163,13 +162,7 @@ pub fn settled(vi: &VectorIndex) -> Result<(), String> {
     {
         return Err(format!("pinned {p} is not active yet"));
     }
-    let token = vi
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(annotations::RETRAIN))
-        .map(|t| t.trim())
-        .filter(|t| !t.is_empty());
+    let token = retrain_token(vi);
     // While pinned a retrain waits for the pin to go: not something this wait can see end.
     if pin.is_none()
         && let Some(t) = token
@@ -367,7 +360,7 @@ mod tests {
             .annotations
             .as_mut()
             .unwrap()
-            .insert(annotations::RETRAIN.into(), "x".into());
+            .insert(quiver_api::annotations::RETRAIN.into(), "x".into());
         assert_eq!(settled(&t).unwrap_err(), "retrain \"x\" not yet acted on");
         let mut t = vi.clone();
         t.metadata.generation = Some(3);
