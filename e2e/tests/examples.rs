@@ -175,3 +175,137 @@ async fn production_quickstart_and_gitops_index_manifests_pass_the_api_servers_r
     .await
     .expect("scenario timed out");
 }
+
+/// The Argo CD and Flux objects of `examples/gitops/`, applied (`dryRun=All`,
+/// `fieldValidation=Strict`) as those tools' own CRDs define them. On the stand-in the CRDs
+/// are `tests/fixtures/gitops-crds.yaml` (written for these tests from the projects' API
+/// references: the fields the examples use, closed); on another cluster, the CRDs Argo CD and
+/// Flux installed there, and a kind whose CRD is absent is skipped with a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitops_objects_pass_the_argo_cd_and_flux_schemas() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let (env, op, _, _) = start().await;
+        drop(op); // dry runs only
+        let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+        let fixtures = format!(
+            "{}/tests/fixtures/gitops-crds.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let ours: Vec<CustomResourceDefinition> =
+            serde_saphyr::from_multiple(&std::fs::read_to_string(&fixtures).unwrap()).unwrap();
+        if env.local.is_some() {
+            for c in &ours {
+                match crds.create(&PostParams::default(), c).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => panic!("installing {}: {e}", c.name_any()),
+                }
+            }
+        }
+        // Which kinds the cluster serves (real CRDs on a real cluster), once established.
+        let mut served = Vec::new();
+        for c in &ours {
+            let name = c.name_any();
+            let mut ok = false;
+            for _ in 0..120 {
+                ok = crds
+                    .get_opt(&name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|c| c.status?.conditions)
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    });
+                // Absent on another cluster: no point waiting for it.
+                if ok || env.local.is_none() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            if ok {
+                served.push(c.spec.names.kind.clone());
+            } else {
+                assert!(
+                    env.local.is_none(),
+                    "{name} not established on the stand-in"
+                );
+                eprintln!(
+                    "skipping {}: the cluster has no CRD {name} (Argo CD or Flux is not installed)",
+                    c.spec.names.kind
+                );
+            }
+        }
+        let api = |doc: &Value| {
+            let (group, version) = doc["apiVersion"].as_str().unwrap().split_once('/').unwrap();
+            let kind = doc["kind"].as_str().unwrap();
+            let plural = ours
+                .iter()
+                .find(|c| c.spec.names.kind == kind)
+                .map(|c| c.spec.names.plural.clone())
+                .unwrap();
+            let ar = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(group, version, kind),
+                &plural,
+            );
+            Api::<DynamicObject>::namespaced_with(env.client.clone(), &env.ns, &ar)
+        };
+        let strict = apply_params(true).validation_strict();
+        let mut applied = 0;
+        for file in [
+            "gitops/argocd/quiver.yaml",
+            "gitops/flux/quiver.yaml",
+            "gitops/flux/operator/helmrelease.yaml",
+        ] {
+            for mut doc in example(file) {
+                let kind = doc["kind"].as_str().unwrap().to_string();
+                if !served.contains(&kind) {
+                    continue;
+                }
+                // Into the test's namespace: argocd / flux-system need not exist here.
+                doc["metadata"]["namespace"] = Value::String(env.ns.clone());
+                let name = doc["metadata"]["name"].as_str().unwrap().to_string();
+                api(&doc)
+                    .patch(&name, &strict, &Patch::Apply(&doc))
+                    .await
+                    .unwrap_or_else(|e| panic!("{file}: {kind} {name}: {e}"));
+                applied += 1;
+            }
+        }
+        if env.local.is_some() {
+            assert_eq!(
+                applied, 6,
+                "2 Applications, a GitRepository, 2 Kustomizations, a HelmRelease"
+            );
+            // The check bites: a misspelt field, a bad enum and a missing required field.
+            let mut app = example("gitops/argocd/quiver.yaml")[0].clone();
+            app["metadata"]["namespace"] = Value::String(env.ns.clone());
+            let mut typo = app.clone();
+            typo["spec"]["syncPolicy"]["automated"]["selfheal"] = Value::Bool(true);
+            let mut missing = app.clone();
+            missing["spec"]
+                .as_object_mut()
+                .unwrap()
+                .remove("destination");
+            let mut hr = example("gitops/flux/operator/helmrelease.yaml")[0].clone();
+            hr["metadata"]["namespace"] = Value::String(env.ns.clone());
+            hr["spec"]["install"]["crds"] = Value::String("Replace".into());
+            for (bad, field) in [(typo, "selfheal"), (missing, "destination"), (hr, "crds")] {
+                let name = bad["metadata"]["name"].as_str().unwrap().to_string();
+                match api(&bad).patch(&name, &strict, &Patch::Apply(&bad)).await {
+                    Err(kube::Error::Api(s)) => {
+                        assert!(s.message.contains(field), "{field}: {}", s.message)
+                    }
+                    other => panic!("{field}: expected a refusal, got {other:?}"),
+                }
+            }
+        }
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}

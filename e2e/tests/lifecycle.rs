@@ -80,6 +80,8 @@ struct Seen {
     ok: u64,
     failed: u64,
     errors: BTreeMap<String, u64>,
+    /// The first message of each error code.
+    error_examples: BTreeMap<String, String>,
     /// Answers per version.
     versions: BTreeMap<String, u64>,
     /// Each run's first answer (Unix ms) per version.
@@ -95,6 +97,11 @@ impl Seen {
         self.failed += s["failed"].as_u64().unwrap_or(0);
         for (k, v) in s["errors"].as_object().into_iter().flatten() {
             *self.errors.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+        }
+        for (k, v) in s["error_examples"].as_object().into_iter().flatten() {
+            self.error_examples
+                .entry(k.clone())
+                .or_insert_with(|| v.as_str().unwrap_or_default().to_string());
         }
         for (k, v) in s["versions"].as_object().into_iter().flatten() {
             *self.versions.entry(k.clone()).or_default() += v["answers"].as_u64().unwrap_or(0);
@@ -123,6 +130,52 @@ impl Seen {
     fn names(&self) -> BTreeSet<&str> {
         self.versions.keys().map(String::as_str).collect()
     }
+}
+
+/// Pod churn of an index during a test: its router ReplicaSets (more than one: the router
+/// Deployment rolled) and every container restart, to be named when queries failed.
+async fn pod_churn(env: &quiver_e2e::testing::TestCluster, index: &str) -> (usize, String) {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::Pod;
+    let sel = format!("{}={index}", labels::INDEX);
+    let rs: Api<ReplicaSet> = env.api();
+    let sets = rs
+        .list(&ListParams::default().labels(&sel))
+        .await
+        .unwrap()
+        .items;
+    let pods: Api<Pod> = env.api();
+    let restarts: Vec<String> = pods
+        .list(&ListParams::default().labels(&sel))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| {
+            let n: i32 = p
+                .status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .map(|c| c.restart_count)
+                .sum();
+            (n > 0).then(|| {
+                format!(
+                    "{} restarted {n}x",
+                    p.metadata.name.as_deref().unwrap_or("?")
+                )
+            })
+        })
+        .collect();
+    let names: Vec<&str> = sets
+        .iter()
+        .filter_map(|r| r.metadata.name.as_deref())
+        .collect();
+    (
+        sets.len(),
+        format!("router ReplicaSets {names:?}; restarts {restarts:?}"),
+    )
 }
 
 fn version<'a>(vi: &'a VectorIndex, name: &str) -> Option<&'a quiver_api::v1alpha1::VersionStatus> {
@@ -516,7 +569,8 @@ async fn a_failed_gate_keeps_the_active_version_and_a_newer_trigger_supersedes()
         assert_eq!(st.version_counter, Some(4), "{:?}", st.versions);
         let load = bg.finish();
         eprintln!("background load: {load:?}");
-        assert_eq!(load.failed, 0, "{load:?}");
+        let (_, churn) = pod_churn(&env, name).await;
+        assert_eq!(load.failed, 0, "{load:?}; {churn}");
         assert!(
             !load.versions.contains_key(&v2.name),
             "the failed version answered: {load:?}"
@@ -737,7 +791,8 @@ async fn a_spec_change_during_gating_supersedes_the_gating_version() {
         assert_eq!(st.versions.len(), 3, "{:?}", st.versions);
         let load = bg.finish();
         eprintln!("background load: {load:?} (v2 superseded: {superseded})");
-        assert_eq!(load.failed, 0, "{load:?}");
+        let (_, churn) = pod_churn(&env, name).await;
+        assert_eq!(load.failed, 0, "{load:?}; {churn}");
         if superseded {
             assert!(
                 !load.versions.contains_key(&v2.name),
@@ -856,7 +911,8 @@ async fn a_corrupt_list_file_fails_the_new_version_while_the_active_one_serves()
         assert_eq!(st.version_counter, Some(2), "{:?}", st.versions);
         let load = bg.finish();
         eprintln!("background load: {load:?}");
-        assert_eq!(load.failed, 0, "{load:?}");
+        let (_, churn) = pod_churn(&env, name).await;
+        assert_eq!(load.failed, 0, "{load:?}; {churn}");
         assert!(load.ok > 0, "{load:?}");
         assert!(
             !load.versions.contains_key(&v2),
@@ -880,7 +936,7 @@ async fn a_pin_rolls_back_under_load_and_clearing_it_returns_to_the_newest_versi
         let api: Api<VectorIndex> = env.api();
         let name = "pin";
         let (v1, queries, addr) = ready_index(&env, &api, &storage, name, 8000, 19).await;
-        let bg = Background::start(node, addr, queries);
+        let bg = Background::start(node.clone(), addr, queries.clone());
 
         retrain(&api, name, "t1", json!({})).await;
         let vi = wait_for(&api, name, 240, "v2 Active, v1 Retired", |vi| {
@@ -913,8 +969,12 @@ async fn a_pin_rolls_back_under_load_and_clearing_it_returns_to_the_newest_versi
         assert_eq!(st.version_counter, Some(2), "a rollback makes no version: {:?}", st.versions);
         // A version of the current spec is active again: nothing waits on the pin.
         assert_eq!(condition(&api.get(name).await.unwrap(), "Degraded").unwrap().status, "False");
-        // Serve from v1 for a while before clearing the pin.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Pinned, v1 and only v1 answers (measured apart from the background load, whose
+        // runs straddle the changes).
+        let mut pinned_load = Seen::default();
+        pinned_load.add(&load(&node, addr, &queries, 2.0));
+        assert_eq!(pinned_load.names(), BTreeSet::from([v1.as_str()]), "{pinned_load:?}");
+        assert_eq!(pinned_load.failed, 0, "{pinned_load:?}");
 
         // Cleared: back to the newest version that passed its gate.
         api.patch(
@@ -938,7 +998,10 @@ async fn a_pin_rolls_back_under_load_and_clearing_it_returns_to_the_newest_versi
             first_v1 - pinned_at
         );
         eprintln!("background load: {load:?}");
-        assert_eq!(load.failed, 0, "{load:?}");
+        let (router_sets, churn) = pod_churn(&env, name).await;
+        assert_eq!(load.failed, 0, "{load:?}; {churn}");
+        // Versions change what pods load, never the pods: the router Deployment never rolls.
+        assert_eq!(router_sets, 1, "{churn}");
         assert!(load.names().is_subset(&BTreeSet::from([v1.as_str(), v2.as_str()])), "{load:?}");
         let jobs: Api<Job> = env.api();
         let trains = jobs

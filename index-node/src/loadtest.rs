@@ -129,6 +129,9 @@ pub struct Summary {
     pub recall: Option<f64>,
     pub k: u32,
     pub errors: BTreeMap<String, u64>,
+    /// The first message seen for each error code in `errors` (what went wrong, not only how
+    /// often).
+    pub error_examples: BTreeMap<String, String>,
     pub versions: BTreeMap<String, VersionSeen>,
     pub partial_answers: u64,
     /// Queries sent again after UNAVAILABLE or UNKNOWN (`--retries`).
@@ -139,6 +142,7 @@ pub struct Summary {
 struct Worker {
     lat_us: Vec<u64>,
     errors: BTreeMap<String, u64>,
+    error_examples: BTreeMap<String, String>,
     versions: BTreeMap<String, VersionSeen>,
     recall_sum: f64,
     recall_n: u64,
@@ -181,7 +185,10 @@ fn print_summary(s: &Summary, json: bool) -> std::io::Result<()> {
         writeln!(out, "recall@{}: {r:.4}", s.k)?;
     }
     for (code, n) in &s.errors {
-        writeln!(out, "errors {code}: {n}")?;
+        match s.error_examples.get(code) {
+            Some(m) => writeln!(out, "errors {code}: {n} (first: {m})")?,
+            None => writeln!(out, "errors {code}: {n}")?,
+        }
     }
     for (v, seen) in &s.versions {
         writeln!(
@@ -320,7 +327,11 @@ pub async fn loadtest(cmd: &LoadtestCmd) -> anyhow::Result<Summary> {
                         }
                     }
                     Err(s) => {
-                        *st.errors.entry(format!("{:?}", s.code())).or_default() += 1;
+                        let code = format!("{:?}", s.code());
+                        st.error_examples
+                            .entry(code.clone())
+                            .or_insert_with(|| s.message().to_string());
+                        *st.errors.entry(code).or_default() += 1;
                         tracing::debug!(code = ?s.code(), message = %s.message(), "query failed");
                     }
                 }
@@ -341,6 +352,9 @@ fn summarize(k: u32, started: Instant, workers: Vec<Worker>) -> Summary {
         all.lat_us.extend(w.lat_us);
         for (c, n) in w.errors {
             *all.errors.entry(c).or_default() += n;
+        }
+        for (c, m) in w.error_examples {
+            all.error_examples.entry(c).or_insert(m);
         }
         for (v, s) in w.versions {
             all.versions
@@ -381,6 +395,7 @@ fn summarize(k: u32, started: Instant, workers: Vec<Worker>) -> Summary {
         recall: (all.recall_n > 0).then(|| all.recall_sum / all.recall_n as f64),
         k,
         errors: all.errors,
+        error_examples: all.error_examples,
         versions: all.versions,
         partial_answers: all.partial,
         retried: all.retried,
