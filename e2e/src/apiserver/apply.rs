@@ -93,6 +93,31 @@ pub fn get_path<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
     Some(cur)
 }
 
+/// Value equality as structured-merge-diff compares applied and live values: numbers by
+/// value, so `1` (Helm's JSON of a YAML `1.0`) is the `1.0` a client stored.
+fn same_value(a: Option<&Value>, b: Option<&Value>) -> bool {
+    fn eq(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+                (Some(i), Some(j)) => i == j,
+                _ => x.as_f64() == y.as_f64(),
+            },
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(p, q)| eq(p, q))
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| eq(v, w)))
+            }
+            _ => a == b,
+        }
+    }
+    match (a, b) {
+        (Some(a), Some(b)) => eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 fn remove_path(obj: &mut Value, path: &[String]) {
     let Some((last, init)) = path.split_last() else {
         return;
@@ -228,7 +253,7 @@ pub fn apply(
         for p in &new_fields {
             for q in e.fields.iter().filter(|q| related(p, q)) {
                 let longest = if p.len() >= q.len() { p } else { q };
-                if get_path(current, longest) != get_path(applied, longest) {
+                if !same_value(get_path(current, longest), get_path(applied, longest)) {
                     conflicts.push((e.manager.clone(), q.clone()));
                 }
             }
@@ -371,6 +396,17 @@ pub fn record_update(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_compare_by_value_not_by_spelling() {
+        let current = json!({"spec": {"max": 1.0, "list": [{"min": 0.0}]}, "metadata": {"managedFields": [
+            {"manager": "kube-client", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:spec": {"f:max": {}, "f:list": {}}}}]}});
+        let same = json!({"spec": {"max": 1, "list": [{"min": 0}]}});
+        apply(&current, &same, "helm", false, "", false).expect("1 is 1.0: no conflict");
+        let other = json!({"spec": {"max": 2}});
+        apply(&current, &other, "helm", false, "", false).expect_err("2 is not 1.0");
+    }
 
     #[test]
     fn apply_removes_dropped_field_and_detects_conflicts() {

@@ -12,7 +12,7 @@ use quiver_proto::{
 use tonic::{Request, Response, Status};
 
 use super::holder::{Slot, Slots};
-use super::router::{Asked, Drift};
+use super::router::Drift;
 use super::{Node, RoleState, validate};
 use crate::manifest::imbalance;
 
@@ -49,13 +49,6 @@ fn versions<V>(
         })
         .collect()
 }
-
-/// The recall gate's queries: every shard must answer, and they are the drift reference
-/// itself, so they are not counted as live traffic.
-const GATE: Asked = Asked {
-    allow_partial: false,
-    live: false,
-};
 
 pub struct AdminSvc {
     pub node: Arc<Node>,
@@ -182,23 +175,7 @@ impl quiver_proto::admin_server::Admin for AdminSvc {
             n = n.min(req.max_queries as usize);
         }
         let started = Instant::now();
-        let mut found = 0usize;
-        for i in 0..n {
-            let ans = r
-                .search_one(&self.node, &v, eval.queries.row(i), k, nprobe, GATE)
-                .await?;
-            let gt = &eval.gt[i * eval.k..i * eval.k + k];
-            found += ans
-                .ids
-                .iter()
-                .filter(|id| gt.iter().any(|g| *g as i64 as u64 == **id))
-                .count();
-        }
-        let recall = if n == 0 {
-            0.0
-        } else {
-            found as f64 / (n * k) as f64
-        };
+        let (recall, n) = super::eval::recall(r, &self.node, &v, k, nprobe, 0..n).await?;
         Ok(Response::new(EvaluateResponse {
             version: v.name.clone(),
             k: k as u32,

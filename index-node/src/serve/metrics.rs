@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -39,6 +40,10 @@ pub struct Metrics {
     pub version_vectors: Family<Labels, Gauge>,
     pub version_bytes: Family<Labels, Gauge>,
     pub answers_by_version: Family<Labels, Counter>,
+    /// Router: recall@k of the active version from the canary's last round.
+    pub canary_recall: Gauge<f64, AtomicU64>,
+    /// Router: canary rounds by outcome (ok, error).
+    pub canary_rounds: Family<Labels, Counter>,
 }
 
 impl Metrics {
@@ -65,6 +70,8 @@ impl Metrics {
             version_vectors: Family::default(),
             version_bytes: Family::default(),
             answers_by_version: Family::default(),
+            canary_recall: Gauge::default(),
+            canary_rounds: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -116,6 +123,16 @@ impl Metrics {
                 "shard_batch_queries",
                 "Router: queries per call to a shard replica",
                 m.shard_batch.clone(),
+            );
+            registry.register(
+                "canary_recall",
+                "Router: recall@k of the active version in the canary's last round (evaluation queries with exact neighbours)",
+                m.canary_recall.clone(),
+            );
+            registry.register(
+                "canary_rounds",
+                "Router: canary rounds by outcome (ok, error)",
+                m.canary_rounds.clone(),
             );
             registry.register(
                 "shard_replicas",
@@ -203,6 +220,7 @@ mod tests {
         g.state("v", 1);
         g.sizes("v", 1, Some(1));
         m.answers_by_version.get_or_create(&l("version")).inc();
+        m.canary_rounds.get_or_create(&l("outcome")).inc();
         m.encode()
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -220,6 +238,8 @@ mod tests {
             "quiver_shard_calls",
             "quiver_shard_call_duration_seconds",
             "quiver_shard_replicas",
+            "quiver_canary_recall",
+            "quiver_canary_rounds",
         ] {
             assert!(!shard.iter().any(|s| s == f), "shard exports {f}");
             assert!(

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod batcher;
+pub mod eval;
 pub mod holder;
 pub mod http;
 pub mod metrics;
@@ -87,6 +88,17 @@ pub struct ServeCmd {
     /// have many cores each.
     #[arg(long, default_value_t = 1)]
     pub shard_inflight: usize,
+    /// Router: seconds between two rounds of the recall canary, which sends evaluation
+    /// queries (with their exact neighbours) through the active version and exports its
+    /// recall as quiver_canary_recall; 0 turns it off.
+    #[arg(long, default_value_t = 30)]
+    pub canary_interval_secs: u64,
+    /// Router: evaluation queries per canary round.
+    #[arg(long, default_value_t = 20)]
+    pub canary_queries: usize,
+    /// Router: the canary measures recall@k with this k (at most the stored neighbours).
+    #[arg(long, default_value_t = 10)]
+    pub canary_k: usize,
     /// On SIGTERM: time between failing readiness and closing the listeners, so load
     /// balancers stop sending new queries first.
     #[arg(long, default_value_t = 2000)]
@@ -252,7 +264,18 @@ async fn serve(cmd: ServeCmd) -> anyhow::Result<()> {
     });
     match &node.inner {
         RoleState::Shard(s) => s.clone().start(desired.clone()),
-        RoleState::Router(r) => r.clone().start(node.clone(), desired.clone()),
+        RoleState::Router(r) => {
+            r.clone().start(node.clone(), desired.clone());
+            tokio::spawn(eval::run(
+                r.clone(),
+                node.clone(),
+                eval::Canary {
+                    interval: Duration::from_secs(cmd.canary_interval_secs),
+                    queries: cmd.canary_queries,
+                    k: cmd.canary_k,
+                },
+            ));
+        }
     }
 
     let (health, health_svc) = tonic_health::server::health_reporter();

@@ -923,3 +923,66 @@ async fn routers_count_live_queries_by_nearest_centroid_distance() {
     assert_eq!(drift_counts(&st, "v1"), after);
     assert!(drift_counts(&st, "v2").is_empty(), "v2 has no reference");
 }
+
+/// The canary measures the active version on its evaluation queries through the live path:
+/// over the whole set its recall is the gate's figure for the same k and nprobe, and its
+/// queries are neither live traffic (drift) nor answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_publishes_the_recall_the_gate_measures() {
+    let shard = shard_svc_with(100, 64, vec![("v1", whole_version("v1"))]);
+    let addr = serve_node(shard).await;
+    let (router, node) = router_node(addr, vec![router_version_with_eval("v1", 200)]);
+    let (_tx, rx) = tokio::sync::watch::channel(desired(&["v1"], "v1"));
+    router.clone().start(node.clone(), rx);
+    wait_for("v1 active", || router.active.load().is_some()).await;
+    let ok = || {
+        node.metrics
+            .canary_rounds
+            .get_or_create(&vec![("outcome", "ok".to_string())])
+            .get()
+    };
+    assert_eq!(ok(), 0);
+    let canary = tokio::spawn(super::eval::run(
+        router.clone(),
+        node.clone(),
+        super::eval::Canary {
+            interval: Duration::from_millis(20),
+            queries: 200,
+            k: 10,
+        },
+    ));
+    wait_for("a canary round", || ok() >= 2).await;
+    canary.abort();
+    let admin = AdminSvc { node: node.clone() };
+    let gate = admin
+        .evaluate(Request::new(EvaluateRequest {
+            version: "v1".into(),
+            k: 10,
+            nprobe: None,
+            max_queries: 0,
+        }))
+        .await
+        .expect("evaluate")
+        .into_inner();
+    // The test version's neighbours are made up: recall is low but not zero, so equal means measured.
+    assert!(gate.recall > 0.0, "{gate:?}");
+    assert_eq!(node.metrics.canary_recall.get(), gate.recall);
+    let errors = node
+        .metrics
+        .canary_rounds
+        .get_or_create(&vec![("outcome", "error".to_string())])
+        .get();
+    assert_eq!(errors, 0);
+    let st = admin
+        .status(Request::new(StatusRequest {}))
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(drift_counts(&st, "v1"), vec![0; DRIFT_BUCKETS]);
+    let answers = node
+        .metrics
+        .answers_by_version
+        .get_or_create(&vec![("version", "v1".to_string())])
+        .get();
+    assert_eq!(answers, 0);
+}
