@@ -7,7 +7,7 @@
 //! Needs the binaries built in this target directory (`cargo test --workspace` builds them).
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, PostParams};
@@ -272,6 +272,34 @@ async fn the_plugin_takes_an_index_through_every_on_call_command() {
         assert_eq!(bad.code, 1);
         assert!(bad.stderr.contains("component 2 is NaN"), "{bad:?}");
 
+        // logs --follow, started before the retrain: the routers' lines about switching to
+        // the new version arrive while it runs (through pods/log, follow=true).
+        let mut follow = tokio::process::Command::new(&kq.bin);
+        follow
+            .args(["logs", "docs", "--role", "router", "-f", "--tail", "0"])
+            .arg("--kubeconfig")
+            .arg(&kq.kubeconfig)
+            .args(["--context", "test"])
+            .env_remove("KUBECONFIG")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut follow = follow.spawn().unwrap();
+        let followed = {
+            use tokio::io::{AsyncBufReadExt, BufReader};
+            let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    let done = l.contains("switching active version");
+                    seen.push(l);
+                    if done {
+                        break;
+                    }
+                }
+                seen
+            })
+        };
+
         // retrain: a second version, trigger retrain:<token>, active once wait says Ready.
         let out = kq
             .run(&["retrain", "docs", "--reason", "e2e check"])
@@ -291,6 +319,15 @@ async fn the_plugin_takes_an_index_through_every_on_call_command() {
         let st = get().await.status.unwrap();
         let v2 = st.active_version.clone().unwrap();
         assert_ne!(v2, v1);
+        let seen = tokio::time::timeout(Duration::from_secs(30), followed)
+            .await
+            .unwrap_or_else(|_| panic!("logs -f showed no switch to {v2}"))
+            .unwrap();
+        let last = seen.last().cloned().unwrap_or_default();
+        assert!(last.starts_with("[docs-router-"), "{seen:?}");
+        assert!(last.contains(&v2), "{seen:?}");
+        assert!(follow.try_wait().unwrap().is_none(), "logs -f ended by itself");
+        drop(follow);
         assert_eq!(st.versions.len(), 2, "{:?}", st.versions);
         assert_eq!(
             st.version(&v2).unwrap().trigger.as_deref(),
@@ -382,18 +419,9 @@ async fn the_plugin_takes_an_index_through_every_on_call_command() {
             "{never:?}"
         );
 
-        // logs: the shard pods' (from the kubelet's files: the stand-in has no pods/log).
+        // logs: the shard pods' last lines, through pods/log.
         let out = kq
-            .run(&[
-                "logs",
-                "docs",
-                "--role",
-                "shard",
-                "--tail",
-                "5",
-                "--local-state-dir",
-                &state_dir,
-            ])
+            .run(&["logs", "docs", "--role", "shard", "--tail", "5"])
             .await
             .ok();
         let header = format!("==> {ns}/docs-shard-");
@@ -401,20 +429,21 @@ async fn the_plugin_takes_an_index_through_every_on_call_command() {
             out.stdout.lines().any(|l| l.starts_with(&header)),
             "{out:?}"
         );
+        let lines: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter(|l| !l.starts_with("==> ") && !l.is_empty())
+            .collect();
+        // Two shards of two replicas, at most five lines each.
+        assert!(!lines.is_empty() && lines.len() <= 4 * 5, "{out:?}");
+        let bad = kq
+            .run(&["logs", "docs", "--role", "router", "-c", "nope"])
+            .await;
+        assert_eq!(bad.code, 1);
         assert!(
-            out.stdout
-                .lines()
-                .any(|l| !l.starts_with("==> ") && !l.is_empty()),
-            "{out:?}"
+            bad.stderr.contains("container nope is not valid for pod docs-router-"),
+            "{bad:?}"
         );
-        // The state directory found beside the kubeconfig.
-        if Path::new(&state_dir).join("services.json").is_file()
-            && kq.kubeconfig.parent() == Some(Path::new(&state_dir))
-        {
-            kq.run(&["logs", "docs", "--role", "router", "--tail", "3"])
-                .await
-                .ok();
-        }
         let none = kq.run(&["logs", "nope", "--role", "shard"]).await;
         assert_eq!(none.code, 1);
         assert!(

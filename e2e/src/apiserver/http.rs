@@ -278,6 +278,7 @@ pub async fn handle(
         let ok = (sub == "status" && res.status)
             || (sub == "scale" && res.scale.is_some())
             || (sub == "binding" && res.plural == "pods" && res.group.is_empty())
+            || (sub == "log" && res.plural == "pods" && res.group.is_empty())
             || (sub == "token" && res.plural == "serviceaccounts" && res.group.is_empty())
             || (sub == "finalize" && res.plural == "namespaces");
         if !ok {
@@ -291,6 +292,16 @@ pub async fn handle(
         sub: sub.map(String::from),
         res,
     };
+    if let (Some("log"), Some(ns), Some(name)) = (sub, ns, name) {
+        // Proxied to the pod's kubelet, streamed (follow=true stays open).
+        if method != Method::GET {
+            return error_response(&ApiError::method_not_allowed());
+        }
+        return match super::podlog::proxy(&app.store, ns, name, &q).await {
+            Ok(r) => r,
+            Err(e) => error_response(&e),
+        };
+    }
     let ua = headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())

@@ -10,6 +10,7 @@ pub mod error;
 mod formats;
 mod http;
 mod patch;
+mod podlog;
 mod protobuf;
 pub mod registry;
 mod scale;

@@ -2,6 +2,7 @@
 //! local process. It talks only through the Kubernetes API, so it also runs beside a real
 //! API server and controller manager.
 
+pub mod logs;
 mod pod;
 mod probes;
 mod process;
@@ -171,7 +172,7 @@ impl IpPool {
     }
 }
 
-async fn register_node(client: &Client, node: &str) -> Result<(), KubeletError> {
+async fn register_node(client: &Client, node: &str, log_port: u16) -> Result<(), KubeletError> {
     let api: Api<Node> = Api::all(client.clone());
     if api.get_opt(node).await?.is_none() {
         let n: Node = serde_json::from_value(
@@ -187,6 +188,8 @@ async fn register_node(client: &Client, node: &str) -> Result<(), KubeletError> 
     let status = json!({"status": {
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "quiver process kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
         "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": node}],
+        // Where the API server's pods/log proxy finds this kubelet (logs.rs).
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": log_port}},
         "capacity": {"cpu": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string(), "memory": "8Gi", "pods": "110"},
         "allocatable": {"cpu": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).to_string(), "memory": "8Gi", "pods": "110"},
         "nodeInfo": {"kubeletVersion": "v1.33.0-quiver", "operatingSystem": "linux", "architecture": std::env::consts::ARCH, "containerRuntimeVersion": "quiver-process://1"},
@@ -214,7 +217,17 @@ pub async fn run(client: Client, mut cfg: KubeletConfig) {
     }
     let cfg = Arc::new(cfg);
     let ips = Arc::new(IpPool::new(cfg.ip_block));
-    while let Err(e) = register_node(&client, &cfg.node).await {
+    // The log endpoint lives as long as this kubelet (dropped when the task is aborted).
+    let log_server = loop {
+        match logs::start(cfg.root.clone(), std::net::IpAddr::from([127, 0, 0, 1])).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "starting the log endpoint failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    while let Err(e) = register_node(&client, &cfg.node, log_server.port).await {
         tracing::warn!(error = %e, "registering node failed; retrying");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

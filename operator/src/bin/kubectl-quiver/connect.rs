@@ -24,8 +24,7 @@ pub struct Global {
     pub kubeconfig: Option<PathBuf>,
 
     /// State directory of a local cluster (quiver-local's --state-dir, e.g. .quiver-local):
-    /// `query` reads the Service proxy's addresses from its services.json, and `logs` reads
-    /// pod logs from it when the API server does not serve pods/log. Default: the
+    /// `query` reads the Service proxy's addresses from its services.json. Default: the
     /// kubeconfig's directory when it holds a services.json.
     #[arg(
         long,

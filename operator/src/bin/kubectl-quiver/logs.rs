@@ -1,7 +1,6 @@
 //! `logs NAME [--role ROLE] [--tail N]`: the logs of an index's pods of one role, or of the
-//! operator's pods (the lines about this index), through the pods/log API.
-
-use std::path::Path;
+//! operator's pods (the lines about this index), through the pods/log API; `--follow`
+//! streams every container's new lines, each prefixed with its pod and container.
 
 use anyhow::{Context as _, anyhow};
 use k8s_openapi::api::core::v1::Pod;
@@ -72,6 +71,10 @@ pub struct Args {
     /// With --role operator: every line, not only those about this index.
     #[arg(long)]
     pub all_lines: bool,
+    /// Keep streaming new lines of every container (prefixed `[pod/container]`) until they
+    /// all end or Ctrl-C; --tail lines of each come first.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
 }
 
 /// (namespace, label selector) of the pods whose logs to read.
@@ -125,18 +128,6 @@ pub fn tail(text: &str, n: i64) -> String {
     out
 }
 
-/// A container's log as the local cluster's process kubelet keeps it:
-/// `<state-dir>/pods/<namespace>/<pod>/logs/<container>.log`.
-pub fn local_log(state_dir: &Path, namespace: &str, pod: &str, container: &str) -> Option<String> {
-    let file = state_dir
-        .join("pods")
-        .join(namespace)
-        .join(pod)
-        .join("logs")
-        .join(format!("{container}.log"));
-    std::fs::read_to_string(file).ok()
-}
-
 pub async fn run(g: &Global, args: &Args) -> anyhow::Result<()> {
     let kube = connect(g).await?;
     if args.role != Some(LogRole::Operator) {
@@ -163,6 +154,7 @@ pub async fn run(g: &Global, args: &Args) -> anyhow::Result<()> {
     list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let filter = args.role == Some(LogRole::Operator) && !args.all_lines;
     let mut printed = 0usize;
+    let mut streams = Vec::new();
     for pod in &list {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let containers: Vec<String> = match &args.container {
@@ -177,29 +169,25 @@ pub async fn run(g: &Global, args: &Args) -> anyhow::Result<()> {
             let lp = LogParams {
                 container: Some(c.clone()),
                 previous: args.previous,
-                // Operator lines are filtered first, then tailed.
-                tail_lines: (!filter && args.tail >= 0).then_some(args.tail),
+                follow: args.follow,
+                // Operator lines are filtered first, then tailed (followed: tailed first).
+                tail_lines: ((!filter || args.follow) && args.tail >= 0).then_some(args.tail),
                 ..LogParams::default()
             };
-            let text = match pods.logs(&pod_name, &lp).await {
-                Ok(t) => t,
-                // No pods/log on this API server (the local stand-in): the kubelet's files.
-                Err(kube::Error::Api(s)) if s.code == 404 => {
-                    match kube
-                        .local_state_dir
-                        .as_deref()
-                        .and_then(|d| local_log(d, &ns, &pod_name, &c))
-                    {
-                        Some(t) => t,
-                        None => {
-                            return Err(anyhow!(
-                                "the API server does not serve pods/{pod_name}/log (404); on the local cluster pass --local-state-dir (quiver-local's state directory) to read the kubelet's log files"
-                            ));
-                        }
-                    }
-                }
-                Err(e) => return Err(anyhow!("log of pod {pod_name} ({c}): {e}")),
-            };
+            if args.follow {
+                streams.push(follow(
+                    pods.clone(),
+                    pod_name.clone(),
+                    c,
+                    lp,
+                    filter.then(|| args.name.clone()),
+                ));
+                continue;
+            }
+            let text = pods
+                .logs(&pod_name, &lp)
+                .await
+                .map_err(|e| anyhow!("log of pod {pod_name} ({c}): {e}"))?;
             let text = if filter {
                 let about: String = text
                     .lines()
@@ -215,8 +203,51 @@ pub async fn run(g: &Global, args: &Args) -> anyhow::Result<()> {
             printed += text.lines().count();
         }
     }
+    if args.follow {
+        // Every stream to its end; the first that fails is the error.
+        for r in futures::future::join_all(streams).await {
+            r?;
+        }
+        return Ok(());
+    }
     if printed == 0 {
         eprintln!("(no log lines)");
+    }
+    Ok(())
+}
+
+/// Streams one container's log line by line, prefixed; with `about`, only the operator's
+/// lines about that index.
+async fn follow(
+    pods: Api<Pod>,
+    pod: String,
+    container: String,
+    lp: LogParams,
+    about: Option<String>,
+) -> anyhow::Result<()> {
+    use futures::{AsyncBufReadExt, TryStreamExt};
+    use std::io::Write;
+    let stream = pods
+        .log_stream(&pod, &lp)
+        .await
+        .map_err(|e| anyhow!("log of pod {pod} ({container}): {e}"))?;
+    let mut lines = stream.lines();
+    while let Some(line) = lines
+        .try_next()
+        .await
+        .with_context(|| format!("log of pod {pod} ({container})"))?
+    {
+        if about.as_deref().is_some_and(|i| !mentions_index(&line, i)) {
+            continue;
+        }
+        let mut out = std::io::stdout().lock();
+        // A closed stdout (piped into head) ends the command quietly.
+        if writeln!(out, "[{pod}/{container}] {line}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return Ok(());
+        }
     }
     Ok(())
 }
@@ -236,6 +267,7 @@ mod tests {
             operator_namespace: "quiver-system".into(),
             operator_selector: "app.kubernetes.io/name=quiver-operator".into(),
             all_lines: false,
+            follow: false,
         }
     }
 
@@ -287,19 +319,5 @@ mod tests {
         assert_eq!(tail("a\nb\nc", -1), "a\nb\nc\n");
         assert_eq!(tail("a\nb\nc", 0), "");
         assert_eq!(tail("", 3), "");
-    }
-
-    #[test]
-    fn local_logs_are_read_from_the_state_dir() {
-        let dir = std::env::temp_dir().join(format!("kq-logs-{}", std::process::id()));
-        let logs = dir.join("pods/search/docs-shard-0-0/logs");
-        std::fs::create_dir_all(&logs).unwrap();
-        std::fs::write(logs.join("node.log"), "hello\n").unwrap();
-        assert_eq!(
-            local_log(&dir, "search", "docs-shard-0-0", "node").as_deref(),
-            Some("hello\n")
-        );
-        assert_eq!(local_log(&dir, "search", "docs-shard-0-0", "other"), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -118,7 +118,8 @@ inside the cluster or on the local cluster (whose proxy addresses come from serv
     #[command(after_help = "Examples:
   kubectl quiver logs docs --role shard --tail 20
   kubectl quiver logs docs --role train
-  kubectl quiver logs docs --role operator --operator-namespace quiver-system")]
+  kubectl quiver logs docs --role operator --operator-namespace quiver-system
+  kubectl quiver logs docs --role router -f --tail 0")]
     Logs(logs::Args),
 
     /// Wait until the index is Ready (or another condition); exit 1 with the last condition
