@@ -15,4 +15,5 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod observe;
+pub mod rebalance;
 pub mod spec_hash;

@@ -232,6 +232,7 @@ impl ServerCertVerifier for AnyKubeletCert {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;

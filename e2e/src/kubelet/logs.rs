@@ -106,19 +106,19 @@ async fn container_logs(
             "previous terminated container \"{container}\" in pod \"{pod}\" not found"
         ));
     }
-    let number = |key: &str| -> Result<Option<usize>, Response> {
+    let number = |key: &str| -> Result<Option<usize>, String> {
         match q.get(key) {
             None => Ok(None),
             Some(v) => match v.parse::<i64>() {
                 Ok(n) if n >= 0 => Ok(Some(n as usize)),
                 Ok(_) if key == "tailLines" => Ok(None),
-                _ => Err(bad(format!("{key}: {v:?} is not a non-negative integer"))),
+                _ => Err(format!("{key}: {v:?} is not a non-negative integer")),
             },
         }
     };
     let (tail, limit) = match (number("tailLines"), number("limitBytes")) {
         (Ok(t), Ok(l)) => (t, l),
-        (Err(e), _) | (_, Err(e)) => return e,
+        (Err(e), _) | (_, Err(e)) => return bad(e),
     };
     let follow = q.get("follow").is_some_and(|v| v == "true");
     for part in [&ns, &pod, &container] {
