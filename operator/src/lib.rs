@@ -13,6 +13,7 @@ pub mod deletion;
 pub mod drift;
 pub mod jobs;
 pub mod lifecycle;
+pub mod listload;
 pub mod metrics;
 pub mod observe;
 pub mod rebalance;
