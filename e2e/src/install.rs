@@ -40,16 +40,7 @@ pub async fn install_crd(client: &Client) -> Result<(), LocalError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let served: Api<quiver_api::VectorIndex> = Api::all(client.clone());
     loop {
-        let established = crds
-            .get_opt("vectorindexes.quiver.dev")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|c| c.status?.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            });
+        let established = crd_established(client, "vectorindexes.quiver.dev").await;
         // Discovery may lag Established by a moment on a real server.
         if established && served.list(&ListParams::default().limit(1)).await.is_ok() {
             return Ok(());
@@ -61,6 +52,20 @@ pub async fn install_crd(client: &Client) -> Result<(), LocalError> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether the CRD `name` exists and is Established (false on any error).
+pub async fn crd_established(client: &Client, name: &str) -> bool {
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|c| c.status?.conditions)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        })
 }
 
 /// The objects of a multi-document YAML manifest, in order (empty documents skipped).

@@ -117,6 +117,42 @@ impl TestCluster {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
+    /// Whether the API server's pods/log reaches this cluster's kubelet, tried on the first pod
+    /// matching `selector`. Always on the stand-in; a real API server proxies pods/log to the
+    /// Node's InternalIP (the test kubelet reports 127.0.0.1), which it reaches only when it
+    /// runs on this machine. False (said on stderr) when it cannot, so log checks can be skipped.
+    pub async fn pod_logs_reachable(&self, selector: &str) -> bool {
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::api::{ListParams, LogParams};
+        if self.local.is_some() {
+            return true;
+        }
+        let pods: Api<Pod> = self.api();
+        let first = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .ok()
+            .and_then(|l| l.items.into_iter().next())
+            .and_then(|p| p.metadata.name);
+        let Some(pod) = first else {
+            eprintln!("skipping pods/log checks: no pod matches {selector}");
+            return false;
+        };
+        let lp = LogParams {
+            tail_lines: Some(1),
+            ..LogParams::default()
+        };
+        match pods.logs(&pod, &lp).await {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!(
+                    "skipping pods/log checks: the API server cannot reach this machine's kubelet ({e})"
+                );
+                false
+            }
+        }
+    }
+
     /// Stops everything the test started; another cluster keeps no trace (the namespace and
     /// the test's Node go).
     pub async fn stop(self) {

@@ -211,16 +211,7 @@ async fn gitops_objects_pass_the_argo_cd_and_flux_schemas() {
             let name = c.name_any();
             let mut ok = false;
             for _ in 0..120 {
-                ok = crds
-                    .get_opt(&name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|c| c.status?.conditions)
-                    .is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    });
+                ok = quiver_e2e::install::crd_established(&env.client, &name).await;
                 // Absent on another cluster: no point waiting for it.
                 if ok || env.local.is_none() {
                     break;

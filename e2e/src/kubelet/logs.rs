@@ -197,7 +197,7 @@ fn follow_stream(
                         ));
                     }
                 }
-                if !Path::new(&st.pod_dir).is_dir() {
+                if !st.pod_dir.is_dir() {
                     return None;
                 }
                 tokio::time::sleep(FOLLOW_POLL).await;
