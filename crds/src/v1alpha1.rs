@@ -228,8 +228,9 @@ pub struct IndexSpec {
     pub training: TrainingSpec,
 
     /// Lists a query probes when it does not say (routers' default; a query may override).
-    /// Default 16, or nlist when that is smaller. Changing it makes a new version (each
-    /// version's manifest records its default nprobe).
+    /// Default 16, or nlist when that is smaller. A query-time setting: routers read it from
+    /// this spec and apply it at once (capped at each version's nlist), with no new version;
+    /// the gate and the canary measure recall at it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1048576))]
     pub nprobe: Option<u32>,
@@ -637,6 +638,83 @@ pub struct DriftStatus {
     pub measured_at: Time,
 }
 
+/// Where the active version's query load falls, as the operator measures it from the routers'
+/// per-list probe counts: a list's load is its scan cost (probes per second × entries,
+/// smoothed with a half-life), a shard's the sum of its lists'.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadStatus {
+    /// The version the queries ran on.
+    pub version: String,
+    /// The most loaded shard's load per replica over the mean per replica: 1 when balanced,
+    /// 2 when one shard's replicas work twice as hard as the average replica.
+    pub imbalance: f64,
+    /// Every shard's share of the load (shares sum to 1), with its Ready replicas.
+    pub shards: Vec<ShardLoad>,
+    /// The hottest lists, hottest first (at most 5).
+    pub hottest_lists: Vec<HotList>,
+    /// What moving whole lists between shards would do now (`kubectl quiver rebalance
+    /// --dry-run` prints it); absent when no move lowers the most loaded shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<RebalancePlan>,
+    /// When it was measured. Rewritten only when a figure changes at the precision shown.
+    pub measured_at: Time,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardLoad {
+    /// Shard number.
+    pub shard: u32,
+    /// Share of the index's load (0 to 1).
+    pub share: f64,
+    /// Ready replicas the share is spread over.
+    pub replicas: u32,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HotList {
+    /// List (centroid) number.
+    pub list: u32,
+    /// The shard that holds it.
+    pub shard: u32,
+    /// Share of the index's load (0 to 1).
+    pub share: f64,
+    /// Entries in the list.
+    pub entries: u64,
+}
+
+/// Moves of whole lists between shards that lower the most loaded shard's load per replica,
+/// within a budget of bytes moved (the planner's; see `operator/README.md`).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalancePlan {
+    /// The moves, at most 64.
+    pub moves: Vec<ListMove>,
+    /// Bytes the moves copy into their new shards' memory.
+    pub bytes: u64,
+    /// `imbalance` after the moves.
+    pub imbalance_after: f64,
+    /// A list whose own load per replica exceeds the mean shard's: moving it only moves the
+    /// hot spot, splitting it would help.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_list: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListMove {
+    /// List (centroid) number.
+    pub list: u32,
+    /// The shard that holds it now.
+    pub from: u32,
+    /// The shard that would hold it.
+    pub to: u32,
+    /// Bytes of its entries in a shard's memory.
+    pub bytes: u64,
+}
+
 /// Pod settings.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -744,6 +822,10 @@ pub struct VectorIndexStatus {
     /// `spec.retrain.drift` is set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftStatus>,
+
+    /// Where the active version's query load falls, per shard and per list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadStatus>,
 
     /// Ready shard pods over desired (shards × replicas).
     #[serde(default, skip_serializing_if = "Option::is_none")]

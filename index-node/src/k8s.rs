@@ -35,10 +35,18 @@ use crate::versions::{Desired, VersionSource};
 /// * Names that are not DNS-1123 labels are skipped: they cannot be storage directories
 ///   the operator wrote, and must not become paths.
 /// * `active` is `status.activeVersion` only when it is among the held versions.
-pub fn desired_from_status(status: Option<&VectorIndexStatus>, shard: Option<u32>) -> Desired {
+/// * `nprobe` is the spec's query-time default (`spec.index.nprobe`), passed through.
+pub fn desired_from_status(
+    status: Option<&VectorIndexStatus>,
+    shard: Option<u32>,
+    nprobe: Option<u32>,
+) -> Desired {
     let Some(st) = status else {
         // An index without a status yet: known, and nothing to hold.
-        return Desired::default();
+        return Desired {
+            nprobe,
+            ..Desired::default()
+        };
     };
     let versions: Vec<String> = st
         .held_versions()
@@ -50,7 +58,11 @@ pub fn desired_from_status(status: Option<&VectorIndexStatus>, shard: Option<u32
         .filter(|n| quiver_api::names::is_dns1123_label(n))
         .collect();
     let active = st.active_version.clone().filter(|a| versions.contains(a));
-    Desired { versions, active }
+    Desired {
+        versions,
+        active,
+        nprobe,
+    }
 }
 
 /// The Ready shard pods among `pods`, as shard number → `podIP:port`, each shard's
@@ -162,13 +174,17 @@ impl VersionSource for KubeVersions {
                     Ok(Event::Init) => listed_it = false,
                     Ok(Event::InitApply(vi) | Event::Apply(vi)) => {
                         listed_it = true;
-                        let d = desired_from_status(vi.status.as_ref(), self.shard);
+                        let d = desired_from_status(
+                            vi.status.as_ref(),
+                            self.shard,
+                            vi.spec.index.nprobe,
+                        );
                         tx.send_if_modified(|cur| {
                             if cur.as_ref() == Some(&d) {
                                 return false;
                             }
                             tracing::info!(versions = ?d.versions, active = ?d.active,
-                                "desired versions changed (VectorIndex status)");
+                                nprobe = ?d.nprobe, "desired state changed (VectorIndex)");
                             *cur = Some(d);
                             true
                         });
@@ -314,7 +330,7 @@ mod tests {
             Some("v2-aaaaaaaa"),
         );
         for shard in [None, Some(0)] {
-            let d = desired_from_status(Some(&st), shard);
+            let d = desired_from_status(Some(&st), shard, None);
             assert_eq!(
                 names(&d),
                 ["v4-aaaaaaaa", "v3-aaaaaaaa", "v2-aaaaaaaa", "v1-aaaaaaaa"]
@@ -325,19 +341,19 @@ mod tests {
 
     #[test]
     fn no_status_is_known_and_empty() {
-        assert_eq!(desired_from_status(None, Some(0)), Desired::default());
-        assert_eq!(desired_from_status(None, None), Desired::default());
+        assert_eq!(desired_from_status(None, Some(0), None), Desired::default());
+        assert_eq!(desired_from_status(None, None, None), Desired::default());
     }
 
     #[test]
     fn active_must_be_held() {
         use VersionPhase::*;
         let st = status(&[("v2-aaaaaaaa", Failed, None)], Some("v2-aaaaaaaa"));
-        let d = desired_from_status(Some(&st), None);
+        let d = desired_from_status(Some(&st), None, None);
         assert!(d.versions.is_empty());
         assert_eq!(d.active, None);
         let st = status(&[("v1-aaaaaaaa", Active, None)], Some("v9-aaaaaaaa"));
-        assert_eq!(desired_from_status(Some(&st), None).active, None);
+        assert_eq!(desired_from_status(Some(&st), None, None).active, None);
     }
 
     #[test]
@@ -351,16 +367,16 @@ mod tests {
             Some("v1-aaaaaaaa"),
         );
         assert_eq!(
-            names(&desired_from_status(Some(&st), Some(1))),
+            names(&desired_from_status(Some(&st), Some(1), None)),
             ["v2-aaaaaaaa", "v1-aaaaaaaa"]
         );
-        let d = desired_from_status(Some(&st), Some(3));
+        let d = desired_from_status(Some(&st), Some(3), None);
         assert_eq!(names(&d), ["v1-aaaaaaaa"]);
-        let d = desired_from_status(Some(&st), Some(5));
+        let d = desired_from_status(Some(&st), Some(5), None);
         assert!(d.versions.is_empty());
         assert_eq!(d.active, None);
         // Routers hold every version (they need each one's centroids).
-        assert_eq!(names(&desired_from_status(Some(&st), None)).len(), 2);
+        assert_eq!(names(&desired_from_status(Some(&st), None, None)).len(), 2);
     }
 
     #[test]
@@ -374,7 +390,7 @@ mod tests {
             ],
             Some("../etc"),
         );
-        let d = desired_from_status(Some(&st), None);
+        let d = desired_from_status(Some(&st), None, None);
         assert_eq!(names(&d), ["v1-aaaaaaaa"]);
         assert_eq!(d.active, None);
     }

@@ -66,6 +66,11 @@ pub struct LoadtestCmd {
     /// client may retry them). Latency counts every attempt; `retried` counts the retries.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
+    /// Skewed traffic: draw query i with probability proportional to 1/(i+1)^S, so that a
+    /// few queries (and the lists they probe) take most of the load, as real traffic does.
+    /// 0 (the default) sends the queries in turn.
+    #[arg(long, default_value_t = 0.0, value_name = "S")]
+    pub zipf: f64,
     /// Threads driving the client: 0 = one per core, 1 = a single-threaded runtime.
     #[arg(long, default_value_t = 0)]
     pub worker_threads: usize,
@@ -200,11 +205,57 @@ fn print_summary(s: &Summary, json: bool) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Which query the i-th request sends: in turn, or Zipf-distributed over the query set
+/// (deterministic in i, so that runs repeat).
+#[derive(Debug, Clone)]
+pub struct QueryOrder {
+    n: usize,
+    /// Cumulative probabilities of the Zipf draw; None: in turn.
+    cdf: Option<Vec<f64>>,
+}
+
+impl QueryOrder {
+    pub fn new(n: usize, zipf: f64) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            zipf.is_finite() && zipf >= 0.0,
+            "--zipf must be a finite number >= 0, got {zipf}"
+        );
+        if zipf == 0.0 || n <= 1 {
+            return Ok(Self { n, cdf: None });
+        }
+        let mut acc = 0.0;
+        let mut cdf: Vec<f64> = (0..n)
+            .map(|i| {
+                acc += 1.0 / ((i + 1) as f64).powf(zipf);
+                acc
+            })
+            .collect();
+        for c in &mut cdf {
+            *c /= acc;
+        }
+        Ok(Self { n, cdf: Some(cdf) })
+    }
+
+    pub fn pick(&self, i: u64) -> usize {
+        let Some(cdf) = &self.cdf else {
+            return (i % self.n.max(1) as u64) as usize;
+        };
+        // splitmix64 of i: a uniform draw in [0, 1).
+        let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let u = (z >> 11) as f64 / (1u64 << 53) as f64;
+        cdf.partition_point(|&c| c <= u).min(self.n - 1)
+    }
+}
+
 pub async fn loadtest(cmd: &LoadtestCmd) -> anyhow::Result<Summary> {
     anyhow::ensure!(cmd.concurrency >= 1, "--concurrency must be at least 1");
     let qbytes = read_uri(&cmd.queries).await?;
     let queries = Arc::new(parse_vectors(&qbytes, &cmd.queries)?);
     anyhow::ensure!(!queries.is_empty(), "{}: no queries", cmd.queries);
+    let order = Arc::new(QueryOrder::new(queries.len(), cmd.zipf)?);
     let gt = match &cmd.gt {
         Some(uri) => {
             let b = read_uri(uri).await?;
@@ -225,7 +276,7 @@ pub async fn loadtest(cmd: &LoadtestCmd) -> anyhow::Result<Summary> {
         None => None,
     };
     if let (Some(storage), Some(version)) = (&cmd.local_storage, &cmd.local_version) {
-        return local(cmd, storage, version, queries, gt).await;
+        return local(cmd, storage, version, queries, gt, order).await;
     }
     let target = cmd.target.clone().unwrap_or_default();
     let addr = if target.contains("://") {
@@ -257,6 +308,7 @@ pub async fn loadtest(cmd: &LoadtestCmd) -> anyhow::Result<Summary> {
         let queries = queries.clone();
         let gt = gt.clone();
         let next = next.clone();
+        let order = order.clone();
         let (count, k, nprobe, allow_partial, version, timeout, retries) = (
             cmd.count,
             cmd.k,
@@ -276,7 +328,7 @@ pub async fn loadtest(cmd: &LoadtestCmd) -> anyhow::Result<Summary> {
                 if count.is_some_and(|c| i >= c) {
                     break;
                 }
-                let qi = (i % queries.len() as u64) as usize;
+                let qi = order.pick(i);
                 let t = Instant::now();
                 let mut attempt = 0;
                 let result = loop {
@@ -421,6 +473,7 @@ async fn local(
     version: &str,
     queries: Arc<Vectors<f32>>,
     gt: Gt,
+    order: Arc<QueryOrder>,
 ) -> anyhow::Result<Summary> {
     let st = crate::storage::Storage::open(storage)?;
     let (ns, ix) = (&cmd.local_namespace, &cmd.local_index);
@@ -444,8 +497,8 @@ async fn local(
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..concurrency)
                 .map(|_| {
-                    let (index, queries, gt, next, version) =
-                        (&index, &queries, &gt, &next, &version);
+                    let (index, queries, gt, next, version, order) =
+                        (&index, &queries, &gt, &next, &version, &order);
                     scope.spawn(move || {
                         let mut st = Worker::default();
                         let p = quiver_ivf::SearchParams::new(k as usize, nprobe);
@@ -457,7 +510,7 @@ async fn local(
                             if count.is_some_and(|c| i >= c) {
                                 break;
                             }
-                            let qi = (i % queries.len() as u64) as usize;
+                            let qi = order.pick(i);
                             let t = Instant::now();
                             match index.search(queries.row(qi), &p) {
                                 Ok(hits) => {
@@ -494,4 +547,33 @@ async fn local(
     })
     .await?;
     Ok(summarize(k, started, workers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_turn_without_zipf() {
+        let o = QueryOrder::new(3, 0.0).expect("order");
+        let picks: Vec<usize> = (0..6).map(|i| o.pick(i)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    }
+
+    /// Zipf(1.2) over 100 queries: the first takes about 1/ζ-partial of the draws (0.24 of
+    /// them), the counts fall with the rank, every pick is in range, and a run repeats.
+    #[test]
+    fn zipf_draws_favour_the_first_queries() {
+        let o = QueryOrder::new(100, 1.2).expect("order");
+        let mut counts = [0u64; 100];
+        for i in 0..100_000 {
+            counts[o.pick(i)] += 1;
+        }
+        let expect0: f64 = 1.0 / (1..=100).map(|r| 1.0 / f64::from(r).powf(1.2)).sum::<f64>();
+        let got0 = counts[0] as f64 / 100_000.0;
+        assert!((got0 - expect0).abs() < 0.01, "{got0} vs {expect0}");
+        assert!(counts[0] > counts[1] && counts[1] > counts[9] && counts[9] > counts[99]);
+        assert_eq!(o.pick(12345), o.pick(12345));
+        assert!(QueryOrder::new(10, -1.0).is_err() && QueryOrder::new(10, f64::NAN).is_err());
+    }
 }

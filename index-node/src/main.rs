@@ -9,6 +9,7 @@ mod loader;
 mod loadtest;
 mod manifest;
 mod purge;
+mod remap;
 mod serve;
 mod source;
 mod storage;
@@ -45,6 +46,9 @@ enum Command {
     Purge(purge::PurgeCmd),
     /// Delete the files of named versions, except files that kept versions still use.
     Gc(gc::GcCmd),
+    /// Write a version that moves whole lists between shards of another version, reusing
+    /// its files (a rebalance: only a manifest is written).
+    Remap(remap::RemapCmd),
 }
 
 fn init_tracing() {
@@ -88,6 +92,10 @@ fn main() -> anyhow::Result<()> {
         Command::Gc(cmd) => {
             init_tracing();
             gc::run(cmd)
+        }
+        Command::Remap(cmd) => {
+            init_tracing();
+            remap::run(cmd)
         }
     }
 }

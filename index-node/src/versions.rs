@@ -18,6 +18,11 @@ pub struct Desired {
     /// Version routers pin new queries to; must be among `versions`.
     #[serde(default)]
     pub active: Option<String>,
+    /// Lists a query probes when it does not say (`spec.index.nprobe`), capped at each
+    /// version's nlist; `None`: each version's manifest default. A query-time setting, so it
+    /// changes without a new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nprobe: Option<u32>,
 }
 
 /// A source of [`Desired`] states. Implementations publish every change on the channel.
@@ -128,6 +133,7 @@ impl VersionArgs {
                     .active
                     .clone()
                     .or_else(|| self.versions.last().cloned()),
+                nprobe: None,
             })),
         }
     }
@@ -157,6 +163,7 @@ mod tests {
         let want = Some(Desired {
             versions: vec!["v1".into()],
             active: Some("v1".into()),
+            nprobe: None,
         });
         assert_eq!(*rx.borrow_and_update(), want);
         std::fs::write(&path, "{not json")?;

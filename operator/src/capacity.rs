@@ -18,16 +18,23 @@ pub const BASELINE_BYTES: u64 = 64 << 20;
 /// Largest shard over the mean.
 const SHARD_SKEW: f64 = 1.25;
 
+/// Bytes one list entry takes in a shard's memory (what moving it between shards copies).
+pub fn entry_bytes(spec: &VectorIndexSpec) -> u64 {
+    let d = u64::from(spec.dimension);
+    let q = &spec.index.quantizer;
+    let raw = 4 * d;
+    8 + match q.kind {
+        QuantizerKind::Flat => raw + 2 * d,
+        QuantizerKind::Sq8 => d + 4 + if q.rerank { raw } else { 0 },
+        QuantizerKind::Pq => u64::from(q.m.unwrap_or(1)) + if q.rerank { raw } else { 0 },
+    }
+}
+
 /// Bytes one shard replica holds for a version of `spec` with `vectors` entries in all.
 pub fn shard_bytes(spec: &VectorIndexSpec, vectors: u64) -> u64 {
     let d = u64::from(spec.dimension);
     let q = &spec.index.quantizer;
-    let raw = 4 * d;
-    let per_entry = 8 + match q.kind {
-        QuantizerKind::Flat => raw + 2 * d,
-        QuantizerKind::Sq8 => d + 4 + if q.rerank { raw } else { 0 },
-        QuantizerKind::Pq => u64::from(q.m.unwrap_or(1)) + if q.rerank { raw } else { 0 },
-    };
+    let per_entry = entry_bytes(spec);
     let nlist = u64::from(spec.index.nlist);
     let mut fixed = nlist * d * 4;
     if q.kind == QuantizerKind::Pq {

@@ -4,8 +4,8 @@
 //! and wait for the next change. Transient errors are retried with back-off by
 //! [`error_policy`].
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -21,7 +21,7 @@ use kube::{Client, Resource, ResourceExt};
 use quiver_api::FINALIZER;
 use quiver_api::keys::labels;
 use quiver_api::schedule::Schedule;
-use quiver_api::v1alpha1::{ReadyCount, VectorIndex, VectorIndexStatus, VersionPhase};
+use quiver_api::v1alpha1::{LoadStatus, ReadyCount, VectorIndex, VectorIndexStatus, VersionPhase};
 use tracing::{info, warn};
 
 use crate::apply::{self, ApplyError, Writes};
@@ -30,8 +30,10 @@ use crate::children::{self, ChildConfig, ChildrenError};
 use crate::conditions::{self, Summary};
 use crate::deletion::{self, DeletionStep};
 use crate::drift;
+use crate::hotspots::{self, Measured};
 use crate::jobs::{self, JobError, JobState};
 use crate::lifecycle::{self, Inputs, LifecycleError, Note, Versions};
+use crate::listload::LoadTracker;
 use crate::metrics::Metrics;
 use crate::observe::{self, ObserveError, is_ready};
 use crate::spec_hash::spec_hash;
@@ -47,7 +49,47 @@ pub struct Context {
     pub warm_timeout: Duration,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// How often the routers' per-list counters of an active version are sampled (zero: never).
+    pub load_sample: Duration,
+    /// Per index (by uid): the decayed per-list load of its active version, in memory only (a
+    /// restarted operator measures again; nothing acts on it before a full window).
+    pub loads: Mutex<BTreeMap<String, IndexLoad>>,
 }
+
+impl Context {
+    pub fn new(
+        client: Client,
+        cfg: ChildConfig,
+        warm_timeout: Duration,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        load_sample: Duration,
+    ) -> Self {
+        Context {
+            client,
+            cfg,
+            warm_timeout,
+            recorder,
+            metrics,
+            load_sample,
+            loads: Mutex::default(),
+        }
+    }
+}
+
+/// What the operator keeps of one index's load between samples.
+pub struct IndexLoad {
+    tracker: LoadTracker,
+    sizes: Vec<u64>,
+    owners: Vec<u32>,
+    /// The tracker's time base.
+    since: Instant,
+    last: Instant,
+}
+
+/// Rates are smoothed over this many sample intervals (the half-life): a burst fades within
+/// a few samples, a steady skew holds.
+const LOAD_HALF_LIFE_SAMPLES: f64 = 4.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -202,6 +244,100 @@ pub async fn reconcile(vi: Arc<VectorIndex>, ctx: Arc<Context>) -> Result<Action
     out
 }
 
+/// Samples the routers' per-list counters of the active version when a sample is due, and
+/// returns the load figures measured now (None: not due, no router answered, or no rate yet:
+/// a rate needs two samples of one router).
+async fn measure_load(
+    ctx: &Context,
+    vi: &VectorIndex,
+    active: Option<&str>,
+    seen: &observe::Observed,
+    now: Timestamp,
+) -> Option<LoadStatus> {
+    let active = active?;
+    if ctx.load_sample.is_zero() {
+        return None;
+    }
+    let key = vi.uid().unwrap_or_default();
+    let due = ctx.loads.lock().ok()?.get(&key).is_none_or(|l| {
+        l.tracker.version() != active || l.last.elapsed() + SAMPLE_SLACK >= ctx.load_sample
+    });
+    if !due {
+        return None;
+    }
+    let samples = observe::list_stats(&seen.router_pods, active).await;
+    let nlist = samples.iter().map(|(_, l)| l.len()).max()?;
+    let mut loads = ctx.loads.lock().ok()?;
+    let fresh = || IndexLoad {
+        tracker: LoadTracker::new(
+            active,
+            nlist,
+            LOAD_HALF_LIFE_SAMPLES * ctx.load_sample.as_secs_f64(),
+        ),
+        sizes: vec![0; nlist],
+        owners: vec![0; nlist],
+        since: Instant::now(),
+        last: Instant::now(),
+    };
+    let e = loads.entry(key).or_insert_with(fresh);
+    if e.tracker.version() != active || e.sizes.len() != nlist {
+        *e = fresh();
+    }
+    e.last = Instant::now();
+    let at = e.since.elapsed().as_secs_f64();
+    for (pod, lists) in &samples {
+        let mut probes = vec![0u64; nlist];
+        for s in lists {
+            let i = s.list as usize;
+            if i < nlist {
+                probes[i] = s.probes;
+                e.sizes[i] = s.size;
+                e.owners[i] = s.shard;
+            }
+        }
+        e.tracker.observe(pod, at, &probes);
+    }
+    let routers: Vec<String> = seen.router_pods.iter().map(|p| p.name_any()).collect();
+    e.tracker
+        .retain(&routers.iter().map(String::as_str).collect::<Vec<_>>());
+    if !e.tracker.measured() {
+        return None;
+    }
+    // Ready replicas of each shard of the active version's map (a shard with none counts 1).
+    let shards = e.owners.iter().copied().max().map_or(0, |m| m + 1) as usize;
+    let mut replicas = vec![0u32; shards];
+    for p in seen.shard_pods.iter().filter(|p| is_ready(p)) {
+        let shard: Option<usize> = p.labels().get(labels::SHARD).and_then(|s| s.parse().ok());
+        if let Some(r) = shard.and_then(|s| replicas.get_mut(s)) {
+            *r += 1;
+        }
+    }
+    for r in &mut replicas {
+        *r = (*r).max(1);
+    }
+    let loads_now = e.tracker.loads(&e.sizes);
+    hotspots::summarize(
+        Measured {
+            version: active,
+            loads: &loads_now,
+            sizes: &e.sizes,
+            owners: &e.owners,
+            replicas: &replicas,
+            entry_bytes: capacity::entry_bytes(&vi.spec),
+        },
+        vi.status
+            .as_ref()
+            .and_then(|s| s.load.as_ref())
+            .filter(|l| l.version == active)
+            .and_then(|l| l.plan.as_ref()),
+        now,
+    )
+}
+
+/// A reconcile woken a little before a sample is due takes it now rather than a whole
+/// interval later.
+const SAMPLE_SLACK: Duration = Duration::from_millis(250);
+
 async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Error> {
     let index = vi.name_any();
     let ns = vi.namespace().unwrap_or_default();
@@ -209,6 +345,9 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
     if vi.meta().deletion_timestamp.is_some() {
         // Children go with it by ownerReference; files per the deletion policy.
         ctx.metrics.forget_index(&ns, &index);
+        if let Ok(mut loads) = ctx.loads.lock() {
+            loads.remove(&vi.uid().unwrap_or_default());
+        }
         return delete(vi, ctx, has_finalizer).await;
     }
     if let step @ (DeletionStep::AddFinalizer | DeletionStep::RemoveFinalizer) = deletion::plan(
@@ -271,6 +410,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
 
     // observe
     let seen = observe::observe(&ctx.client, vi).await?;
+    let load_measured = measure_load(ctx, vi, old.active_version.as_deref(), &seen, now).await;
 
     // plan (pure)
     let hash = spec_hash(&vi.spec);
@@ -415,6 +555,11 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         status.active_version.as_deref(),
         now,
     );
+    status.load = hotspots::to_publish(
+        old.load.as_ref(),
+        load_measured,
+        status.active_version.as_deref(),
+    );
     status.shards = Some(shards);
     status.routers = Some(routers);
     status.conditions = conditions::keep_transition_times(&old.conditions, conds);
@@ -467,6 +612,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
     if let Some(d) = &drift_now {
         ctx.metrics.set_drift(&ns, &index, d.statistic);
     }
+    ctx.metrics.set_load(&ns, &index, status.load.as_ref());
     ctx.metrics.set_lifecycle(
         &ns,
         &index,
@@ -485,11 +631,14 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
                 | VersionPhase::Draining
         )
     });
-    let wait = match step.requeue {
+    let mut wait = match step.requeue {
         Some(d) => d,
         None if preparing => lifecycle::POLL,
         None => RESYNC,
     };
+    if status.active_version.is_some() && !ctx.load_sample.is_zero() {
+        wait = wait.min(ctx.load_sample);
+    }
     // Wake for the next scheduled retrain (a second late, so that it is due then).
     let next_fire = schedule
         .as_ref()

@@ -2,7 +2,7 @@
 //!
 //! Reconcile is a pipeline (see [`controller`]): observe ([`observe`]) → validate
 //! (`quiver_api::validate`) → plan ([`children`], [`jobs`], [`lifecycle`], [`capacity`],
-//! [`conditions`], [`deletion`], all pure and unit-tested without a client) → apply ([`apply`]) → status.
+//! [`conditions`], [`deletion`], [`hotspots`], [`rebalance`], all pure and unit-tested without a client) → apply ([`apply`]) → status.
 
 pub mod apply;
 pub mod capacity;
@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod controller;
 pub mod deletion;
 pub mod drift;
+pub mod hotspots;
 pub mod jobs;
 pub mod lifecycle;
 pub mod listload;

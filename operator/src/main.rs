@@ -65,6 +65,12 @@ struct Cli {
     #[arg(long, env = "QUIVER_WARM_TIMEOUT_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     warm_timeout_secs: u64,
+    /// Seconds between samples of the routers' per-list probe counters of each active version
+    /// (`status.load`, the load metrics); 0 turns load measurement off. Rates are smoothed
+    /// with a half-life of four intervals.
+    #[arg(long, env = "QUIVER_LOAD_SAMPLE_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    load_sample_secs: u64,
 }
 
 struct Http {
@@ -116,15 +122,16 @@ async fn main() -> anyhow::Result<()> {
             instance: Some(cli.identity.clone()),
         },
     );
-    let ctx = Arc::new(Context {
+    let ctx = Arc::new(Context::new(
         client,
-        cfg: ChildConfig {
+        ChildConfig {
             node_image: cli.node_image.clone(),
         },
-        warm_timeout: Duration::from_secs(cli.warm_timeout_secs),
+        Duration::from_secs(cli.warm_timeout_secs),
         recorder,
         metrics,
-    });
+        Duration::from_secs(cli.load_sample_secs),
+    ));
     let namespace = Some(cli.namespace.clone()).filter(|n| !n.is_empty());
     http.ready.store(true, Ordering::SeqCst);
     if !cli.leader_election {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use k8s_openapi::jiff::Timestamp;
-use quiver_api::v1alpha1::{IndexPhase, VectorIndexStatus, VersionPhase};
+use quiver_api::v1alpha1::{IndexPhase, LoadStatus, VectorIndexStatus, VersionPhase};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -35,6 +35,13 @@ pub struct Metrics {
     pub active_version_age_seconds: Family<Labels, Gauge>,
     /// Query drift of the active version (KS distance, in 1/10000).
     pub query_drift_bp: Family<Labels, Gauge>,
+    /// The most loaded shard's load per replica over the mean (`status.load.imbalance`), in
+    /// 1/10000.
+    pub load_imbalance_bp: Family<Labels, Gauge>,
+    /// Each shard's share of the active version's load, in 1/10000.
+    pub shard_load_share_bp: Family<Labels, Gauge>,
+    /// The share of the n-th hottest list (rank 1 to 5, not the list id: bounded labels).
+    pub hot_list_share_bp: Family<Labels, Gauge>,
     /// 1 for the index's current phase, 0 for the others.
     pub index_phase: Family<Labels, Gauge>,
     /// Versions of an index in each phase.
@@ -50,6 +57,8 @@ pub struct Metrics {
     /// 1 while this replica holds the leader lease.
     pub leader: Gauge,
     indexes: Mutex<BTreeSet<(String, String)>>,
+    /// Shards with a load share series, per index (to remove them when the map shrinks).
+    load_shards: Mutex<BTreeMap<(String, String), u32>>,
 }
 
 const INDEX_PHASES: [IndexPhase; 5] = [
@@ -155,6 +164,9 @@ impl Metrics {
             gate_recall_bp: Family::default(),
             active_version_age_seconds: Family::default(),
             query_drift_bp: Family::default(),
+            load_imbalance_bp: Family::default(),
+            shard_load_share_bp: Family::default(),
+            hot_list_share_bp: Family::default(),
             index_phase: Family::default(),
             versions: Family::default(),
             version_phase_seconds: Family::default(),
@@ -163,6 +175,7 @@ impl Metrics {
             desired_routers: Family::default(),
             leader: Gauge::default(),
             indexes: Mutex::default(),
+            load_shards: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles by outcome", m.reconciles.clone());
@@ -201,6 +214,21 @@ impl Metrics {
             "index_query_drift_basis_points",
             "Kolmogorov-Smirnov distance between live queries' and the active version's held-out vectors' nearest-centroid distances (1/10000)",
             m.query_drift_bp.clone(),
+        );
+        registry.register(
+            "index_load_imbalance_basis_points",
+            "The most loaded shard's load per replica over the mean per replica, of the active version (1/10000; 10000 = balanced)",
+            m.load_imbalance_bp.clone(),
+        );
+        registry.register(
+            "index_shard_load_share_basis_points",
+            "Each shard's share of the active version's scan load (1/10000)",
+            m.shard_load_share_bp.clone(),
+        );
+        registry.register(
+            "index_hot_list_share_basis_points",
+            "Share of the active version's scan load taken by its n-th hottest list, by rank 1-5 (1/10000)",
+            m.hot_list_share_bp.clone(),
         );
         registry.register(
             "index_phase",
@@ -325,8 +353,55 @@ impl Metrics {
             .set((statistic * 10_000.0).round() as i64);
     }
 
+    /// Records where the active version's load falls (`status.load`); None drops the series.
+    pub fn set_load(&self, ns: &str, index: &str, load: Option<&LoadStatus>) {
+        let l = Self::index_labels(ns, index);
+        let with = |k: &'static str, v: String| {
+            let mut l = l.clone();
+            l.push((k, v));
+            l
+        };
+        let bp = |x: f64| (x * 10_000.0).round() as i64;
+        let shards = load.map_or(0, |x| x.shards.len() as u32);
+        let before = self.load_shards.lock().ok().and_then(|mut m| {
+            let key = (ns.to_string(), index.to_string());
+            if shards == 0 {
+                m.remove(&key)
+            } else {
+                m.insert(key, shards)
+            }
+        });
+        for s in shards..before.unwrap_or(0) {
+            self.shard_load_share_bp
+                .remove(&with("shard", s.to_string()));
+        }
+        let Some(load) = load else {
+            self.load_imbalance_bp.remove(&l);
+            for rank in 1..=crate::hotspots::HOTTEST {
+                self.hot_list_share_bp
+                    .remove(&with("rank", rank.to_string()));
+            }
+            return;
+        };
+        self.load_imbalance_bp
+            .get_or_create(&l)
+            .set(bp(load.imbalance));
+        for s in &load.shards {
+            self.shard_load_share_bp
+                .get_or_create(&with("shard", s.shard.to_string()))
+                .set(bp(s.share));
+        }
+        for rank in 1..=crate::hotspots::HOTTEST {
+            let share = load.hottest_lists.get(rank - 1).map_or(0.0, |h| h.share);
+            self.hot_list_share_bp
+                .get_or_create(&with("rank", rank.to_string()))
+                .set(bp(share));
+        }
+    }
+
     /// Drops the series of a deleted index.
     pub fn forget_index(&self, ns: &str, index: &str) {
+        self.set_load(ns, index, None);
         let l = Self::index_labels(ns, index);
         self.ready_shard_pods.remove(&l);
         self.ready_routers.remove(&l);
@@ -475,6 +550,48 @@ mod tests {
         assert!(text.contains(
             r#"quiver_operator_index_desired_shard_pods{namespace="ns",index="docs"} 4"#
         ));
+        m.forget_index("ns", "docs");
+        assert!(!m.encode().contains("docs"), "{}", m.encode());
+    }
+
+    #[test]
+    fn load_series_follow_the_status_and_go_with_shards_and_the_index() {
+        use quiver_api::v1alpha1::{HotList, LoadStatus, ShardLoad};
+        let m = Metrics::new();
+        let shard = |shard, share| ShardLoad {
+            shard,
+            share,
+            replicas: 1,
+        };
+        let mut load = LoadStatus {
+            version: "v1".into(),
+            imbalance: 1.6,
+            shards: vec![shard(0, 0.8), shard(1, 0.2)],
+            hottest_lists: vec![HotList {
+                list: 7,
+                shard: 0,
+                share: 0.4,
+                entries: 10,
+            }],
+            plan: None,
+            measured_at: Time(Timestamp::from_second(0).expect("time")),
+        };
+        m.set_load("ns", "docs", Some(&load));
+        let text = m.encode();
+        for want in [
+            r#"quiver_operator_index_load_imbalance_basis_points{namespace="ns",index="docs"} 16000"#,
+            r#"quiver_operator_index_shard_load_share_basis_points{namespace="ns",index="docs",shard="0"} 8000"#,
+            r#"quiver_operator_index_shard_load_share_basis_points{namespace="ns",index="docs",shard="1"} 2000"#,
+            r#"quiver_operator_index_hot_list_share_basis_points{namespace="ns",index="docs",rank="1"} 4000"#,
+            r#"quiver_operator_index_hot_list_share_basis_points{namespace="ns",index="docs",rank="5"} 0"#,
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+        // No list id ever becomes a label.
+        assert!(!text.contains("list=\""), "{text}");
+        load.shards.truncate(1);
+        m.set_load("ns", "docs", Some(&load));
+        assert!(!m.encode().contains(r#"shard="1""#), "{}", m.encode());
         m.forget_index("ns", "docs");
         assert!(!m.encode().contains("docs"), "{}", m.encode());
     }

@@ -18,7 +18,7 @@ use quiver_api::keys::labels::{self, Role as NodeRole};
 use quiver_api::ports;
 use quiver_api::v1alpha1::{VectorIndex, VersionPhase};
 use quiver_proto::admin_client::AdminClient;
-use quiver_proto::{EvaluateRequest, StatusRequest, VersionState};
+use quiver_proto::{EvaluateRequest, ListStat, ListStatsRequest, StatusRequest, VersionState};
 use serde::de::DeserializeOwned;
 
 use crate::jobs::{self, JobState};
@@ -314,6 +314,45 @@ async fn report(pod: &Pod) -> NodeReport {
         }
     }
     r
+}
+
+/// Every Ready router's per-list counters of `version` (`Admin/ListStats`): routers run the
+/// coarse step of every query, so each one sees every list's probes. Routers that do not
+/// answer are left out (logged); their traffic is counted again once they do.
+pub async fn list_stats(routers: &[Pod], version: &str) -> Vec<(String, Vec<ListStat>)> {
+    let asks = routers
+        .iter()
+        .filter(|p| is_ready(p))
+        .map(|pod| async move {
+            let name = pod.name_any();
+            let ip = pod_ip(pod)?;
+            let call = async {
+                let mut c = AdminClient::connect(admin_uri(&ip)).await?;
+                let r = c
+                    .list_stats(ListStatsRequest {
+                        version: version.to_string(),
+                    })
+                    .await?
+                    .into_inner();
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(r.lists)
+            };
+            match tokio::time::timeout(ADMIN_TIMEOUT, call).await {
+                Ok(Ok(lists)) => Some((name, lists)),
+                Ok(Err(e)) => {
+                    tracing::debug!(pod = %name, version, error = %e, "ListStats failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(pod = %name, version, "ListStats timed out");
+                    None
+                }
+            }
+        });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The gate: a router that holds `version` warm measures its recall on the stored evaluation

@@ -1,7 +1,7 @@
 //! The hash of the spec fields that shape an index version. Two specs with the same hash
 //! build the same version; a different hash needs a new one. Scaling (`replicas`,
-//! `router.replicas`), pods, rollout thresholds and retention are not in it: changing them
-//! changes pods or decisions, never the files of a version.
+//! `router.replicas`), pods, rollout thresholds, retention and the query-time `index.nprobe`
+//! are not in it: changing them changes pods or decisions, never the files of a version.
 //!
 //! FNV-1a over canonical JSON, not `std::hash`: the value is stored in statuses and
 //! manifests and must not change with the compiler.
@@ -51,6 +51,8 @@ mod tests {
             v["spec"]["replicas"] = json!(5);
             v["spec"]["router"] = json!({"replicas": 4});
             v["spec"]["rollout"] = json!({"minRecall": 0.5});
+            // Query-time: routers read it from the spec.
+            v["spec"]["index"]["nprobe"] = json!(4);
         });
         assert_eq!(spec_hash(&same.spec), base);
         for edit in [

@@ -178,21 +178,24 @@ async fn run(vi: VectorIndex, world: World) -> Vec<(Method, String, Value)> {
     let client = Client::new(mock, NS);
     let writes = Arc::new(Mutex::new(Vec::new()));
     let server = tokio::spawn(serve(handle, world, writes.clone()));
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        cfg: ChildConfig {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "quiver-operator".into(),
+            instance: None,
+        },
+    );
+    // Load sampling asks router pods over gRPC, which this mocked API server has none of.
+    let ctx = Arc::new(Context::new(
+        client,
+        ChildConfig {
             node_image: "index-node:test".into(),
         },
-        warm_timeout: std::time::Duration::from_secs(300),
-        recorder: Recorder::new(
-            client,
-            Reporter {
-                controller: "quiver-operator".into(),
-                instance: None,
-            },
-        ),
-        metrics: Arc::new(Metrics::new()),
-    });
+        std::time::Duration::from_secs(300),
+        recorder,
+        Arc::new(Metrics::new()),
+        std::time::Duration::ZERO,
+    ));
     reconcile(Arc::new(vi), ctx).await.unwrap();
     server.abort();
     writes.lock().unwrap().clone()

@@ -45,6 +45,16 @@ impl Operator {
 
     /// One replica, `identity` its name in the leader Lease.
     pub async fn start_as(env: &TestCluster, bin: &PathBuf, identity: &str) -> Self {
+        Self::start_with(env, bin, identity, &[]).await
+    }
+
+    /// [`Operator::start_as`] with `extra` flags.
+    pub async fn start_with(
+        env: &TestCluster,
+        bin: &PathBuf,
+        identity: &str,
+        extra: &[&str],
+    ) -> Self {
         let kubeconfig = operator_kubeconfig(env).await;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -57,6 +67,7 @@ impl Operator {
             .args(LEASE)
             // Short, so that a version that cannot load fails within a test.
             .args(["--warm-timeout-secs", "15"])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("QUIVER_POD_NAME", identity)
             .env("RUST_LOG", "info,kube=warn")

@@ -122,6 +122,7 @@ impl quiver_proto::admin_server::Admin for AdminSvc {
                         list: l as u32,
                         size: v.sizes[l],
                         probes: v.probes[l].load(Ordering::Relaxed),
+                        shard: s.shard,
                     })
                     .collect();
                 (lists, imbalance(&v.manifest.list_sizes))
@@ -133,6 +134,7 @@ impl quiver_proto::admin_server::Admin for AdminSvc {
                         list: l as u32,
                         size: v.manifest.list_sizes[l],
                         probes: v.probes[l].load(Ordering::Relaxed),
+                        shard: v.owners.get(l).copied().unwrap_or_default(),
                     })
                     .collect();
                 (lists, imbalance(&v.manifest.list_sizes))
@@ -169,7 +171,7 @@ impl quiver_proto::admin_server::Admin for AdminSvc {
                 eval.k
             )));
         }
-        let nprobe = validate::nprobe(req.nprobe, v.manifest.default_nprobe, v.manifest.nlist)?;
+        let nprobe = validate::nprobe(req.nprobe, r.default_nprobe(&v), v.manifest.nlist)?;
         let mut n = eval.queries.len();
         if req.max_queries > 0 {
             n = n.min(req.max_queries as usize);

@@ -69,7 +69,7 @@ pub struct Canary {
 }
 
 /// Rounds of the canary until the process ends: each measures the active version at its
-/// default nprobe on the next `queries` evaluation queries and publishes the recall (or counts
+/// default nprobe (the router's, as queries get it) on the next `queries` evaluation queries and publishes the recall (or counts
 /// a failed round with its reason in the log).
 pub async fn run(r: Arc<RouterState>, node: Arc<Node>, c: Canary) {
     if c.interval.is_zero() || c.queries == 0 {
@@ -94,7 +94,7 @@ pub async fn run(r: Arc<RouterState>, node: Arc<Node>, c: Canary) {
         let start = next % total;
         next = start + c.queries;
         let rows = (start..start + c.queries.min(total)).map(|i| i % total);
-        let nprobe = v.manifest.default_nprobe;
+        let nprobe = r.default_nprobe(&v).min(v.manifest.nlist).max(1);
         let m = &node.metrics;
         match recall(&r, &node, &v, k, nprobe, rows).await {
             Ok((recall, _)) => {

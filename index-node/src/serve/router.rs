@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -269,6 +269,8 @@ pub struct RouterState {
     pub active: ArcSwapOption<RouterVersion>,
     /// The desired active version while the router refuses to switch to it, and why.
     pub pending: ArcSwapOption<Pending>,
+    /// `spec.index.nprobe` as last desired (0: unset, each manifest's default applies).
+    nprobe: AtomicU32,
     pool: ArcSwap<Pool>,
     rr: AtomicUsize,
     epoch: Instant,
@@ -296,6 +298,7 @@ impl RouterState {
             ctx,
             active: ArcSwapOption::empty(),
             pending: ArcSwapOption::empty(),
+            nprobe: AtomicU32::new(0),
             pool: ArcSwap::from_pointee(Pool {
                 shards: BTreeMap::new(),
             }),
@@ -306,6 +309,15 @@ impl RouterState {
             batch_sizes,
             replicas,
         })
+    }
+
+    /// The nprobe a query to `v` gets when it does not say: the desired default (capped at
+    /// `v`'s nlist by [`validate::nprobe`]), else `v`'s manifest default.
+    pub fn default_nprobe(&self, v: &RouterVersion) -> usize {
+        match self.nprobe.load(Ordering::Relaxed) {
+            0 => v.manifest.default_nprobe,
+            n => n as usize,
+        }
     }
 
     pub fn readiness(&self) -> (bool, String) {
@@ -338,6 +350,7 @@ impl RouterState {
                 let d = desired.borrow_and_update().clone();
                 self.holder.converge(d.as_ref());
                 if let Some(d) = &d {
+                    self.nprobe.store(d.nprobe.unwrap_or(0), Ordering::Relaxed);
                     self.activate(d).await;
                 }
                 self.publish(&node);
@@ -775,7 +788,8 @@ impl QuerySvc {
         nprobe: Option<u32>,
     ) -> Result<(usize, usize), Status> {
         let k = validate::k(k, self.state.ctx.max_k)?;
-        let nprobe = validate::nprobe(nprobe, v.manifest.default_nprobe, v.manifest.nlist)?;
+        let default = self.state.default_nprobe(v);
+        let nprobe = validate::nprobe(nprobe, default, v.manifest.nlist)?;
         Ok((k, nprobe))
     }
 

@@ -638,6 +638,7 @@ fn desired(versions: &[&str], active: &str) -> Option<Desired> {
     Some(Desired {
         versions: versions.iter().map(|v| v.to_string()).collect(),
         active: Some(active.to_string()),
+        nprobe: None,
     })
 }
 
@@ -792,6 +793,63 @@ async fn the_router_activates_only_a_version_every_shard_holds_warm() {
         .insert("v2", Slot::Warm(Arc::new(version("v2", V2_OFFSET))));
     wait_for("v2 active", || active(&router).as_deref() == Some("v2")).await;
     assert!(router.pending.load().is_none());
+}
+
+/// `spec.index.nprobe` is a query-time setting: a new desired default reaches queries that do
+/// not say (capped at the version's nlist) with the same version serving, a query's own
+/// nprobe still wins, and clearing it returns to the manifest's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_desired_nprobe_is_the_default_of_queries_without_a_new_version() {
+    let shard = shard_svc_with(100, 64, vec![("v1", whole_version("v1"))]);
+    let addr = serve_node(shard).await;
+    let (router, node) = router_node(addr, vec![router_version("v1", 0)]);
+    let (tx, rx) = tokio::sync::watch::channel(desired(&["v1"], "v1"));
+    router.clone().start(node.clone(), rx);
+    let query = QuerySvc {
+        state: router.clone(),
+        node: node.clone(),
+    };
+    let probed = |nprobe: Option<u32>| {
+        let query = &query;
+        async move {
+            let r = query
+                .search(Request::new(SearchRequest {
+                    vector: data(1, 5),
+                    k: 5,
+                    nprobe,
+                    ..Default::default()
+                }))
+                .await
+                .expect("search")
+                .into_inner();
+            assert_eq!(r.version, "v1");
+            r.counters.map(|c| c.lists_probed).unwrap_or_default()
+        }
+    };
+    wait_for_async("v1 active", || async { router.active.load().is_some() }).await;
+    let manifest_default = 4;
+    assert_eq!(probed(None).await, manifest_default);
+
+    let with = |n: Option<u32>| {
+        let mut d = desired(&["v1"], "v1");
+        if let Some(d) = &mut d {
+            d.nprobe = n;
+        }
+        d
+    };
+    tx.send(with(Some(2))).expect("send");
+    wait_for_async("nprobe 2", || async { probed(None).await == 2 }).await;
+    assert_eq!(probed(Some(3)).await, 3, "a query's own nprobe wins");
+    tx.send(with(Some(1000))).expect("send");
+    wait_for_async("nprobe capped at nlist", || async {
+        probed(None).await == NLIST as u32
+    })
+    .await;
+    tx.send(with(None)).expect("send");
+    wait_for_async("manifest default again", || async {
+        probed(None).await == manifest_default
+    })
+    .await;
 }
 
 #[test]

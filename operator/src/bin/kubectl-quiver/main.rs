@@ -10,6 +10,7 @@ mod logs;
 mod output;
 mod pin;
 mod query;
+mod rebalance;
 mod retrain;
 mod status;
 mod versions;
@@ -35,6 +36,7 @@ Examples:
   kubectl quiver logs docs --role shard --tail 20
   kubectl quiver logs docs --role operator
   kubectl quiver wait docs --for=Ready --timeout 300s
+  kubectl quiver rebalance docs --dry-run        # which shard is hot and why; what moving lists would do
 
 GitOps: rollback, pin and unpin write spec.pinnedVersion. Where Argo CD or Flux applies the
 index from Git, the Git copy wins at the next sync: each of them prints the one-line patch to
@@ -125,6 +127,13 @@ inside the cluster or on the local cluster (whose proxy addresses come from serv
     /// Wait until the index is Ready (or another condition); exit 1 with the last condition
     /// messages on timeout.
     Wait(wait::Args),
+
+    /// Which shard is hot and why, and what moving whole lists between shards would do
+    /// (the operator's measurement and plan in status.load; --dry-run only for now).
+    #[command(after_help = "Examples:
+  kubectl quiver rebalance docs --dry-run
+  kubectl quiver rebalance docs --dry-run -o json")]
+    Rebalance(rebalance::Args),
 }
 
 /// The command line: the derive's, with the GitOps note after the examples of rollback, pin
@@ -162,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Query(a) => query::run(g, a).await,
         Cmd::Logs(a) => logs::run(g, a).await,
         Cmd::Wait(a) => wait::run(g, a).await,
+        Cmd::Rebalance(a) => rebalance::run(g, a).await,
     }
 }
 

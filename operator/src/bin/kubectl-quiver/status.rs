@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
 use quiver_api::VectorIndex;
-use quiver_api::v1alpha1::{ReadyCount, VersionPhase, conditions};
+use quiver_api::v1alpha1::{LoadStatus, ReadyCount, VersionPhase, conditions};
 use serde::Serialize;
 
 use crate::connect::{Global, connect};
@@ -49,6 +49,9 @@ pub struct Summary {
     /// too long).
     pub attention: Vec<String>,
     pub conditions: Vec<Condition>,
+    /// Where the active version's load falls (`status.load`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<LoadStatus>,
 }
 
 #[derive(Serialize, Debug)]
@@ -215,6 +218,7 @@ pub fn summary(vi: &VectorIndex, now: Timestamp) -> Summary {
         in_progress,
         attention,
         conditions: st.conditions,
+        load: st.load,
     }
 }
 
@@ -294,6 +298,17 @@ pub fn detail(s: &Summary, wide: bool, now: Timestamp) -> String {
     field(&mut out, "Shards", format!("{} ready", count(s.shards)));
     field(&mut out, "Routers", format!("{} ready", count(s.routers)));
     field(&mut out, "Age", s.age.clone());
+    if let Some(l) = &s.load {
+        let hot = crate::rebalance::hot_shard(l).unwrap_or_default();
+        field(
+            &mut out,
+            "Load",
+            format!(
+                "imbalance {:.2}: {hot} (kubectl quiver rebalance {} --dry-run)",
+                l.imbalance, s.name
+            ),
+        );
+    }
 
     out.push_str("\nVersions:\n");
     if s.versions.is_empty() {
@@ -497,6 +512,18 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("Progressing   True     Building"), "{d}");
+        assert!(!d.contains("Load:"), "no load measured: {d}");
+        let mut loaded = summary(&sample(), now());
+        loaded.load = Some(crate::rebalance::tests::sample());
+        let d = detail(&loaded, false, now());
+        assert!(
+            d.contains("Load:      imbalance 1.60: shard 0 takes 80% of the load on 1 replica"),
+            "{d}"
+        );
+        assert!(
+            d.contains("(kubectl quiver rebalance docs --dry-run)\n"),
+            "{d}"
+        );
 
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["phase"], "Ready");

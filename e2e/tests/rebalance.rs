@@ -1,0 +1,191 @@
+//! Hot lists, end to end: a Zipf-skewed query stream at a 4-shard index. The operator samples
+//! the routers' per-list probe counters, publishes where the load falls (`status.load`: each
+//! shard's share, the hottest lists, the plan moving whole lists would make), and
+//! `kubectl quiver rebalance --dry-run` prints it.
+//!
+//! Not built yet, so not tested here: applying a plan (the rebalance version that reuses the
+//! list files), splitting a list and replicating a hot shard.
+//!
+//! Runs on the in-process stand-in, or against another cluster with QUIVER_E2E_KUBECONFIG.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use kube::api::{Api, PostParams};
+use quiver_api::VectorIndex;
+use quiver_api::v1alpha1::IndexPhase;
+use quiver_e2e::testing::{TestCluster, install_crd, workspace_bin};
+use serde_json::{Value, json};
+
+mod opsupport;
+use opsupport::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_traffic_is_measured_per_shard_and_list_and_a_plan_is_printed() {
+    tokio::time::timeout(Duration::from_secs(420), async {
+        let (operator, node) = bins();
+        let env = TestCluster::start(HashMap::from([("index-node".to_string(), node.clone())]))
+            .await
+            .unwrap();
+        install_crd(&env.client).await.unwrap();
+        let store = env.dir.join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let storage = format!("file://{}", store.display());
+        // Sampled every 2 s (30 s by default), so that a rate is measured within the test.
+        let _op = Operator::start_with(
+            &env,
+            &operator,
+            "quiver-operator",
+            &["--load-sample-secs", "2"],
+        )
+        .await;
+        let api: Api<VectorIndex> = env.api();
+        let mut v = serde_json::to_value(index(
+            "hot",
+            &storage,
+            json!({"synthetic": {"count": 4000, "seed": 11}}),
+        ))
+        .unwrap();
+        v["spec"]["shards"] = json!(4);
+        v["spec"]["replicas"] = json!(1);
+        v["spec"]["router"] = json!({"replicas": 1});
+        let vi: VectorIndex = serde_json::from_value(v).unwrap();
+        api.create(&PostParams::default(), &vi).await.unwrap();
+        let vi = wait_for(&api, "hot", 240, "v1 Ready", |vi| {
+            phase(vi) == Some(IndexPhase::Ready)
+        })
+        .await;
+        let v1 = vi.status.unwrap().active_version.unwrap();
+        let root = storage.strip_prefix("file://").unwrap();
+        let queries = env.dir.join("hot-queries.fvecs");
+        std::fs::copy(
+            Path::new(root).join(format!("{}/hot/versions/{v1}/eval.fvecs", env.ns)),
+            &queries,
+        )
+        .unwrap();
+        let target = service_address(&env, "hot").await.to_string();
+
+        // Zipf(1.5) over the 50 evaluation queries at nprobe 1: the first query alone is
+        // about 40 % of the traffic, and all of it lands on one list.
+        let load = {
+            let (node, queries) = (node.clone(), queries.clone());
+            std::thread::spawn(move || {
+                let out = Command::new(node)
+                    .args(["loadtest", "--target", &target, "--k", "10", "--json"])
+                    .arg("--queries")
+                    .arg(&queries)
+                    .args(["--zipf", "1.5", "--nprobe", "1"])
+                    .args(["--concurrency", "4", "--duration-secs", "15"])
+                    .args(["--worker-threads", "1", "--timeout-ms", "5000"])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "loadtest: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                serde_json::from_str::<Value>(text.lines().last().unwrap_or_default()).unwrap()
+            })
+        };
+
+        let vi = wait_for(&api, "hot", 60, "the load measured and skewed", |vi| {
+            vi.status
+                .as_ref()
+                .and_then(|s| s.load.as_ref())
+                .is_some_and(|l| l.version == v1 && l.shards.len() == 4 && l.imbalance >= 1.3)
+        })
+        .await;
+        let l = vi.status.unwrap().load.unwrap();
+        eprintln!("status.load: {}", serde_json::to_string(&l).unwrap());
+        let total: f64 = l.shards.iter().map(|s| s.share).sum();
+        assert!((total - 1.0).abs() <= 0.03, "shares sum to {total}: {l:?}");
+        assert!(l.shards.iter().all(|s| s.replicas == 1), "{l:?}");
+        let hot = l
+            .shards
+            .iter()
+            .max_by(|a, b| a.share.total_cmp(&b.share))
+            .unwrap();
+        // The figures agree with each other: the imbalance is the hot shard's share over the
+        // mean share (one replica each), and a shard's share holds its lists'.
+        assert!(
+            (l.imbalance - hot.share * 4.0).abs() <= 0.06,
+            "imbalance {} vs hot share {}",
+            l.imbalance,
+            hot.share
+        );
+        assert!(
+            !l.hottest_lists.is_empty() && l.hottest_lists.len() <= 5,
+            "{l:?}"
+        );
+        for h in &l.hottest_lists {
+            let owner = l.shards.iter().find(|s| s.shard == h.shard).unwrap();
+            assert!(owner.share + 0.01 >= h.share, "{h:?} on {owner:?}");
+            assert!(h.entries > 0, "{h:?}");
+        }
+        let plan = l.plan.clone().expect("a skewed map has a plan");
+        assert!(
+            plan.split_list.is_some() || plan.imbalance_after < l.imbalance,
+            "{plan:?}"
+        );
+        assert_eq!(
+            plan.bytes,
+            plan.moves.iter().map(|m| m.bytes).sum::<u64>(),
+            "{plan:?}"
+        );
+
+        // The plugin: the hot shard and why, and the plan; applying is refused for now.
+        let kq = workspace_bin("kubectl-quiver").unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new(&kq)
+                .args(args)
+                .arg("--kubeconfig")
+                .arg(env.kubeconfig())
+                .args(["-n", &env.ns])
+                .env_remove("KUBECONFIG")
+                .output()
+                .unwrap();
+            let text = (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            );
+            eprintln!(
+                "$ kubectl quiver {} → {:?}\n{}{}",
+                args.join(" "),
+                text.0,
+                text.1,
+                text.2
+            );
+            text
+        };
+        let (code, out, _) = run(&["rebalance", "hot", "--dry-run"]);
+        assert_eq!(code, Some(0));
+        assert!(
+            out.starts_with(&format!("Load of {v1} (measured ")),
+            "{out}"
+        );
+        assert!(out.contains("SHARD   SHARE   REPLICAS"), "{out}");
+        assert!(out.contains("\nPlan: "), "{out}");
+        let (code, out, _) = run(&["rebalance", "hot", "--dry-run", "-o", "json"]);
+        assert_eq!(code, Some(0));
+        let doc: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(doc["version"], json!(v1));
+        assert_eq!(doc["shards"].as_array().map(Vec::len), Some(4));
+        let (code, _, err) = run(&["rebalance", "hot"]);
+        assert_eq!(code, Some(1));
+        assert!(err.contains("--dry-run"), "{err}");
+        let (code, out, _) = run(&["status", "hot"]);
+        assert_eq!(code, Some(0));
+        assert!(out.contains("Load:      imbalance "), "{out}");
+
+        let summary = load.join().unwrap();
+        assert_eq!(summary["failed"], json!(0), "{summary}");
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
+}
