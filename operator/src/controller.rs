@@ -85,7 +85,14 @@ pub struct IndexLoad {
     /// The tracker's time base.
     since: Instant,
     last: Instant,
+    /// Each router's probe total at its last sample, and the probes counted since the first.
+    totals: BTreeMap<String, u64>,
+    probes_seen: u64,
 }
+
+/// List probes counted before a load figure is published: fewer are noise (a handful of test
+/// queries), and publishing them would be a write on an index that is otherwise idle.
+pub const MIN_PROBES_PUBLISHED: u64 = 1000;
 
 /// Rates are smoothed over this many sample intervals (the half-life): a burst fades within
 /// a few samples, a steady skew holds.
@@ -278,6 +285,8 @@ async fn measure_load(
         owners: vec![0; nlist],
         since: Instant::now(),
         last: Instant::now(),
+        totals: BTreeMap::new(),
+        probes_seen: 0,
     };
     let e = loads.entry(key).or_insert_with(fresh);
     if e.tracker.version() != active || e.sizes.len() != nlist {
@@ -296,11 +305,16 @@ async fn measure_load(
             }
         }
         e.tracker.observe(pod, at, &probes);
+        let total: u64 = probes.iter().sum();
+        if let Some(was) = e.totals.insert(pod.clone(), total) {
+            // A total that went down is a restarted router counting from zero.
+            e.probes_seen += if total >= was { total - was } else { total };
+        }
     }
     let routers: Vec<String> = seen.router_pods.iter().map(|p| p.name_any()).collect();
     e.tracker
         .retain(&routers.iter().map(String::as_str).collect::<Vec<_>>());
-    if !e.tracker.measured() {
+    if !e.tracker.measured() || e.probes_seen < MIN_PROBES_PUBLISHED {
         return None;
     }
     // Ready replicas of each shard of the active version's map (a shard with none counts 1).
