@@ -57,17 +57,21 @@ pub mod labels {
         Finalize,
         /// Deletes retired versions' files.
         Gc,
+        /// Writes a rebalanced version's manifest over another version's files
+        /// (`index-node remap`).
+        Remap,
     }
 
     impl Role {
         /// Every role, in the order above.
-        pub const ALL: [Role; 6] = [
+        pub const ALL: [Role; 7] = [
             Role::Shard,
             Role::Router,
             Role::Train,
             Role::Build,
             Role::Finalize,
             Role::Gc,
+            Role::Remap,
         ];
 
         /// The label value.
@@ -79,6 +83,7 @@ pub mod labels {
                 Role::Build => "build",
                 Role::Finalize => "finalize",
                 Role::Gc => "gc",
+                Role::Remap => "remap",
             }
         }
 
@@ -134,6 +139,10 @@ pub mod annotations {
     /// a timestamp) asks for one retrain; the version records it as trigger `retrain:<token>`.
     /// Removing it or setting the same value again does nothing.
     pub const RETRAIN: &str = "quiver.dev/retrain";
+    /// `quiver.dev/rebalance` on a `VectorIndex`: a new value asks for one rebalance by the
+    /// operator's current plan (`status.load.plan`) while `spec.rebalance.mode` is Manual; the
+    /// version records it as trigger `rebalance:<token>`.
+    pub const REBALANCE: &str = "quiver.dev/rebalance";
 }
 
 #[cfg(test)]

@@ -257,6 +257,11 @@ pub fn train_job(index: &str, version: &str) -> String {
     format!("{index}-{version}-train")
 }
 
+/// The Job that writes a rebalanced version's manifest (`index-node remap`).
+pub fn remap_job(index: &str, version: &str) -> String {
+    format!("{index}-{version}-remap")
+}
+
 /// The (Indexed) build Job of a version.
 pub fn build_job(index: &str, version: &str) -> String {
     format!("{index}-{version}-build")

@@ -145,6 +145,11 @@ pub struct VectorIndexSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retrain: Option<RetrainSpec>,
 
+    /// When a plan that moves whole lists between shards is applied (`status.load.plan`): a new
+    /// version whose manifest reuses the active version's files, with no train or build.
+    #[serde(default)]
+    pub rebalance: RebalanceSpec,
+
     /// Serve exactly this retained version (e.g. `v2-7f3a9c2e`) instead of the newest one
     /// that passed its gate: for rollbacks and GitOps. Empty or unset: follow new versions.
     /// Versions it names must still be in storage (see `storage.retainVersions`).
@@ -601,6 +606,54 @@ pub struct RetrainSpec {
     pub drift: Option<DriftSpec>,
 }
 
+/// When the operator applies its rebalance plan (`status.load.plan`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebalanceSpec {
+    /// `Off`: never; `Manual` (default): once per new `quiver.dev/rebalance=<token>` annotation
+    /// (`kubectl quiver rebalance NAME`); `Auto`: when `status.load.imbalance` has stayed above
+    /// `threshold` for `windowSeconds`.
+    #[serde(default)]
+    pub mode: RebalanceMode,
+
+    /// Imbalance (the most loaded shard's load per replica over the mean) that Auto acts on.
+    #[serde(default = "default_rebalance_threshold")]
+    #[schemars(range(min = 1.05, max = 100.0))]
+    pub threshold: f64,
+
+    /// Seconds the imbalance must stay above the threshold, without a dip, before Auto acts;
+    /// after a rebalance the next one waits a full window again, so the map never flaps.
+    #[serde(default = "default_rebalance_window")]
+    #[schemars(range(min = 5, max = 86400))]
+    pub window_seconds: u32,
+}
+
+impl Default for RebalanceSpec {
+    fn default() -> Self {
+        RebalanceSpec {
+            mode: RebalanceMode::default(),
+            threshold: default_rebalance_threshold(),
+            window_seconds: default_rebalance_window(),
+        }
+    }
+}
+
+fn default_rebalance_threshold() -> f64 {
+    1.5
+}
+
+fn default_rebalance_window() -> u32 {
+    600
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RebalanceMode {
+    Off,
+    #[default]
+    Manual,
+    Auto,
+}
+
 /// When query drift retrains. Routers compare each live query's distance to its nearest
 /// centroid with the same distance of the version's held-out vectors; `status.drift.statistic`
 /// is the Kolmogorov–Smirnov distance of the two distributions (0: alike, 1: disjoint).
@@ -814,6 +867,10 @@ pub struct VectorIndexStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_retrain: Option<String>,
 
+    /// The `quiver.dev/rebalance` annotation value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_rebalance: Option<String>,
+
     /// When the last scheduled retrain (`spec.retrain.schedule`) started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scheduled_retrain: Option<Time>,
@@ -923,6 +980,14 @@ pub struct VersionStatus {
     /// Why the version failed, or what it waits for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+
+    /// A rebalance: the version whose files this one reuses (only its manifest is new).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalanced_from: Option<String>,
+
+    /// A rebalance: the lists it moves from their shard in `rebalancedFrom`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moves: Vec<ListMove>,
 }
 
 impl VersionStatus {
@@ -940,6 +1005,8 @@ impl VersionStatus {
             last_transition_time: None,
             attempts: None,
             reason: None,
+            rebalanced_from: None,
+            moves: Vec::new(),
         }
     }
 }

@@ -534,6 +534,7 @@ mod tests {
                 schedule: Some("0 3 * * 0".into()),
                 ..RetrainSpec::default()
             }),
+            rebalance: RebalanceSpec::default(),
             pinned_version: None,
             pods: PodsSpec::default(),
         }

@@ -1,21 +1,27 @@
 //! Hot lists, end to end: a Zipf-skewed query stream at a 4-shard index. The operator samples
 //! the routers' per-list probe counters, publishes where the load falls (`status.load`: each
 //! shard's share, the hottest lists, the plan moving whole lists would make), and
-//! `kubectl quiver rebalance --dry-run` prints it.
+//! `kubectl quiver rebalance --dry-run` prints it. Then `spec.rebalance.mode: Auto` applies
+//! the plan under the same load: a version made by one remap Job (no train, no build) whose
+//! only new file is its manifest, swapped in with no failed query, after which the hot
+//! shard's share is lower.
 //!
-//! Not built yet, so not tested here: applying a plan (the rebalance version that reuses the
-//! list files), splitting a list and replicating a hot shard.
+//! Not built yet, so not tested here: splitting a list and replicating a hot shard.
 //!
 //! Runs on the in-process stand-in, or against another cluster with QUIVER_E2E_KUBECONFIG.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use quiver_api::VectorIndex;
+use quiver_api::keys::labels;
 use quiver_api::v1alpha1::IndexPhase;
 use quiver_e2e::testing::{TestCluster, install_crd, workspace_bin};
 use serde_json::{Value, json};
@@ -69,28 +75,10 @@ async fn skewed_traffic_is_measured_per_shard_and_list_and_a_plan_is_printed() {
         let target = service_address(&env, "hot").await.to_string();
 
         // Zipf(1.5) over the 50 evaluation queries at nprobe 1: the first query alone is
-        // about 40 % of the traffic, and all of it lands on one list.
-        let load = {
-            let (node, queries) = (node.clone(), queries.clone());
-            std::thread::spawn(move || {
-                let out = Command::new(node)
-                    .args(["loadtest", "--target", &target, "--k", "10", "--json"])
-                    .arg("--queries")
-                    .arg(&queries)
-                    .args(["--zipf", "1.5", "--nprobe", "1"])
-                    .args(["--concurrency", "4", "--duration-secs", "15"])
-                    .args(["--worker-threads", "1", "--timeout-ms", "5000"])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "loadtest: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                let text = String::from_utf8_lossy(&out.stdout).to_string();
-                serde_json::from_str::<Value>(text.lines().last().unwrap_or_default()).unwrap()
-            })
-        };
+        // about 40 % of the traffic, and all of it lands on one list. Runs of 5 s until the
+        // test is done.
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = skewed_load(node.clone(), target, queries.clone(), stop.clone());
 
         let vi = wait_for(&api, "hot", 60, "the load measured and skewed", |vi| {
             vi.status
@@ -175,17 +163,162 @@ async fn skewed_traffic_is_measured_per_shard_and_list_and_a_plan_is_printed() {
         let doc: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(doc["version"], json!(v1));
         assert_eq!(doc["shards"].as_array().map(Vec::len), Some(4));
+        // Off: applying is refused, naming the field.
+        api.patch(
+            "hot",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rebalance": {"mode": "Off"}}})),
+        )
+        .await
+        .unwrap();
         let (code, _, err) = run(&["rebalance", "hot"]);
         assert_eq!(code, Some(1));
-        assert!(err.contains("--dry-run"), "{err}");
+        assert!(err.contains("spec.rebalance.mode is Off"), "{err}");
         let (code, out, _) = run(&["status", "hot"]);
         assert_eq!(code, Some(0));
         assert!(out.contains("Load:      imbalance "), "{out}");
 
-        let summary = load.join().unwrap();
-        assert_eq!(summary["failed"], json!(0), "{summary}");
+        // Auto: the imbalance has been above 1.3 all along; after 5 s more the plan applies.
+        api.patch(
+            "hot",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rebalance":
+                {"mode": "Auto", "threshold": 1.3, "windowSeconds": 5}}})),
+        )
+        .await
+        .unwrap();
+        let vi = wait_for(&api, "hot", 150, "a rebalance version active", |vi| {
+            vi.status.as_ref().is_some_and(|s| {
+                s.versions.iter().any(|v| {
+                    v.trigger.as_deref() == Some("rebalance:auto")
+                        && s.active_version.as_deref() == Some(v.name.as_str())
+                })
+            })
+        })
+        .await;
+        // One rebalance is what this test follows.
+        api.patch(
+            "hot",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rebalance": {"mode": "Manual"}}})),
+        )
+        .await
+        .unwrap();
+        let st = vi.status.unwrap();
+        let v2 = st.active_version.clone().unwrap();
+        let v2s = st.version(&v2).unwrap();
+        assert_eq!(v2s.rebalanced_from.as_deref(), Some(v1.as_str()));
+        assert!(!v2s.moves.is_empty(), "{v2s:?}");
+        assert!(
+            st.versions
+                .iter()
+                .filter(|v| v.trigger.as_deref() == Some("rebalance:auto"))
+                .count()
+                == 1,
+            "{:?}",
+            st.versions
+        );
+        // Made by one remap Job: no train or build Job, and its manifest is all it wrote.
+        let jobs: Api<Job> = env.api();
+        let names: Vec<String> = jobs
+            .list(&ListParams::default().labels(&format!("{}={v2}", labels::VERSION)))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|j| j.metadata.name)
+            .collect();
+        assert_eq!(names, [format!("hot-{v2}-remap")]);
+        let dir = Path::new(root).join(format!("{}/hot/versions/{v2}", env.ns));
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["manifest.json"], "{}", dir.display());
+
+        // Measured again on the new map under the same traffic: the hot shard cooled.
+        let vi = wait_for(
+            &api,
+            "hot",
+            60,
+            "the load of the rebalanced version",
+            |vi| {
+                vi.status
+                    .as_ref()
+                    .and_then(|s| s.load.as_ref())
+                    .is_some_and(|l| l.version == v2)
+            },
+        )
+        .await;
+        let after = vi.status.unwrap().load.unwrap();
+        eprintln!(
+            "status.load after: {}",
+            serde_json::to_string(&after).unwrap()
+        );
+        let max_share = |l: &quiver_api::v1alpha1::LoadStatus| {
+            l.shards.iter().map(|s| s.share).fold(0.0, f64::max)
+        };
+        assert!(
+            max_share(&after) < max_share(&l),
+            "hot shard share {} before, {} after",
+            max_share(&l),
+            max_share(&after)
+        );
+
+        stop.store(true, Ordering::SeqCst);
+        let runs = load.join().unwrap();
+        let failed: u64 = runs.iter().map(|r| r["failed"].as_u64().unwrap()).sum();
+        let mut answered: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &runs {
+            for (k, v) in r["versions"].as_object().into_iter().flatten() {
+                *answered.entry(k.clone()).or_default() += v["answers"].as_u64().unwrap_or(0);
+            }
+        }
+        eprintln!(
+            "{} loadtest runs: {failed} failed, answers {answered:?}",
+            runs.len()
+        );
+        assert_eq!(failed, 0, "{runs:?}");
+        assert!(
+            answered.keys().all(|k| *k == v1 || *k == v2),
+            "{answered:?}"
+        );
+        assert!(answered.get(&v2).is_some_and(|n| *n > 0), "{answered:?}");
         env.stop().await;
     })
     .await
     .expect("scenario timed out");
+}
+
+/// `index-node loadtest` runs of 5 s (Zipf 1.5, nprobe 1, concurrency 4) until `stop`: their
+/// JSON summaries.
+fn skewed_load(
+    node: PathBuf,
+    target: String,
+    queries: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Value>> {
+    std::thread::spawn(move || {
+        let mut runs = Vec::new();
+        while !stop.load(Ordering::SeqCst) {
+            let out = Command::new(&node)
+                .args(["loadtest", "--target", &target, "--k", "10", "--json"])
+                .arg("--queries")
+                .arg(&queries)
+                .args(["--zipf", "1.5", "--nprobe", "1"])
+                .args(["--concurrency", "4", "--duration-secs", "5"])
+                .args(["--worker-threads", "1", "--timeout-ms", "5000"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "loadtest: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            runs.push(serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap());
+        }
+        runs
+    })
 }

@@ -21,7 +21,9 @@ use kube::{Client, Resource, ResourceExt};
 use quiver_api::FINALIZER;
 use quiver_api::keys::labels;
 use quiver_api::schedule::Schedule;
-use quiver_api::v1alpha1::{LoadStatus, ReadyCount, VectorIndex, VectorIndexStatus, VersionPhase};
+use quiver_api::v1alpha1::{
+    LoadStatus, ReadyCount, RebalanceMode, VectorIndex, VectorIndexStatus, VersionPhase,
+};
 use tracing::{info, warn};
 
 use crate::apply::{self, ApplyError, Writes};
@@ -31,11 +33,12 @@ use crate::conditions::{self, Summary};
 use crate::deletion::{self, DeletionStep};
 use crate::drift;
 use crate::hotspots::{self, Measured};
-use crate::jobs::{self, JobError, JobState};
-use crate::lifecycle::{self, Inputs, LifecycleError, Note, Versions};
+use crate::jobs::{self, JobError, JobKind, JobState};
+use crate::lifecycle::{self, Inputs, LifecycleError, Note, RebalanceAsk, Versions};
 use crate::listload::LoadTracker;
 use crate::metrics::Metrics;
 use crate::observe::{self, ObserveError, is_ready};
+use crate::rebalance::Hysteresis;
 use crate::spec_hash::spec_hash;
 
 /// Look again this often when nothing is going on (reads only; no write unless something
@@ -88,7 +91,12 @@ pub struct IndexLoad {
     /// Each router's probe total at its last sample, and the probes counted since the first.
     totals: BTreeMap<String, u64>,
     probes_seen: u64,
+    /// Auto rebalance: how long the imbalance has stayed above the threshold.
+    hysteresis: Hysteresis,
 }
+
+/// The trigger of a rebalance Auto mode made.
+pub const AUTO_REBALANCE: &str = "rebalance:auto";
 
 /// List probes counted before a load figure is published: fewer are noise (a handful of test
 /// queries), and publishing them would be a write on an index that is otherwise idle.
@@ -287,6 +295,7 @@ async fn measure_load(
         last: Instant::now(),
         totals: BTreeMap::new(),
         probes_seen: 0,
+        hysteresis: Hysteresis::default(),
     };
     let e = loads.entry(key).or_insert_with(fresh);
     if e.tracker.version() != active || e.sizes.len() != nlist {
@@ -483,6 +492,53 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         .as_deref()
         .map(str::trim)
         .filter(|p| !p.is_empty());
+    // A rebalance asked for: a new annotation token (Manual or Auto), or Auto's hysteresis
+    // after a full window above the threshold; either applies the published plan.
+    let load_now = load_measured.clone().or_else(|| old.load.clone());
+    let plan_of_active = load_now
+        .as_ref()
+        .filter(|l| old.active_version.as_deref() == Some(l.version.as_str()));
+    let no_moves: Vec<quiver_api::v1alpha1::ListMove> = Vec::new();
+    let moves = plan_of_active
+        .and_then(|l| l.plan.as_ref())
+        .map_or(&no_moves, |p| &p.moves);
+    let rb = &vi.spec.rebalance;
+    let token = vi
+        .annotations()
+        .get(quiver_api::keys::annotations::REBALANCE)
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty());
+    let auto_due = rb.mode == RebalanceMode::Auto
+        && plan_of_active.is_some_and(|l| {
+            let Ok(mut loads) = ctx.loads.lock() else {
+                return false;
+            };
+            loads.get_mut(&uid).is_some_and(|e| {
+                e.hysteresis.observe(
+                    l.imbalance,
+                    rb.threshold,
+                    f64::from(rb.window_seconds),
+                    now.as_millisecond() as f64 / 1000.0,
+                )
+            })
+        })
+        && !moves.is_empty();
+    let rebalance_ask = match (rb.mode, token) {
+        (RebalanceMode::Off, _) => None,
+        (_, Some(t)) if old.observed_rebalance.as_deref() != Some(t) => Some(RebalanceAsk {
+            trigger: format!("rebalance:{t}"),
+            token: Some(t),
+            version: plan_of_active.map(|l| l.version.as_str()),
+            moves,
+        }),
+        _ if auto_due => Some(RebalanceAsk {
+            trigger: AUTO_REBALANCE.to_string(),
+            token: None,
+            version: plan_of_active.map(|l| l.version.as_str()),
+            moves,
+        }),
+        _ => None,
+    };
     let step = lifecycle::advance(
         &current,
         &Inputs {
@@ -507,6 +563,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
             schedule_due,
             drift: drift_trigger.as_deref(),
             refuse_new: refuse_new.as_ref(),
+            rebalance: rebalance_ask.clone(),
             now,
         },
     )
@@ -515,10 +572,28 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         source,
     })?;
     let desired = children::build(vi, &ctx.cfg)?;
+    if rebalance_ask.as_ref().is_some_and(|a| a.token.is_none())
+        && step.versions.versions.first().is_some_and(|v| {
+            v.trigger.as_deref() == Some(AUTO_REBALANCE) && old.version(&v.name).is_none()
+        })
+    {
+        // Auto acted: the next rebalance waits for a full window of its own.
+        if let Ok(mut loads) = ctx.loads.lock()
+            && let Some(l) = loads.get_mut(&uid)
+        {
+            l.hysteresis.acted();
+        }
+    }
     let new_jobs = step
         .create
         .iter()
-        .map(|(kind, version)| jobs::build(vi, &ctx.cfg, *kind, version, &hash))
+        .map(|(kind, version)| match kind {
+            JobKind::Remap => match step.versions.versions.iter().find(|v| &v.name == version) {
+                Some(v) => jobs::remap(vi, &ctx.cfg, v),
+                None => Err(JobError::Remap(version.clone())),
+            },
+            _ => jobs::build(vi, &ctx.cfg, *kind, version, &hash),
+        })
         .chain(step.gc.iter().map(|plan| jobs::gc(vi, &ctx.cfg, plan)))
         .collect::<Result<Vec<_>, _>>()?;
 
@@ -562,6 +637,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
     status.versions = step.versions.versions.clone();
     status.version_counter = step.versions.counter;
     status.observed_retrain = step.versions.observed_retrain.clone();
+    status.observed_rebalance = step.versions.observed_rebalance.clone();
     status.last_scheduled_retrain = step.versions.last_scheduled.clone();
     status.drift = drift::to_publish(
         old.drift.as_ref(),
@@ -793,6 +869,7 @@ fn versions_of(s: &VectorIndexStatus) -> Versions {
         recall: s.recall,
         counter: s.version_counter,
         observed_retrain: s.observed_retrain.clone(),
+        observed_rebalance: s.observed_rebalance.clone(),
         last_scheduled: s.last_scheduled_retrain.clone(),
     }
 }

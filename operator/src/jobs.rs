@@ -13,7 +13,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use quiver_api::keys::labels::{self, Role};
-use quiver_api::v1alpha1::{PullPolicy, VectorIndex};
+use quiver_api::v1alpha1::{PullPolicy, VectorIndex, VersionStatus};
 use quiver_api::{env, names};
 use serde_json::json;
 
@@ -26,6 +26,8 @@ pub enum JobKind {
     Train,
     Build,
     Finalize,
+    /// A rebalance: the manifest over another version's files ([`remap`]).
+    Remap,
 }
 
 impl JobKind {
@@ -34,6 +36,7 @@ impl JobKind {
             JobKind::Train => Role::Train,
             JobKind::Build => Role::Build,
             JobKind::Finalize => Role::Finalize,
+            JobKind::Remap => Role::Remap,
         }
     }
 
@@ -43,6 +46,7 @@ impl JobKind {
             JobKind::Train => names::train_job(index, version),
             JobKind::Build => names::build_job(index, version),
             JobKind::Finalize => names::finalize_job(index, version),
+            JobKind::Remap => names::remap_job(index, version),
         }
     }
 
@@ -52,6 +56,7 @@ impl JobKind {
             JobKind::Train => "Train",
             JobKind::Build => "Build",
             JobKind::Finalize => "Finalize",
+            JobKind::Remap => "Remap",
         }
     }
 }
@@ -65,6 +70,8 @@ pub const BACKOFF_LIMIT: i32 = 1;
 pub enum JobError {
     #[error("VectorIndex {0} has no uid yet: a Job cannot be owned by it")]
     NotStored(String),
+    #[error("version {0} is not a rebalance: it has no version to remap and no moves")]
+    Remap(String),
     #[error("building Job {job}: {source}")]
     Build {
         job: String,
@@ -98,6 +105,10 @@ pub fn build(
     }];
     args.extend(source_args(vi));
     match kind {
+        JobKind::Remap => {
+            // Made by [`remap`], which knows the moves; never reached from here.
+            return Err(JobError::Remap(version.to_string()));
+        }
         JobKind::Train => {
             let nlist = u64::from(spec.index.nlist.max(1));
             let per_centroid = spec.index.effective_sample_size().div_ceil(nlist).max(1);
@@ -222,6 +233,49 @@ fn pod_spec(
         pod_spec["tolerations"] = json!(spec.pods.tolerations);
     }
     pod_spec
+}
+
+/// The Job of a rebalance version `v`: `index-node remap` writes its manifest over the files
+/// of `v.rebalancedFrom` with `v.moves` applied to the shard map. Nothing is read but that
+/// manifest and nothing written but the new one.
+pub fn remap(vi: &VectorIndex, cfg: &ChildConfig, v: &VersionStatus) -> Result<Job, JobError> {
+    let index = vi.name_any();
+    let owner: OwnerReference = match vi.meta().uid {
+        Some(_) => vi
+            .controller_owner_ref(&())
+            .ok_or_else(|| JobError::NotStored(index.clone()))?,
+        None => return Err(JobError::NotStored(index)),
+    };
+    let (Some(from), false) = (&v.rebalanced_from, v.moves.is_empty()) else {
+        return Err(JobError::Remap(v.name.clone()));
+    };
+    let name = JobKind::Remap.job_name(&index, &v.name);
+    let mut pod_labels = labels::for_role(&index, Role::Remap);
+    pod_labels.insert(labels::VERSION.to_string(), v.name.clone());
+    let moves: Vec<String> = v
+        .moves
+        .iter()
+        .map(|m| format!("{}:{}:{}", m.list, m.from, m.to))
+        .collect();
+    let args = vec![
+        "remap".to_string(),
+        "--from".into(),
+        from.clone(),
+        "--to".into(),
+        v.name.clone(),
+        "--move".into(),
+        moves.join(","),
+    ];
+    let envs = vec![json!({"name": env::VERSION, "value": v.name})];
+    let pod_spec = pod_spec(vi, cfg, "remap", args, envs);
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": vi.namespace(), "labels": pod_labels,
+                     "ownerReferences": [owner]},
+        "spec": {"backoffLimit": BACKOFF_LIMIT,
+                 "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}},
+    });
+    serde_json::from_value::<Job>(job).map_err(|source| JobError::Build { job: name, source })
 }
 
 /// The garbage-collection Job of `plan`: `index-node gc` deletes the files of the versions

@@ -14,7 +14,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use quiver_api::names::VersionName;
-use quiver_api::v1alpha1::{VersionPhase, VersionStatus};
+use quiver_api::v1alpha1::{ListMove, VersionPhase, VersionStatus};
 
 use crate::jobs::{JobKind, JobState};
 
@@ -95,7 +95,21 @@ pub struct Inputs<'a> {
     /// Why no new version may start now (e.g. shard memory cannot hold two versions): triggers
     /// wait, unspent, and the status says why.
     pub refuse_new: Option<&'a Hold>,
+    /// A rebalance asked for now (a new annotation token in Manual mode, the hysteresis in
+    /// Auto mode), with the moves of the current plan.
+    pub rebalance: Option<RebalanceAsk<'a>>,
     pub now: Timestamp,
+}
+
+/// A rebalance asked for: what the version records as its trigger, the annotation token it
+/// spends (Manual), and the plan's moves of the active version's lists.
+#[derive(Debug, Clone)]
+pub struct RebalanceAsk<'a> {
+    pub trigger: String,
+    pub token: Option<&'a str>,
+    /// The version the plan was measured on (it must still be the active one).
+    pub version: Option<&'a str>,
+    pub moves: &'a [ListMove],
 }
 
 /// Something that keeps the lifecycle from doing what the spec asks, for the Degraded
@@ -119,6 +133,8 @@ pub struct Versions {
     pub observed_retrain: Option<String>,
     /// The schedule fire time last acted on (`status.lastScheduledRetrain`).
     pub last_scheduled: Option<Time>,
+    /// The rebalance token last acted on (`status.observedRebalance`).
+    pub observed_rebalance: Option<String>,
 }
 
 /// Something worth an Event (and a log line).
@@ -252,7 +268,7 @@ fn trigger(step: &mut Step, input: &Inputs<'_>, now: &Time) -> Result<bool, Life
     });
     let by_spec = needs_new_version(&step.versions, input.spec_hash);
     if !(by_spec || new_token.is_some() || scheduled.is_some() || input.drift.is_some()) {
-        return Ok(false);
+        return rebalance(step, input, now);
     }
     if let Some(h) = input.refuse_new {
         // Unspent: the trigger acts once the hold is gone.
@@ -301,6 +317,95 @@ fn trigger(step: &mut Step, input: &Inputs<'_>, now: &Time) -> Result<bool, Life
         reason: "VersionCreated".into(),
         version: v.name.clone(),
         message: format!("new version {} ({trigger})", v.name),
+    });
+    step.versions.versions.insert(0, v);
+    Ok(true)
+}
+
+/// Makes a rebalance version when one is asked for: the active version's files under a shard
+/// map with the plan's moves applied (no train, no build: a remap Job writes its manifest).
+/// It waits, unspent, while another version is in preparation (a rebalance never supersedes a
+/// retrain) or a hold refuses new versions. True when it made one.
+fn rebalance(step: &mut Step, input: &Inputs<'_>, now: &Time) -> Result<bool, LifecycleError> {
+    let Some(ask) = &input.rebalance else {
+        return Ok(false);
+    };
+    if ask
+        .token
+        .is_some_and(|t| step.versions.observed_rebalance.as_deref() == Some(t))
+    {
+        return Ok(false);
+    }
+    if step
+        .versions
+        .versions
+        .iter()
+        .any(|v| v.phase.is_preparing())
+    {
+        return Ok(false);
+    }
+    let active = step
+        .versions
+        .active
+        .clone()
+        .and_then(|a| step.versions.versions.iter().find(|v| v.name == a).cloned());
+    let spend = |step: &mut Step| {
+        if let Some(t) = ask.token {
+            step.versions.observed_rebalance = Some(t.to_string());
+        }
+    };
+    let Some(active) = active.filter(|a| ask.version == Some(a.name.as_str())) else {
+        spend(step);
+        step.notes.push(Note {
+            warning: true,
+            reason: "RebalanceSkipped".into(),
+            version: String::new(),
+            message: format!(
+                "{} asked for, but there is no plan for the active version yet (status.load)",
+                ask.trigger
+            ),
+        });
+        return Ok(false);
+    };
+    if ask.moves.is_empty() {
+        spend(step);
+        step.notes.push(Note {
+            warning: false,
+            reason: "RebalanceSkipped".into(),
+            version: active.name.clone(),
+            message: format!(
+                "{} asked for, but no move of a whole list lowers the most loaded shard",
+                ask.trigger
+            ),
+        });
+        return Ok(false);
+    }
+    if let Some(h) = input.refuse_new {
+        step.hold = Some(h.clone());
+        return Ok(false);
+    }
+    spend(step);
+    let name = next_name(&step.versions, input.uid)?;
+    let mut v = VersionStatus::pending(name.to_string());
+    v.trigger = Some(ask.trigger.clone());
+    v.spec_hash = active.spec_hash.clone();
+    v.shards = active.shards;
+    v.rebalanced_from = Some(active.name.clone());
+    v.moves = ask.moves.to_vec();
+    v.created_at = Some(now.clone());
+    v.last_transition_time = Some(now.clone());
+    step.versions.counter = Some(name.counter());
+    step.notes.push(Note {
+        warning: false,
+        reason: "VersionCreated".into(),
+        version: v.name.clone(),
+        message: format!(
+            "new version {} ({}): {} list move(s) from {}, reusing its files",
+            v.name,
+            ask.trigger,
+            v.moves.len(),
+            active.name
+        ),
     });
     step.versions.versions.insert(0, v);
     Ok(true)
@@ -597,7 +702,22 @@ fn prepare(step: &mut Step, i: usize, input: &Inputs<'_>, now: &Time) {
     let job = |k: JobKind| k.job_name(input.index, &name);
     let state = |k: JobKind| input.jobs.get(&job(k)).cloned().unwrap_or(JobState::Absent);
     let phase = step.versions.versions[i].phase;
+    let remap = step.versions.versions[i].rebalanced_from.clone();
     match phase {
+        VersionPhase::Pending if remap.is_some() => {
+            step.create.push((JobKind::Remap, name.clone()));
+            set_phase(&mut step.versions.versions[i], VersionPhase::Building, now);
+            step.notes.push(Note {
+                warning: false,
+                reason: "Building".into(),
+                version: name.clone(),
+                message: format!(
+                    "writing {name}'s manifest over the files of {} (Job {})",
+                    remap.as_deref().unwrap_or_default(),
+                    job(JobKind::Remap)
+                ),
+            });
+        }
         VersionPhase::Pending => {
             step.create.push((JobKind::Train, name.clone()));
             set_phase(&mut step.versions.versions[i], VersionPhase::Training, now);
@@ -627,7 +747,9 @@ fn prepare(step: &mut Step, i: usize, input: &Inputs<'_>, now: &Time) {
         }
         VersionPhase::Building => {
             let finalize = state(JobKind::Finalize);
-            let built = if input.parts > 1 && finalize != JobState::Absent {
+            let built = if remap.is_some() {
+                run_job(step, i, JobKind::Remap, state(JobKind::Remap), input, now)
+            } else if input.parts > 1 && finalize != JobState::Absent {
                 run_job(step, i, JobKind::Finalize, finalize, input, now)
             } else if run_job(step, i, JobKind::Build, state(JobKind::Build), input, now) {
                 if input.parts > 1 {
@@ -915,6 +1037,8 @@ mod tests {
         schedule_due: Option<Timestamp>,
         drift: Option<String>,
         refuse: Option<Hold>,
+        /// A rebalance asked for: (trigger, token, plan's version, moves).
+        rebalance: Option<(String, Option<String>, String, Vec<ListMove>)>,
     }
 
     impl World {
@@ -932,6 +1056,7 @@ mod tests {
                 schedule_due: None,
                 drift: None,
                 refuse: None,
+                rebalance: None,
             }
         }
 
@@ -957,6 +1082,12 @@ mod tests {
                     schedule_due: self.schedule_due,
                     drift: self.drift.as_deref(),
                     refuse_new: self.refuse.as_ref(),
+                    rebalance: self.rebalance.as_ref().map(|(t, tok, v, m)| RebalanceAsk {
+                        trigger: t.clone(),
+                        token: tok.as_deref(),
+                        version: Some(v.as_str()),
+                        moves: m,
+                    }),
                     now: self.now,
                 },
             )
@@ -1359,6 +1490,121 @@ mod tests {
             "{v:?}"
         );
         v
+    }
+
+    /// A rebalance version: made from the active one with the plan's moves, it runs one remap
+    /// Job (no train, no build) and then goes the same warm, gate, swap path; the token is
+    /// spent once; a rebalance waits while another version is in preparation, and one asked
+    /// for without moves or for another version than the active one is skipped with a note.
+    #[test]
+    fn a_rebalance_remaps_the_active_version_and_swaps_like_any_other() {
+        let mut w = World::new();
+        let v1 = to_active(&mut w);
+        let moves = vec![ListMove {
+            list: 3,
+            from: 0,
+            to: 1,
+            bytes: 100,
+        }];
+        let ask = |token: &str, version: &str, moves: &[ListMove]| {
+            Some((
+                format!("rebalance:{token}"),
+                Some(token.to_string()),
+                version.to_string(),
+                moves.to_vec(),
+            ))
+        };
+        // Nothing to move: the token is spent with a note, no version.
+        w.rebalance = ask("t0", "v1-7f3a9c2e", &[]);
+        let s = w.step(&v1, HASH);
+        assert_eq!(s.versions.versions.len(), 1);
+        assert_eq!(s.versions.observed_rebalance.as_deref(), Some("t0"));
+        assert!(
+            s.notes.iter().any(|n| n.reason == "RebalanceSkipped"),
+            "{:?}",
+            s.notes
+        );
+        // A plan of another version (the load of the active one not measured yet): skipped.
+        w.rebalance = ask("t1", "v0-7f3a9c2e", &moves);
+        let s = w.step(&v1, HASH);
+        assert_eq!(s.versions.versions.len(), 1);
+
+        w.rebalance = ask("t2", "v1-7f3a9c2e", &moves);
+        let s = w.step(&v1, HASH);
+        let v2 = &s.versions.versions[0];
+        assert_eq!(v2.name, "v2-7f3a9c2e");
+        assert_eq!(v2.phase, VersionPhase::Pending);
+        assert_eq!(v2.trigger.as_deref(), Some("rebalance:t2"));
+        assert_eq!(v2.rebalanced_from.as_deref(), Some("v1-7f3a9c2e"));
+        assert_eq!(v2.moves, moves);
+        assert_eq!(v2.spec_hash.as_deref(), Some(HASH), "the same spec");
+        assert_eq!(s.versions.observed_rebalance.as_deref(), Some("t2"));
+        assert!(s.create.is_empty(), "intent first");
+        // The same token again: nothing new.
+        let again = w.step(&s.versions, HASH);
+        assert_eq!(again.versions.versions.len(), 2);
+
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Building);
+        assert_eq!(s.create, vec![(JobKind::Remap, "v2-7f3a9c2e".into())]);
+        // Another ask while v2 is prepared waits: never two at once, nothing superseded.
+        w.rebalance = ask("t3", "v1-7f3a9c2e", &moves);
+        let held = w.step(&s.versions, HASH);
+        assert_eq!(held.versions.versions.len(), 2);
+        assert_eq!(held.versions.observed_rebalance.as_deref(), Some("t2"));
+        w.rebalance = None;
+        w.job("docs-v2-7f3a9c2e-remap", JobState::Succeeded);
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Warming);
+        assert!(
+            !s.create
+                .iter()
+                .any(|(k, _)| matches!(k, JobKind::Train | JobKind::Build)),
+            "{:?}",
+            s.create
+        );
+        let v = warm_and_swap(&mut w, &s.versions, HASH, "v2-7f3a9c2e");
+        assert_eq!(v.active.as_deref(), Some("v2-7f3a9c2e"));
+        assert_eq!(phase_of(&v, "v1-7f3a9c2e"), Some(VersionPhase::Retired));
+        // The same spec hash as the active rebalance: no retrain follows.
+        assert_eq!(w.step(&v, HASH).versions.versions.len(), 2);
+    }
+
+    #[test]
+    fn a_failed_remap_is_retried_after_the_backoff() {
+        let mut w = World::new();
+        let v1 = to_active(&mut w);
+        w.rebalance = Some((
+            "rebalance:auto".into(),
+            None,
+            "v1-7f3a9c2e".into(),
+            vec![ListMove {
+                list: 0,
+                from: 0,
+                to: 1,
+                bytes: 1,
+            }],
+        ));
+        let s = w.step(&v1, HASH);
+        w.rebalance = None;
+        let s = w.step(&s.versions, HASH);
+        w.job(
+            "docs-v2-7f3a9c2e-remap",
+            JobState::Failed {
+                message: "storage unreachable".into(),
+            },
+        );
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Building);
+        assert!(
+            s.versions.versions[0]
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("RemapFailed: storage unreachable")),
+            "{:?}",
+            s.versions.versions[0]
+        );
+        assert_eq!(s.delete, vec!["docs-v2-7f3a9c2e-remap".to_string()]);
     }
 
     fn phase_of(v: &Versions, name: &str) -> Option<VersionPhase> {

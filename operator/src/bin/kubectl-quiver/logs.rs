@@ -24,6 +24,8 @@ pub enum LogRole {
     Finalize,
     /// Garbage-collection Job pods.
     Gc,
+    /// Remap Job pods (a rebalance version's manifest).
+    Remap,
     /// The operator's pods: only the lines about this index (--all-lines for every line).
     Operator,
 }
@@ -37,6 +39,7 @@ impl LogRole {
             LogRole::Build => Some(Role::Build),
             LogRole::Finalize => Some(Role::Finalize),
             LogRole::Gc => Some(Role::Gc),
+            LogRole::Remap => Some(Role::Remap),
             LogRole::Operator => None,
         }
     }

@@ -128,11 +128,14 @@ inside the cluster or on the local cluster (whose proxy addresses come from serv
     /// messages on timeout.
     Wait(wait::Args),
 
-    /// Which shard is hot and why, and what moving whole lists between shards would do
-    /// (the operator's measurement and plan in status.load; --dry-run only for now).
+    /// Which shard is hot and why, and what moving whole lists between shards would do (the
+    /// operator's measurement and plan in status.load); without --dry-run, ask the operator to
+    /// apply that plan (a quiver.dev/rebalance token): a new version that reuses the active
+    /// one's files, swapped in like any other.
     #[command(after_help = "Examples:
   kubectl quiver rebalance docs --dry-run
-  kubectl quiver rebalance docs --dry-run -o json")]
+  kubectl quiver rebalance docs --dry-run -o json
+  kubectl quiver rebalance docs && kubectl quiver wait docs --for=Ready")]
     Rebalance(rebalance::Args),
 }
 

@@ -1,21 +1,26 @@
-//! `rebalance NAME --dry-run`: where the active version's query load falls and what moving
+//! `rebalance NAME [--dry-run]`: where the active version's query load falls and what moving
 //! whole lists between shards would do, as the operator measured and planned it
-//! (`status.load`). Applying a plan is not built yet, so `--dry-run` is required.
+//! (`status.load`); without `--dry-run` it asks the operator to apply that plan (a fresh
+//! `quiver.dev/rebalance` token): a new version whose manifest reuses the active one's files.
 
 use std::fmt::Write as _;
 
 use k8s_openapi::jiff::Timestamp;
-use quiver_api::v1alpha1::LoadStatus;
+use kube::api::{Patch, PatchParams};
+use quiver_api::VectorIndex;
+use quiver_api::annotations;
+use quiver_api::v1alpha1::{LoadStatus, RebalanceMode};
+use serde_json::json;
 
 use crate::connect::{Global, connect};
 use crate::output::{self, OutputArg};
+use crate::retrain;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The VectorIndex.
     pub name: String,
-    /// Print the plan and change nothing. Required: this release measures and plans, it does
-    /// not apply plans yet.
+    /// Print the measurement and the plan; change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// json or yaml print `status.load` as it is.
@@ -157,20 +162,55 @@ pub fn report(name: &str, load: Option<&LoadStatus>, now: Timestamp) -> String {
     out
 }
 
-pub async fn run(g: &Global, args: &Args) -> anyhow::Result<()> {
-    if !args.dry_run {
-        anyhow::bail!(
-            "applying a rebalance plan is not built yet; `kubectl quiver rebalance {} --dry-run` prints the plan the operator measured (status.load.plan)",
-            args.name
-        );
+/// Whether the operator would apply the plan of `vi` now: the number of moves, or why not.
+pub fn applicable(vi: &VectorIndex) -> Result<usize, String> {
+    let name = vi.metadata.name.clone().unwrap_or_default();
+    if vi.spec.rebalance.mode == RebalanceMode::Off {
+        return Err(format!(
+            "spec.rebalance.mode is Off, so the operator applies no plan; to allow it: kubectl patch vectorindex {name} --type merge -p '{{\"spec\":{{\"rebalance\":{{\"mode\":\"Manual\"}}}}}}'"
+        ));
     }
+    let st = vi.status.clone().unwrap_or_default();
+    let load = st
+        .load
+        .filter(|l| st.active_version.as_deref() == Some(l.version.as_str()))
+        .ok_or_else(|| {
+            format!("no load measured for the active version of {name} yet: nothing to apply")
+        })?;
+    match load.plan.map(|p| p.moves.len()).unwrap_or(0) {
+        0 => Err(format!(
+            "no move of a whole list lowers the most loaded shard of {name}: nothing to apply"
+        )),
+        n => Ok(n),
+    }
+}
+
+pub async fn run(g: &Global, args: &Args) -> anyhow::Result<()> {
     let kube = connect(g).await?;
     let vi = kube.index(&args.name).await?;
     let load = vi.status.as_ref().and_then(|s| s.load.as_ref());
-    match args.out.document(&load)? {
-        Some(text) => print!("{text}"),
-        None => print!("{}", report(&args.name, load, Timestamp::now())),
+    if args.dry_run {
+        match args.out.document(&load)? {
+            Some(text) => print!("{text}"),
+            None => print!("{}", report(&args.name, load, Timestamp::now())),
+        }
+        return Ok(());
     }
+    let moves = applicable(&vi).map_err(|e| anyhow::anyhow!(e))?;
+    let token = retrain::token(Timestamp::now(), retrain::nonce(), None);
+    kube.indexes()
+        .patch(
+            &args.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {annotations::REBALANCE: token}}})),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("annotating vectorindex {}: {e}", args.name))?;
+    println!("{}={token}", annotations::REBALANCE);
+    eprintln!(
+        "vectorindex.quiver.dev/{} rebalance requested ({moves} list move(s) of the current plan): its next version records trigger rebalance:{token}; follow it with kubectl quiver wait {} --for=Ready",
+        args.name, args.name
+    );
     Ok(())
 }
 
@@ -278,6 +318,26 @@ pub mod tests {
         none.plan = None;
         assert!(report("docs", Some(&none), at(1_800_000_020)).contains("Plan: none."));
         assert!(report("docs", None, at(0)).starts_with("No load measured for docs yet"));
+    }
+
+    #[test]
+    fn a_plan_applies_only_when_allowed_measured_for_the_active_version_and_not_empty() {
+        let mut vi = crate::versions::tests::sample();
+        let active = vi.status.as_ref().unwrap().active_version.clone().unwrap();
+        let mut load = sample();
+        load.version = active.clone();
+        vi.status.as_mut().unwrap().load = Some(load.clone());
+        assert_eq!(applicable(&vi), Ok(1));
+        vi.spec.rebalance.mode = RebalanceMode::Off;
+        assert!(applicable(&vi).unwrap_err().contains("mode is Off"));
+        vi.spec.rebalance.mode = RebalanceMode::Auto;
+        assert_eq!(applicable(&vi), Ok(1));
+        vi.status.as_mut().unwrap().load.as_mut().unwrap().version = "v0-0a0b0c0d".into();
+        assert!(applicable(&vi).unwrap_err().contains("no load measured"));
+        let mut empty = load;
+        empty.plan = None;
+        vi.status.as_mut().unwrap().load = Some(empty);
+        assert!(applicable(&vi).unwrap_err().contains("nothing to apply"));
     }
 
     #[test]

@@ -170,6 +170,20 @@ pub fn settled(vi: &VectorIndex) -> Result<(), String> {
     {
         return Err(format!("retrain {t:?} not yet acted on"));
     }
+    let rebalance = vi
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(quiver_api::annotations::REBALANCE))
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty());
+    if pin.is_none()
+        && vi.spec.rebalance.mode != quiver_api::v1alpha1::RebalanceMode::Off
+        && let Some(t) = rebalance
+        && st.observed_rebalance.as_deref() != Some(t)
+    {
+        return Err(format!("rebalance {t:?} not yet acted on"));
+    }
     if let Some(v) = st.versions.iter().find(|v| {
         matches!(
             v.phase,
