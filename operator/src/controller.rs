@@ -91,6 +91,8 @@ pub struct IndexLoad {
     /// Each router's probe total at its last sample, and the probes counted since the first.
     totals: BTreeMap<String, u64>,
     probes_seen: u64,
+    /// Probes counted by the last sample (0: no traffic since the one before).
+    last_delta: u64,
     /// Auto rebalance: how long the imbalance has stayed above the threshold.
     hysteresis: Hysteresis,
 }
@@ -295,6 +297,7 @@ async fn measure_load(
         last: Instant::now(),
         totals: BTreeMap::new(),
         probes_seen: 0,
+        last_delta: 0,
         hysteresis: Hysteresis::default(),
     };
     let e = loads.entry(key).or_insert_with(fresh);
@@ -303,6 +306,7 @@ async fn measure_load(
     }
     e.last = Instant::now();
     let at = e.since.elapsed().as_secs_f64();
+    e.last_delta = 0;
     for (pod, lists) in &samples {
         let mut probes = vec![0u64; nlist];
         for s in lists {
@@ -317,7 +321,9 @@ async fn measure_load(
         let total: u64 = probes.iter().sum();
         if let Some(was) = e.totals.insert(pod.clone(), total) {
             // A total that went down is a restarted router counting from zero.
-            e.probes_seen += if total >= was { total - was } else { total };
+            let delta = if total >= was { total - was } else { total };
+            e.probes_seen += delta;
+            e.last_delta += delta;
         }
     }
     let routers: Vec<String> = seen.router_pods.iter().map(|p| p.name_any()).collect();
@@ -508,20 +514,29 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         .get(quiver_api::keys::annotations::REBALANCE)
         .map(|t| t.trim())
         .filter(|t| !t.is_empty());
+    // Auto judges fresh samples only, and only while queries flow: a sample that counted no
+    // probe resets the window, so stale figures of traffic that ended never act.
     let auto_due = rb.mode == RebalanceMode::Auto
-        && plan_of_active.is_some_and(|l| {
-            let Ok(mut loads) = ctx.loads.lock() else {
-                return false;
-            };
-            loads.get_mut(&uid).is_some_and(|e| {
-                e.hysteresis.observe(
-                    l.imbalance,
-                    rb.threshold,
-                    f64::from(rb.window_seconds),
-                    now.as_millisecond() as f64 / 1000.0,
-                )
+        && load_measured
+            .as_ref()
+            .filter(|l| old.active_version.as_deref() == Some(l.version.as_str()))
+            .is_some_and(|l| {
+                let Ok(mut loads) = ctx.loads.lock() else {
+                    return false;
+                };
+                loads.get_mut(&uid).is_some_and(|e| {
+                    if e.last_delta == 0 {
+                        e.hysteresis = Hysteresis::default();
+                        return false;
+                    }
+                    e.hysteresis.observe(
+                        l.imbalance,
+                        rb.threshold,
+                        f64::from(rb.window_seconds),
+                        now.as_millisecond() as f64 / 1000.0,
+                    )
+                })
             })
-        })
         && !moves.is_empty();
     let rebalance_ask = match (rb.mode, token) {
         (RebalanceMode::Off, _) => None,

@@ -354,6 +354,18 @@ fn rebalance(step: &mut Step, input: &Inputs<'_>, now: &Time) -> Result<bool, Li
             step.versions.observed_rebalance = Some(t.to_string());
         }
     };
+    // Auto does not retry a rebalance of this version that failed (its gate, its load): a
+    // new token can, and a new active version starts afresh.
+    if ask.token.is_none()
+        && let Some(a) = &active
+        && step.versions.versions.iter().any(|v| {
+            v.phase == VersionPhase::Failed
+                && !is_superseded(v)
+                && v.rebalanced_from.as_deref() == Some(a.name.as_str())
+        })
+    {
+        return Ok(false);
+    }
     let Some(active) = active.filter(|a| ask.version == Some(a.name.as_str())) else {
         spend(step);
         step.notes.push(Note {
@@ -1605,6 +1617,29 @@ mod tests {
             s.versions.versions[0]
         );
         assert_eq!(s.delete, vec!["docs-v2-7f3a9c2e-remap".to_string()]);
+
+        // Failed for good (say, its gate): Auto does not make another from the same version.
+        let mut v = s.versions.clone();
+        v.versions[0].phase = VersionPhase::Failed;
+        v.versions[0].reason = Some("GateFailed: recall 0.5 < minRecall 0.9".into());
+        w.rebalance = Some((
+            "rebalance:auto".into(),
+            None,
+            "v1-7f3a9c2e".into(),
+            vec![ListMove {
+                list: 0,
+                from: 0,
+                to: 1,
+                bytes: 1,
+            }],
+        ));
+        assert_eq!(w.step(&v, HASH).versions.versions.len(), 2);
+        // A token still can.
+        if let Some(r) = &mut w.rebalance {
+            r.0 = "rebalance:t9".into();
+            r.1 = Some("t9".into());
+        }
+        assert_eq!(w.step(&v, HASH).versions.versions.len(), 3);
     }
 
     fn phase_of(v: &Versions, name: &str) -> Option<VersionPhase> {
