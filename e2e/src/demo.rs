@@ -44,6 +44,9 @@ pub struct DemoConfig {
     /// Then run the swap benchmark (retrain and swap under load, rollback; see
     /// [`crate::swapbench`]).
     pub swap: bool,
+    /// Then run the rebalance benchmark (skewed load, the operator's plan applied; see
+    /// [`crate::rebalancebench`]).
+    pub rebalance: bool,
 }
 
 /// Phase timings of the first version: (phase, seconds spent in it).
@@ -176,6 +179,19 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
                 target: addr.to_string(),
                 queries: data.join("queries.fvecs"),
                 gt: data.join("groundtruth.ivecs"),
+                concurrency: 8,
+                timeout_secs: cfg.timeout_secs,
+            })
+            .await?;
+        }
+        if cfg.rebalance {
+            crate::rebalancebench::run(&crate::rebalancebench::RebalanceBench {
+                api: &api,
+                namespace: &ns,
+                name: &name,
+                index_node: &index_node,
+                target: addr.to_string(),
+                queries: data.join("queries.fvecs"),
                 concurrency: 8,
                 timeout_secs: cfg.timeout_secs,
             })

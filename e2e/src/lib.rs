@@ -8,5 +8,6 @@ pub mod install;
 pub mod kubelet;
 pub mod local;
 pub mod proxy;
+pub mod rebalancebench;
 pub mod swapbench;
 pub mod testing;

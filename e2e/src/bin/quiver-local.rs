@@ -85,6 +85,12 @@ enum Cmd {
         /// rollback times.
         #[arg(long)]
         swap: bool,
+        /// Then benchmark a rebalance: Zipf-skewed queries at concurrency 8 through the
+        /// Service, the operator's plan applied (quiver.dev/rebalance); prints QPS, each
+        /// shard's load share and CPU time per query, and the throughput bound with a core per
+        /// shard replica, before and after, and decision → Active.
+        #[arg(long)]
+        rebalance: bool,
     },
     /// Kubelet-only mode: run just the process kubelet and the Service proxy against any
     /// API server (a real control plane, or another `up --no-kubelet`), until SIGINT/SIGTERM.
@@ -220,6 +226,7 @@ fn main() -> Result<()> {
             timeout_secs,
             exit,
             swap,
+            rebalance,
         } => {
             init_logs("warn");
             build_siblings()?;
@@ -249,6 +256,7 @@ fn main() -> Result<()> {
                 exit,
                 timeout_secs,
                 swap,
+                rebalance,
             }))
         }
         Cmd::Kubelet {
