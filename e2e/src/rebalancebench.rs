@@ -339,8 +339,23 @@ mod tests {
         assert!((ms[&1] - 10.0 * tick_ms / 1000.0).abs() < 1e-9, "{ms:?}");
     }
 
+    /// A process with a shard's environment is found under its shard number, and only for
+    /// its own namespace and index.
     #[test]
-    fn this_process_is_not_a_shard() {
-        assert!(shard_cpu_ticks("no-such-namespace", "no-such-index").is_empty());
+    fn shard_processes_are_found_by_their_environment() {
+        let ns = format!("bench-{}", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .env(quiver_api::env::NAMESPACE, &ns)
+            .env(quiver_api::env::INDEX, "docs")
+            .env(quiver_api::env::SHARD, "3")
+            .spawn()
+            .expect("sleep");
+        let found = shard_cpu_ticks(&ns, "docs");
+        let other = shard_cpu_ticks(&ns, "other");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found.keys().copied().collect::<Vec<_>>(), [3], "{found:?}");
+        assert!(other.is_empty(), "{other:?}");
     }
 }

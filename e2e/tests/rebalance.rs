@@ -302,22 +302,14 @@ fn skewed_load(
     std::thread::spawn(move || {
         let mut runs = Vec::new();
         while !stop.load(Ordering::SeqCst) {
-            let out = Command::new(&node)
-                .args(["loadtest", "--target", &target, "--k", "10", "--json"])
-                .arg("--queries")
-                .arg(&queries)
-                .args(["--zipf", "1.5", "--nprobe", "1"])
-                .args(["--concurrency", "4", "--duration-secs", "5"])
-                .args(["--worker-threads", "1", "--timeout-ms", "5000"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "loadtest: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let text = String::from_utf8_lossy(&out.stdout).to_string();
-            runs.push(serde_json::from_str(text.lines().last().unwrap_or_default()).unwrap());
+            runs.push(loadtest_with(
+                &node,
+                &target,
+                &queries,
+                5.0,
+                4,
+                &["--zipf", "1.5", "--nprobe", "1"],
+            ));
         }
         runs
     })

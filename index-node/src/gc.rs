@@ -15,17 +15,12 @@ use quiver_api::layout::{MANIFEST, VERSIONS_DIR, index_prefix};
 use quiver_api::names::VersionName;
 
 use crate::manifest::Manifest;
-use crate::storage::{Storage, StorageError, check_name};
+use crate::storage::{IndexArgs, StorageError};
 
 #[derive(clap::Args, Debug)]
 pub struct GcCmd {
-    /// Storage root: file:///dir, a directory, or s3://bucket/prefix.
-    #[arg(long, env = "QUIVER_STORAGE")]
-    pub storage: String,
-    #[arg(long, default_value = "default", env = "QUIVER_NAMESPACE")]
-    pub namespace: String,
-    #[arg(long, env = "QUIVER_INDEX")]
-    pub index: String,
+    #[command(flatten)]
+    pub at: IndexArgs,
     /// Versions whose files go, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub delete: Vec<String>,
@@ -61,21 +56,19 @@ fn check_versions(flag: &str, names: &[String]) -> anyhow::Result<()> {
 
 async fn gc(cmd: GcCmd) -> anyhow::Result<()> {
     let out = collect(&cmd).await?;
-    tracing::info!(index = %cmd.index, namespace = %cmd.namespace, versions = ?cmd.delete,
+    tracing::info!(index = %cmd.at.index, namespace = %cmd.at.namespace, versions = ?cmd.delete,
         files = out.deleted, shared = out.shared, dry_run = cmd.dry_run, "garbage collected");
     Ok(())
 }
 
 pub async fn collect(cmd: &GcCmd) -> anyhow::Result<Outcome> {
-    check_name("--namespace", &cmd.namespace)?;
-    check_name("--index", &cmd.index)?;
     check_versions("--delete", &cmd.delete)?;
     check_versions("--keep", &cmd.keep)?;
     if let Some(both) = cmd.delete.iter().find(|d| cmd.keep.contains(d)) {
         anyhow::bail!("{both} is both in --delete and in --keep");
     }
-    let storage = Storage::open(&cmd.storage)?;
-    let prefix = index_prefix(&cmd.namespace, &cmd.index);
+    let storage = cmd.at.open()?;
+    let prefix = index_prefix(&cmd.at.namespace, &cmd.at.index);
 
     // Every file a kept version still needs, relative to the index prefix.
     let mut needed: BTreeSet<String> = BTreeSet::new();
@@ -186,9 +179,11 @@ mod tests {
             .await;
             put(format!("{base}/v3-7f3a9c2e/centroids.qivf"), "c".into()).await;
             let cmd = |delete: &[&str], keep: &[&str], dry_run| GcCmd {
-                storage: uri.clone(),
-                namespace: "ns".into(),
-                index: "docs".into(),
+                at: IndexArgs {
+                    storage: uri.clone(),
+                    namespace: "ns".into(),
+                    index: "docs".into(),
+                },
                 delete: delete.iter().map(|s| s.to_string()).collect(),
                 keep: keep.iter().map(|s| s.to_string()).collect(),
                 dry_run,

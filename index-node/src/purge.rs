@@ -14,17 +14,12 @@ use anyhow::Context;
 use quiver_api::layout::{MANIFEST, VERSIONS_DIR, index_prefix};
 use quiver_api::names::VersionName;
 
-use crate::storage::{Storage, check_name};
+use crate::storage::IndexArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct PurgeCmd {
-    /// Storage root: file:///dir, a directory, or s3://bucket/prefix.
-    #[arg(long, env = "QUIVER_STORAGE")]
-    pub storage: String,
-    #[arg(long, default_value = "default", env = "QUIVER_NAMESPACE")]
-    pub namespace: String,
-    #[arg(long, env = "QUIVER_INDEX")]
-    pub index: String,
+    #[command(flatten)]
+    pub at: IndexArgs,
     /// `metadata.uid` of the VectorIndex whose versions go (other versions are kept).
     #[arg(long, env = quiver_api::env::INDEX_UID)]
     pub uid: String,
@@ -57,22 +52,20 @@ fn owned_versions<'a>(names: &'a [String], short_uid: &str) -> BTreeMap<&'a str,
 }
 
 async fn purge(cmd: PurgeCmd) -> anyhow::Result<()> {
-    check_name("--namespace", &cmd.namespace)?;
-    check_name("--index", &cmd.index)?;
     let short = VersionName::new(1, &cmd.uid)
         .map_err(|e| anyhow::anyhow!("--uid {:?}: {e}", cmd.uid))?
         .short_uid()
         .to_string();
-    let storage = Storage::open(&cmd.storage)?;
+    let storage = cmd.at.open()?;
     let versions_dir = format!(
         "{}/{VERSIONS_DIR}",
-        index_prefix(&cmd.namespace, &cmd.index)
+        index_prefix(&cmd.at.namespace, &cmd.at.index)
     );
     let names = storage.list(&versions_dir).await?;
     let owned = owned_versions(&names, &short);
     let files: usize = owned.values().map(Vec::len).sum();
     tracing::info!(
-        index = %cmd.index, namespace = %cmd.namespace, versions = owned.len(), files,
+        index = %cmd.at.index, namespace = %cmd.at.namespace, versions = owned.len(), files,
         kept = names.len() - files, dry_run = cmd.dry_run, "purging"
     );
     for (version, mut files) in owned {
@@ -131,9 +124,11 @@ mod tests {
                 s.put(f, Bytes::from_static(b"x")).await.expect("put");
             }
             let cmd = |dry_run| PurgeCmd {
-                storage: uri.clone(),
-                namespace: "ns".into(),
-                index: "docs".into(),
+                at: IndexArgs {
+                    storage: uri.clone(),
+                    namespace: "ns".into(),
+                    index: "docs".into(),
+                },
                 uid: "7F3A9C2E-0000-4000-8000-000000000001".into(),
                 dry_run,
             };

@@ -9,18 +9,13 @@ use bytes::Bytes;
 use quiver_api::layout::{MANIFEST, version_prefix};
 
 use crate::loader::read_manifest;
-use crate::manifest::{Manifest, ShardEntry, imbalance};
-use crate::storage::{Storage, StorageError, check_name};
+use crate::manifest::{Manifest, ShardEntry};
+use crate::storage::{IndexArgs, StorageError, check_name};
 
 #[derive(clap::Args, Debug)]
 pub struct RemapCmd {
-    /// Storage root: file:///dir, a directory, or s3://bucket/prefix.
-    #[arg(long, env = "QUIVER_STORAGE")]
-    pub storage: String,
-    #[arg(long, default_value = "default", env = "QUIVER_NAMESPACE")]
-    pub namespace: String,
-    #[arg(long, env = "QUIVER_INDEX")]
-    pub index: String,
+    #[command(flatten)]
+    pub at: IndexArgs,
     /// The version whose files the new one reuses.
     #[arg(long)]
     pub from: String,
@@ -121,11 +116,8 @@ pub fn remap(
             }
         })
         .collect();
-    let shard_sizes: Vec<u64> = out.shards.iter().map(|s| s.vectors).collect();
     out.build.source = format!("remap of {}", m.version);
     out.build.build_seconds = 0.0;
-    out.build.list_imbalance = imbalance(&m.list_sizes);
-    tracing::debug!(shard_imbalance = imbalance(&shard_sizes), "remapped");
     Ok(out)
 }
 
@@ -134,7 +126,7 @@ pub fn run(cmd: RemapCmd) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let m = rt.block_on(write(&cmd))?;
-    tracing::info!(index = %cmd.index, namespace = %cmd.namespace, from = %cmd.from,
+    tracing::info!(index = %cmd.at.index, namespace = %cmd.at.namespace, from = %cmd.from,
         version = %m.version, moves = cmd.moves.len(), "remapped version written");
     Ok(())
 }
@@ -143,8 +135,6 @@ pub fn run(cmd: RemapCmd) -> anyhow::Result<()> {
 /// written: the same shard map is success, another one an error (a name is never reused for
 /// another map).
 pub async fn write(cmd: &RemapCmd) -> anyhow::Result<Manifest> {
-    check_name("--namespace", &cmd.namespace)?;
-    check_name("--index", &cmd.index)?;
     check_name("--from", &cmd.from)?;
     check_name("--to", &cmd.to)?;
     anyhow::ensure!(cmd.from != cmd.to, "--to must differ from --from");
@@ -155,8 +145,8 @@ pub async fn write(cmd: &RemapCmd) -> anyhow::Result<Manifest> {
         .map(|m| parse_move(m))
         .collect::<anyhow::Result<Vec<_>>>()?;
     anyhow::ensure!(!moves.is_empty(), "--move: no moves given");
-    let storage = Storage::open(&cmd.storage)?;
-    let from = read_manifest(&storage, &cmd.namespace, &cmd.index, &cmd.from).await?;
+    let storage = cmd.at.open()?;
+    let from = read_manifest(&storage, &cmd.at.namespace, &cmd.at.index, &cmd.from).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -164,7 +154,7 @@ pub async fn write(cmd: &RemapCmd) -> anyhow::Result<Manifest> {
     let new = remap(&from, &cmd.to, &moves, now)?;
     let rel = format!(
         "{}/{MANIFEST}",
-        version_prefix(&cmd.namespace, &cmd.index, &cmd.to)
+        version_prefix(&cmd.at.namespace, &cmd.at.index, &cmd.to)
     );
     match storage.get(&rel).await {
         Ok(bytes) => {
@@ -267,9 +257,11 @@ mod tests {
             .await
             .expect("put");
             let cmd = |moves: &[&str]| RemapCmd {
-                storage: uri.clone(),
-                namespace: "ns".into(),
-                index: "docs".into(),
+                at: IndexArgs {
+                    storage: uri.clone(),
+                    namespace: "ns".into(),
+                    index: "docs".into(),
+                },
                 from: "v1-0a0b0c0d".into(),
                 to: "v2-0a0b0c0d".into(),
                 moves: moves.iter().map(|m| m.to_string()).collect(),

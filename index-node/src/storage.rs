@@ -254,6 +254,28 @@ pub fn version_prefix(namespace: &str, index: &str, version: &str) -> String {
     quiver_api::layout::version_prefix(namespace, index, version)
 }
 
+/// Where one index's files are: the flags of the commands that act on them (`gc`, `purge`,
+/// `remap`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct IndexArgs {
+    /// Storage root: file:///dir, a directory, or s3://bucket/prefix.
+    #[arg(long, env = "QUIVER_STORAGE")]
+    pub storage: String,
+    #[arg(long, default_value = "default", env = "QUIVER_NAMESPACE")]
+    pub namespace: String,
+    #[arg(long, env = "QUIVER_INDEX")]
+    pub index: String,
+}
+
+impl IndexArgs {
+    /// Refuses a namespace or index that is not a DNS-1123 label, then opens the storage.
+    pub fn open(&self) -> anyhow::Result<Storage> {
+        check_name("--namespace", &self.namespace)?;
+        check_name("--index", &self.index)?;
+        Ok(Storage::open(&self.storage)?)
+    }
+}
+
 /// Checks a namespace, index or version name: a DNS-1123 label (1-63 characters of
 /// `[a-z0-9-]`, starting and ending with a letter or digit), the rule Kubernetes applies to the
 /// same names. Such a name cannot escape or split the layout (`/`, `..`, empty).

@@ -22,7 +22,7 @@ use quiver_api::FINALIZER;
 use quiver_api::keys::labels;
 use quiver_api::schedule::Schedule;
 use quiver_api::v1alpha1::{
-    LoadStatus, ReadyCount, RebalanceMode, VectorIndex, VectorIndexStatus, VersionPhase,
+    ListMove, LoadStatus, ReadyCount, RebalanceMode, VectorIndex, VectorIndexStatus, VersionPhase,
 };
 use tracing::{info, warn};
 
@@ -367,6 +367,69 @@ async fn measure_load(
 /// interval later.
 const SAMPLE_SLACK: Duration = Duration::from_millis(250);
 
+/// The rebalance asked for now, if any: a new `quiver.dev/rebalance` token (Manual or Auto),
+/// or Auto's hysteresis after a full window above the threshold; either applies the plan of
+/// `load` (the active version's freshest figures; `fresh`: measured this reconcile).
+fn rebalance_ask<'a>(
+    ctx: &Context,
+    vi: &'a VectorIndex,
+    old: &VectorIndexStatus,
+    load: Option<&'a LoadStatus>,
+    fresh: bool,
+    now: Timestamp,
+) -> Option<RebalanceAsk<'a>> {
+    let rb = &vi.spec.rebalance;
+    if rb.mode == RebalanceMode::Off {
+        return None;
+    }
+    let load = load.filter(|l| old.active_version.as_deref() == Some(l.version.as_str()));
+    let moves: &[ListMove] = load.and_then(|l| l.plan.as_ref()).map_or(&[], |p| &p.moves);
+    let version = load.map(|l| l.version.as_str());
+    // Auto judges fresh samples only, and only while queries flow: a sample that counted no
+    // probe resets the window, so stale figures of traffic that ended never act.
+    let auto_due = rb.mode == RebalanceMode::Auto
+        && fresh
+        && load.is_some_and(|l| {
+            let Ok(mut loads) = ctx.loads.lock() else {
+                return false;
+            };
+            loads
+                .get_mut(&vi.uid().unwrap_or_default())
+                .is_some_and(|e| {
+                    if e.last_delta == 0 {
+                        e.hysteresis = Hysteresis::default();
+                        return false;
+                    }
+                    e.hysteresis.observe(
+                        l.imbalance,
+                        rb.threshold,
+                        f64::from(rb.window_seconds),
+                        now.as_millisecond() as f64 / 1000.0,
+                    )
+                })
+        });
+    let token = vi
+        .annotations()
+        .get(quiver_api::keys::annotations::REBALANCE)
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty() && old.observed_rebalance.as_deref() != Some(*t));
+    match token {
+        Some(t) => Some(RebalanceAsk {
+            trigger: format!("rebalance:{t}"),
+            token: Some(t),
+            version,
+            moves,
+        }),
+        None if auto_due && !moves.is_empty() => Some(RebalanceAsk {
+            trigger: AUTO_REBALANCE.to_string(),
+            token: None,
+            version,
+            moves,
+        }),
+        None => None,
+    }
+}
+
 async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Error> {
     let index = vi.name_any();
     let ns = vi.namespace().unwrap_or_default();
@@ -498,62 +561,15 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         .as_deref()
         .map(str::trim)
         .filter(|p| !p.is_empty());
-    // A rebalance asked for: a new annotation token (Manual or Auto), or Auto's hysteresis
-    // after a full window above the threshold; either applies the published plan.
     let load_now = load_measured.clone().or_else(|| old.load.clone());
-    let plan_of_active = load_now
-        .as_ref()
-        .filter(|l| old.active_version.as_deref() == Some(l.version.as_str()));
-    let no_moves: Vec<quiver_api::v1alpha1::ListMove> = Vec::new();
-    let moves = plan_of_active
-        .and_then(|l| l.plan.as_ref())
-        .map_or(&no_moves, |p| &p.moves);
-    let rb = &vi.spec.rebalance;
-    let token = vi
-        .annotations()
-        .get(quiver_api::keys::annotations::REBALANCE)
-        .map(|t| t.trim())
-        .filter(|t| !t.is_empty());
-    // Auto judges fresh samples only, and only while queries flow: a sample that counted no
-    // probe resets the window, so stale figures of traffic that ended never act.
-    let auto_due = rb.mode == RebalanceMode::Auto
-        && load_measured
-            .as_ref()
-            .filter(|l| old.active_version.as_deref() == Some(l.version.as_str()))
-            .is_some_and(|l| {
-                let Ok(mut loads) = ctx.loads.lock() else {
-                    return false;
-                };
-                loads.get_mut(&uid).is_some_and(|e| {
-                    if e.last_delta == 0 {
-                        e.hysteresis = Hysteresis::default();
-                        return false;
-                    }
-                    e.hysteresis.observe(
-                        l.imbalance,
-                        rb.threshold,
-                        f64::from(rb.window_seconds),
-                        now.as_millisecond() as f64 / 1000.0,
-                    )
-                })
-            })
-        && !moves.is_empty();
-    let rebalance_ask = match (rb.mode, token) {
-        (RebalanceMode::Off, _) => None,
-        (_, Some(t)) if old.observed_rebalance.as_deref() != Some(t) => Some(RebalanceAsk {
-            trigger: format!("rebalance:{t}"),
-            token: Some(t),
-            version: plan_of_active.map(|l| l.version.as_str()),
-            moves,
-        }),
-        _ if auto_due => Some(RebalanceAsk {
-            trigger: AUTO_REBALANCE.to_string(),
-            token: None,
-            version: plan_of_active.map(|l| l.version.as_str()),
-            moves,
-        }),
-        _ => None,
-    };
+    let rebalance_ask = rebalance_ask(
+        ctx,
+        vi,
+        &old,
+        load_now.as_ref(),
+        load_measured.is_some(),
+        now,
+    );
     let step = lifecycle::advance(
         &current,
         &Inputs {

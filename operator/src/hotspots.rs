@@ -183,18 +183,7 @@ mod tests {
 
     /// 8 lists of 100 entries on 2 shards (lists 0-3 on shard 0), one replica each.
     fn skewed(loads: &[f64]) -> Option<LoadStatus> {
-        summarize(
-            Measured {
-                version: "v1",
-                loads,
-                sizes: &[100; 8],
-                owners: &[0, 0, 0, 0, 1, 1, 1, 1],
-                replicas: &[1, 1],
-                entry_bytes: 16,
-            },
-            None,
-            now(),
-        )
+        skewed_after(loads, None)
     }
 
     #[test]
@@ -258,7 +247,7 @@ mod tests {
         assert_eq!(l.shards[0].replicas, 2);
     }
 
-    /// 8 lists as [`skewed`], planned with the published plan `previous`.
+    /// [`skewed`], planned with the published plan `previous`.
     fn skewed_after(loads: &[f64], previous: Option<&RebalancePlan>) -> Option<LoadStatus> {
         summarize(
             Measured {
@@ -270,7 +259,7 @@ mod tests {
                 entry_bytes: 16,
             },
             previous,
-            Timestamp::from_second(1_800_000_060).expect("time"),
+            now(),
         )
     }
 
@@ -312,11 +301,12 @@ mod tests {
     #[test]
     fn the_status_is_rewritten_only_when_a_figure_changes() {
         let a = skewed(&[40.0, 20.0, 10.0, 10.0, 5.0, 5.0, 5.0, 5.0]).expect("load");
-        let later = skewed_after(
+        let mut later = skewed_after(
             &[40.1, 20.0, 10.0, 10.0, 5.0, 5.0, 5.0, 5.0],
             a.plan.as_ref(),
         )
         .expect("load");
+        later.measured_at = Time(Timestamp::from_second(1_800_000_060).expect("time"));
         let kept = to_publish(Some(&a), Some(later.clone()), Some("v1"));
         assert_eq!(kept.as_ref(), Some(&a), "same figures: no write");
         let moved = skewed(&[5.0, 5.0, 5.0, 5.0, 40.0, 20.0, 10.0, 10.0]).expect("load");

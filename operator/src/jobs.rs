@@ -79,6 +79,38 @@ pub enum JobError {
     },
 }
 
+/// The index as the controlling owner of a Job (refused before the index is stored).
+fn owner_of(vi: &VectorIndex) -> Result<OwnerReference, JobError> {
+    let index = vi.name_any();
+    if vi.meta().uid.is_none() {
+        return Err(JobError::NotStored(index));
+    }
+    vi.controller_owner_ref(&())
+        .ok_or(JobError::NotStored(index))
+}
+
+/// A one-pod Job owned by the index (remap, gc): `pod_spec` under `pod_labels`, retried
+/// [`BACKOFF_LIMIT`] times by the Job controller.
+fn owned_job(
+    vi: &VectorIndex,
+    owner: OwnerReference,
+    name: &str,
+    pod_labels: &BTreeMap<String, String>,
+    pod_spec: serde_json::Value,
+) -> Result<Job, JobError> {
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": vi.namespace(), "labels": pod_labels,
+                     "ownerReferences": [owner]},
+        "spec": {"backoffLimit": BACKOFF_LIMIT,
+                 "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}},
+    });
+    serde_json::from_value::<Job>(job).map_err(|source| JobError::Build {
+        job: name.to_string(),
+        source,
+    })
+}
+
 /// The Job of step `kind` for `version` of `vi`. `spec_hash` is recorded in the manifest.
 pub fn build(
     vi: &VectorIndex,
@@ -88,12 +120,7 @@ pub fn build(
     spec_hash: &str,
 ) -> Result<Job, JobError> {
     let index = vi.name_any();
-    let owner: OwnerReference = match vi.meta().uid {
-        Some(_) => vi
-            .controller_owner_ref(&())
-            .ok_or_else(|| JobError::NotStored(index.clone()))?,
-        None => return Err(JobError::NotStored(index)),
-    };
+    let owner = owner_of(vi)?;
     let name = kind.job_name(&index, version);
     let spec = &vi.spec;
     let mut pod_labels: BTreeMap<String, String> = labels::for_role(&index, kind.role());
@@ -240,12 +267,7 @@ fn pod_spec(
 /// manifest and nothing written but the new one.
 pub fn remap(vi: &VectorIndex, cfg: &ChildConfig, v: &VersionStatus) -> Result<Job, JobError> {
     let index = vi.name_any();
-    let owner: OwnerReference = match vi.meta().uid {
-        Some(_) => vi
-            .controller_owner_ref(&())
-            .ok_or_else(|| JobError::NotStored(index.clone()))?,
-        None => return Err(JobError::NotStored(index)),
-    };
+    let owner = owner_of(vi)?;
     let (Some(from), false) = (&v.rebalanced_from, v.moves.is_empty()) else {
         return Err(JobError::Remap(v.name.clone()));
     };
@@ -268,14 +290,7 @@ pub fn remap(vi: &VectorIndex, cfg: &ChildConfig, v: &VersionStatus) -> Result<J
     ];
     let envs = vec![json!({"name": env::VERSION, "value": v.name})];
     let pod_spec = pod_spec(vi, cfg, "remap", args, envs);
-    let job = json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "namespace": vi.namespace(), "labels": pod_labels,
-                     "ownerReferences": [owner]},
-        "spec": {"backoffLimit": BACKOFF_LIMIT,
-                 "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}},
-    });
-    serde_json::from_value::<Job>(job).map_err(|source| JobError::Build { job: name, source })
+    owned_job(vi, owner, &name, &pod_labels, pod_spec)
 }
 
 /// The garbage-collection Job of `plan`: `index-node gc` deletes the files of the versions
@@ -283,12 +298,7 @@ pub fn remap(vi: &VectorIndex, cfg: &ChildConfig, v: &VersionStatus) -> Result<J
 /// (it runs while the index lives), named for the newest version it collects.
 pub fn gc(vi: &VectorIndex, cfg: &ChildConfig, plan: &GcPlan) -> Result<Job, JobError> {
     let index = vi.name_any();
-    let owner: OwnerReference = match vi.meta().uid {
-        Some(_) => vi
-            .controller_owner_ref(&())
-            .ok_or_else(|| JobError::NotStored(index.clone()))?,
-        None => return Err(JobError::NotStored(index)),
-    };
+    let owner = owner_of(vi)?;
     let pod_labels = labels::for_role(&index, Role::Gc);
     let args = vec![
         "gc".to_string(),
@@ -298,17 +308,7 @@ pub fn gc(vi: &VectorIndex, cfg: &ChildConfig, plan: &GcPlan) -> Result<Job, Job
         plan.keep.join(","),
     ];
     let pod_spec = pod_spec(vi, cfg, "gc", args, Vec::new());
-    let job = json!({
-        "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": plan.job, "namespace": vi.namespace(), "labels": pod_labels,
-                     "ownerReferences": [owner]},
-        "spec": {"backoffLimit": BACKOFF_LIMIT,
-                 "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec}},
-    });
-    serde_json::from_value::<Job>(job).map_err(|source| JobError::Build {
-        job: plan.job.clone(),
-        source,
-    })
+    owned_job(vi, owner, &plan.job, &pod_labels, pod_spec)
 }
 
 /// Annotation on the cleanup Job: the uid of the resource it purges. The Job has no owner

@@ -1582,11 +1582,9 @@ mod tests {
         assert_eq!(w.step(&v, HASH).versions.versions.len(), 2);
     }
 
-    #[test]
-    fn a_failed_remap_is_retried_after_the_backoff() {
-        let mut w = World::new();
-        let v1 = to_active(&mut w);
-        w.rebalance = Some((
+    /// Auto asking to move list 0 of v1 from shard 0 to 1.
+    fn auto_ask() -> Option<(String, Option<String>, String, Vec<ListMove>)> {
+        Some((
             "rebalance:auto".into(),
             None,
             "v1-7f3a9c2e".into(),
@@ -1596,7 +1594,14 @@ mod tests {
                 to: 1,
                 bytes: 1,
             }],
-        ));
+        ))
+    }
+
+    #[test]
+    fn a_failed_remap_is_retried_after_the_backoff() {
+        let mut w = World::new();
+        let v1 = to_active(&mut w);
+        w.rebalance = auto_ask();
         let s = w.step(&v1, HASH);
         w.rebalance = None;
         let s = w.step(&s.versions, HASH);
@@ -1622,17 +1627,7 @@ mod tests {
         let mut v = s.versions.clone();
         v.versions[0].phase = VersionPhase::Failed;
         v.versions[0].reason = Some("GateFailed: recall 0.5 < minRecall 0.9".into());
-        w.rebalance = Some((
-            "rebalance:auto".into(),
-            None,
-            "v1-7f3a9c2e".into(),
-            vec![ListMove {
-                list: 0,
-                from: 0,
-                to: 1,
-                bytes: 1,
-            }],
-        ));
+        w.rebalance = auto_ask();
         assert_eq!(w.step(&v, HASH).versions.versions.len(), 2);
         // A token still can.
         if let Some(r) = &mut w.rebalance {

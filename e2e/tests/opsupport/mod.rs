@@ -301,6 +301,25 @@ pub fn loadtest(
     concurrency: u32,
     retries: u32,
 ) -> Value {
+    loadtest_with(
+        node,
+        target,
+        queries,
+        secs,
+        concurrency,
+        &["--retries", &retries.to_string()],
+    )
+}
+
+/// [`loadtest`] with `extra` flags (e.g. `--zipf 1.5 --nprobe 1`).
+pub fn loadtest_with(
+    node: &std::path::Path,
+    target: &str,
+    queries: &std::path::Path,
+    secs: f64,
+    concurrency: u32,
+    extra: &[&str],
+) -> Value {
     let out = Command::new(node)
         .args(["loadtest", "--target", target, "--k", "10", "--json"])
         .arg("--queries")
@@ -308,7 +327,7 @@ pub fn loadtest(
         .args(["--concurrency", &concurrency.to_string()])
         .args(["--duration-secs", &secs.to_string()])
         .args(["--worker-threads", "1", "--timeout-ms", "5000"])
-        .args(["--retries", &retries.to_string()])
+        .args(extra)
         .output()
         .unwrap();
     assert!(
