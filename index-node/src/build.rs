@@ -225,6 +225,8 @@ async fn build_part(cmd: &BuildCmd, storage: &Storage, part: u32) -> anyhow::Res
         },
         directory_len: dir_len as u64,
         directory_crc32: crc32(&bytes[..dir_len]),
+        quantizer: None,
+        skip: Vec::new(),
     };
     storage.put(&cmd.loc.file(&name), bytes.into()).await?;
     let info = PartInfo {

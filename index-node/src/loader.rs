@@ -116,8 +116,18 @@ pub async fn load_lists(
             lf.directory_crc32
         );
         let dir = format::read_list_directory(&dir_bytes, &rel)?;
-        let mut ranges = Vec::with_capacity(lists.len());
-        for &l in lists {
+        // A file inherited across a split was written for the parent quantizer: it has no
+        // entry for lists added since, and its copies of the split lists are stale.
+        let inherited = lf.inherited_fingerprint()?;
+        let fingerprint = inherited.unwrap_or(idx.fingerprint());
+        let read: Vec<u32> = lists
+            .iter()
+            .copied()
+            .filter(|l| !lf.skip.contains(l))
+            .filter(|&l| inherited.is_none() || (l as usize) < dir.entries.len())
+            .collect();
+        let mut ranges = Vec::with_capacity(read.len());
+        for &l in &read {
             let e = dir.entry(l)?;
             ensure!(
                 e.offset + e.len <= size,
@@ -127,9 +137,9 @@ pub async fn load_lists(
             ranges.push(e.offset..e.offset + e.len);
         }
         let blobs = storage.get_ranges(&rel, &ranges).await?;
-        for (&l, blob) in lists.iter().zip(blobs) {
+        for (&l, blob) in read.iter().zip(blobs) {
             bytes_total += blob.len() as u64;
-            let list = format::decode_list(&idx, &dir, l, &blob, &rel)?;
+            let list = format::decode_list_for(&idx, fingerprint, &dir, l, &blob, &rel)?;
             match &mut per_list[l as usize] {
                 Some(acc) => acc.append(&list),
                 slot @ None => *slot = Some(list),

@@ -12,6 +12,7 @@ mod purge;
 mod remap;
 mod serve;
 mod source;
+mod split;
 mod storage;
 mod train;
 mod versionloc;
@@ -49,6 +50,10 @@ enum Command {
     /// Write a version that moves whole lists between shards of another version, reusing
     /// its files (a rebalance: only a manifest is written).
     Remap(remap::RemapCmd),
+    /// Write a version in which one list of another version is split in two (2-means over
+    /// that list's vectors): a new quantizer, the two halves and a manifest; every other list
+    /// is read from the older version's files.
+    Split(split::SplitCmd),
 }
 
 fn init_tracing() {
@@ -96,6 +101,10 @@ fn main() -> anyhow::Result<()> {
         Command::Remap(cmd) => {
             init_tracing();
             remap::run(cmd)
+        }
+        Command::Split(cmd) => {
+            init_tracing();
+            split::run(cmd)
         }
     }
 }

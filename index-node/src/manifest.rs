@@ -4,6 +4,7 @@
 //! CRC-32, and carries the shard map. File paths are relative to the index prefix
 //! (`<namespace>/<index>/`), so a rebalanced version can reuse another version's list files.
 
+use anyhow::Context;
 use quiver_ivf::{Metric, QuantizerKind};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +28,32 @@ pub struct ListsFile {
     pub directory_len: u64,
     /// CRC-32 of those leading bytes.
     pub directory_crc32: u32,
+    /// The quantizer fingerprint (16 hex digits) this file's lists were encoded for, when it
+    /// is not this version's own: a file inherited across a list split, valid for every list
+    /// but the split ones (see `skip`). Absent for a version's own files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantizer: Option<String>,
+    /// Lists of this file that this version does not read: a split replaced them with the
+    /// entries of a newer file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip: Vec<u32>,
+}
+
+impl ListsFile {
+    /// The fingerprint in `quantizer`, if any.
+    pub fn inherited_fingerprint(&self) -> anyhow::Result<Option<u64>> {
+        self.quantizer
+            .as_deref()
+            .map(|q| {
+                u64::from_str_radix(q, 16).map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}: quantizer {q:?} is not a 16-digit hex fingerprint",
+                        self.file.path
+                    )
+                })
+            })
+            .transpose()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -126,6 +153,17 @@ impl Manifest {
                 "{name}: quantizer pq{pq_m} does not fit dimension {}",
                 m.dim
             );
+        }
+        for lf in &m.lists {
+            lf.inherited_fingerprint()
+                .with_context(|| format!("{name}: lists file"))?;
+            if let Some(&l) = lf.skip.iter().find(|&&l| l as usize >= m.nlist) {
+                anyhow::bail!(
+                    "{name}: {} skips list {l} >= nlist {}",
+                    lf.file.path,
+                    m.nlist
+                );
+            }
         }
         let mut owner = vec![None; m.nlist];
         for s in &m.shards {

@@ -149,14 +149,24 @@ impl Rng {
 /// Rows `range` of the synthetic dataset `(n, dim, seed)`: points around `sqrt(n)` centres.
 /// Row `i` depends only on `(n, dim, seed, i)`, so build parts generate disjoint slices.
 pub fn synthetic(n: usize, dim: usize, seed: u64, range: std::ops::Range<usize>) -> Vectors<f32> {
+    synthetic_rows(n, dim, seed, range)
+}
+
+/// Rows `rows` (any order) of the synthetic dataset `(n, dim, seed)`.
+pub fn synthetic_rows(
+    n: usize,
+    dim: usize,
+    seed: u64,
+    rows: impl ExactSizeIterator<Item = usize>,
+) -> Vectors<f32> {
     let centres = ((n as f64).sqrt() as usize).clamp(4, 1024);
     let mut c = vec![0f32; centres * dim];
     let mut rng = Rng(mix(seed ^ 0xC3A5_C85C_97CB_3127));
     for x in &mut c {
         *x = rng.unit() * 2.0 - 1.0;
     }
-    let mut data = Vec::with_capacity(range.len() * dim);
-    for i in range {
+    let mut data = Vec::with_capacity(rows.len() * dim);
+    for i in rows {
         let mut r = Rng(mix(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ i as u64));
         let centre = (r.next() % centres as u64) as usize;
         for d in 0..dim {

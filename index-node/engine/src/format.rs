@@ -481,12 +481,27 @@ pub fn decode_list(
     blob: &[u8],
     file: &str,
 ) -> Result<InvertedList> {
-    if dir.fingerprint != index.fingerprint {
+    decode_list_for(index, index.fingerprint, dir, list, blob, file)
+}
+
+/// [`decode_list`] from a file written for quantizer `fingerprint`, which may differ from
+/// `index`'s own: a split ([`IvfIndex::split_list`]) keeps every other list's centroid and the
+/// codebooks, so its parent's files stay valid for those lists. The caller vouches for the
+/// lineage (a version's manifest records it); the encoding is still checked here.
+pub fn decode_list_for(
+    index: &IvfIndex,
+    fingerprint: u64,
+    dir: &ListDirectory,
+    list: u32,
+    blob: &[u8],
+    file: &str,
+) -> Result<InvertedList> {
+    if dir.fingerprint != fingerprint {
         return Err(IvfError::format(
             file,
             format!(
-                "lists were built for quantizer {:016x}, not {:016x}",
-                dir.fingerprint, index.fingerprint
+                "lists were built for quantizer {:016x}, not {fingerprint:016x}",
+                dir.fingerprint
             ),
         ));
     }

@@ -495,7 +495,7 @@ impl IvfIndex {
     }
 
     /// Encodes vectors (already normalised for cosine) into the lists given by `labels`.
-    fn add_assigned(&mut self, ids: &[u64], data: &[f32], labels: &[u32]) {
+    pub(crate) fn add_assigned(&mut self, ids: &[u64], data: &[f32], labels: &[u32]) {
         let dim = self.params.dim;
         let cs = self.code_size();
         let (codes, aux) = match &self.encoder {

@@ -24,6 +24,7 @@ mod metric;
 mod pq;
 mod rerank;
 mod rng;
+mod split;
 mod sq8;
 pub mod topk;
 
