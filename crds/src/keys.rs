@@ -60,11 +60,13 @@ pub mod labels {
         /// Writes a rebalanced version's manifest over another version's files
         /// (`index-node remap`).
         Remap,
+        /// Splits one list of another version in two (`index-node split`).
+        Split,
     }
 
     impl Role {
         /// Every role, in the order above.
-        pub const ALL: [Role; 7] = [
+        pub const ALL: [Role; 8] = [
             Role::Shard,
             Role::Router,
             Role::Train,
@@ -72,6 +74,7 @@ pub mod labels {
             Role::Finalize,
             Role::Gc,
             Role::Remap,
+            Role::Split,
         ];
 
         /// The label value.
@@ -84,6 +87,7 @@ pub mod labels {
                 Role::Finalize => "finalize",
                 Role::Gc => "gc",
                 Role::Remap => "remap",
+                Role::Split => "split",
             }
         }
 

@@ -262,6 +262,11 @@ pub fn remap_job(index: &str, version: &str) -> String {
     format!("{index}-{version}-remap")
 }
 
+/// The Job that splits one list of another version (`index-node split`).
+pub fn split_job(index: &str, version: &str) -> String {
+    format!("{index}-{version}-split")
+}
+
 /// The (Indexed) build Job of a version.
 pub fn build_job(index: &str, version: &str) -> String {
     format!("{index}-{version}-build")

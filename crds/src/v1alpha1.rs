@@ -714,6 +714,32 @@ pub struct LoadStatus {
     pub measured_at: Time,
 }
 
+impl LoadStatus {
+    /// The split this summary asks for: its plan's `splitList`, the new half going to the
+    /// shard with the least load per replica (another shard than the list's when there is
+    /// one). The operator acts on it; `kubectl quiver rebalance --dry-run` prints it.
+    pub fn split(&self) -> Option<ListSplit> {
+        let list = self.plan.as_ref()?.split_list?;
+        let from = self
+            .hottest_lists
+            .iter()
+            .find(|h| h.list == list)
+            .map(|h| h.shard)?;
+        let per_replica = |s: &ShardLoad| s.share / f64::from(s.replicas.max(1));
+        let to = self
+            .shards
+            .iter()
+            .filter(|s| s.shard != from)
+            .min_by(|a, b| {
+                per_replica(a)
+                    .total_cmp(&per_replica(b))
+                    .then(a.shard.cmp(&b.shard))
+            })
+            .map_or(from, |s| s.shard);
+        Some(ListSplit { list, from, to })
+    }
+}
+
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ShardLoad {
@@ -988,6 +1014,23 @@ pub struct VersionStatus {
     /// A rebalance: the lists it moves from their shard in `rebalancedFrom`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moves: Vec<ListMove>,
+
+    /// A rebalance that splits one hot list of `rebalancedFrom` in two (nlist + 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<ListSplit>,
+}
+
+/// One list split in two by 2-means over its vectors: one half keeps the list's number and
+/// shard, the other becomes list `nlist` (the new last list) on shard `to`.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListSplit {
+    /// List (centroid) number.
+    pub list: u32,
+    /// The shard that holds it (and keeps one half).
+    pub from: u32,
+    /// The shard that takes the other half.
+    pub to: u32,
 }
 
 impl VersionStatus {
@@ -1007,6 +1050,7 @@ impl VersionStatus {
             reason: None,
             rebalanced_from: None,
             moves: Vec::new(),
+            split: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! client-side (kube's `cel` feature, dev-only) the way an API server would at admission.
 
 use kube::core::cel::{Validator, apply_defaults};
+use quiver_api::v1alpha1::{HotList, ListSplit, LoadStatus, RebalancePlan, ShardLoad};
 use quiver_api::{CRD_PATH, VectorIndex};
 use serde_json::{Value, json};
 
@@ -356,4 +357,46 @@ fn cel_index_name() {
         &with(|v| v["metadata"]["name"] = json!("1docs")),
         "must start with a letter",
     );
+}
+
+#[test]
+fn a_split_sends_the_new_half_to_the_coolest_other_shard() {
+    let shard = |shard, share, replicas| ShardLoad {
+        shard,
+        share,
+        replicas,
+    };
+    let mut load = LoadStatus {
+        version: "v1".into(),
+        imbalance: 2.0,
+        shards: vec![shard(0, 0.5, 1), shard(1, 0.3, 1), shard(2, 0.2, 2)],
+        hottest_lists: vec![HotList {
+            list: 4,
+            shard: 0,
+            share: 0.45,
+            entries: 10,
+        }],
+        plan: None,
+        measured_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ),
+    };
+    assert_eq!(load.split(), None, "no plan");
+    load.plan = Some(RebalancePlan {
+        moves: vec![],
+        bytes: 0,
+        imbalance_after: 2.0,
+        split_list: Some(4),
+    });
+    // Shard 2 carries 0.2 over 2 replicas: 0.1 each, the least.
+    assert_eq!(
+        load.split(),
+        Some(ListSplit {
+            list: 4,
+            from: 0,
+            to: 2
+        })
+    );
+    load.shards = vec![shard(0, 1.0, 1)];
+    assert_eq!(load.split().map(|s| s.to), Some(0), "one shard keeps both");
 }

@@ -385,6 +385,7 @@ fn rebalance_ask<'a>(
     let load = load.filter(|l| old.active_version.as_deref() == Some(l.version.as_str()));
     let moves: &[ListMove] = load.and_then(|l| l.plan.as_ref()).map_or(&[], |p| &p.moves);
     let version = load.map(|l| l.version.as_str());
+    let split = load.and_then(LoadStatus::split);
     // Auto judges fresh samples only, and only while queries flow: a sample that counted no
     // probe resets the window, so stale figures of traffic that ended never act.
     let auto_due = rb.mode == RebalanceMode::Auto
@@ -419,12 +420,14 @@ fn rebalance_ask<'a>(
             token: Some(t),
             version,
             moves,
+            split,
         }),
-        None if auto_due && !moves.is_empty() => Some(RebalanceAsk {
+        None if auto_due && (!moves.is_empty() || split.is_some()) => Some(RebalanceAsk {
             trigger: AUTO_REBALANCE.to_string(),
             token: None,
             version,
             moves,
+            split,
         }),
         None => None,
     }
@@ -622,6 +625,10 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
             JobKind::Remap => match step.versions.versions.iter().find(|v| &v.name == version) {
                 Some(v) => jobs::remap(vi, &ctx.cfg, v),
                 None => Err(JobError::Remap(version.clone())),
+            },
+            JobKind::Split => match step.versions.versions.iter().find(|v| &v.name == version) {
+                Some(v) => jobs::split(vi, &ctx.cfg, v),
+                None => Err(JobError::Split(version.clone())),
             },
             _ => jobs::build(vi, &ctx.cfg, *kind, version, &hash),
         })

@@ -28,6 +28,8 @@ pub enum JobKind {
     Finalize,
     /// A rebalance: the manifest over another version's files ([`remap`]).
     Remap,
+    /// A rebalance that splits one list ([`split`]).
+    Split,
 }
 
 impl JobKind {
@@ -37,6 +39,7 @@ impl JobKind {
             JobKind::Build => Role::Build,
             JobKind::Finalize => Role::Finalize,
             JobKind::Remap => Role::Remap,
+            JobKind::Split => Role::Split,
         }
     }
 
@@ -47,6 +50,7 @@ impl JobKind {
             JobKind::Build => names::build_job(index, version),
             JobKind::Finalize => names::finalize_job(index, version),
             JobKind::Remap => names::remap_job(index, version),
+            JobKind::Split => names::split_job(index, version),
         }
     }
 
@@ -57,6 +61,7 @@ impl JobKind {
             JobKind::Build => "Build",
             JobKind::Finalize => "Finalize",
             JobKind::Remap => "Remap",
+            JobKind::Split => "Split",
         }
     }
 }
@@ -72,6 +77,8 @@ pub enum JobError {
     NotStored(String),
     #[error("version {0} is not a rebalance: it has no version to remap and no moves")]
     Remap(String),
+    #[error("version {0} is not a split: it has no version to split or no list")]
+    Split(String),
     #[error("building Job {job}: {source}")]
     Build {
         job: String,
@@ -136,6 +143,7 @@ pub fn build(
             // Made by [`remap`], which knows the moves; never reached from here.
             return Err(JobError::Remap(version.to_string()));
         }
+        JobKind::Split => return Err(JobError::Split(version.to_string())),
         JobKind::Train => {
             let nlist = u64::from(spec.index.nlist.max(1));
             let per_centroid = spec.index.effective_sample_size().div_ceil(nlist).max(1);
@@ -290,6 +298,38 @@ pub fn remap(vi: &VectorIndex, cfg: &ChildConfig, v: &VersionStatus) -> Result<J
     ];
     let envs = vec![json!({"name": env::VERSION, "value": v.name})];
     let pod_spec = pod_spec(vi, cfg, "remap", args, envs);
+    owned_job(vi, owner, &name, &pod_labels, pod_spec)
+}
+
+/// The Job of a split version `v`: `index-node split` reads list `v.split.list` of
+/// `v.rebalancedFrom` (and, unless the list keeps its vectors, those rows of the source),
+/// splits it by 2-means and writes the new quantizer, the two halves and the manifest.
+pub fn split(vi: &VectorIndex, cfg: &ChildConfig, v: &VersionStatus) -> Result<Job, JobError> {
+    let index = vi.name_any();
+    let owner = owner_of(vi)?;
+    let (Some(from), Some(split)) = (&v.rebalanced_from, &v.split) else {
+        return Err(JobError::Split(v.name.clone()));
+    };
+    let name = JobKind::Split.job_name(&index, &v.name);
+    let mut pod_labels = labels::for_role(&index, Role::Split);
+    pod_labels.insert(labels::VERSION.to_string(), v.name.clone());
+    let mut args = vec![
+        "split".to_string(),
+        "--from".into(),
+        from.clone(),
+        "--to".into(),
+        v.name.clone(),
+        "--list".into(),
+        split.list.to_string(),
+        "--to-shard".into(),
+        split.to.to_string(),
+    ];
+    args.extend(source_args(vi));
+    if vi.spec.source.id_offset > 0 {
+        args.extend(["--id-offset".into(), vi.spec.source.id_offset.to_string()]);
+    }
+    let envs = vec![json!({"name": env::VERSION, "value": v.name})];
+    let pod_spec = pod_spec(vi, cfg, "split", args, envs);
     owned_job(vi, owner, &name, &pod_labels, pod_spec)
 }
 
@@ -561,6 +601,46 @@ pub(crate) mod tests {
             .position(|x| x == "--expect-dim")
             .expect("--expect-dim");
         assert_eq!(a[at + 1], vi.spec.dimension.to_string());
+    }
+
+    #[test]
+    fn a_split_job_names_the_list_its_new_shard_and_the_source() {
+        let vi = index(|v| v["spec"]["source"]["idOffset"] = json!(1000));
+        let mut v = VersionStatus::pending("v2-7f3a9c2e");
+        assert!(matches!(split(&vi, &cfg(), &v), Err(JobError::Split(_))));
+        v.rebalanced_from = Some("v1-7f3a9c2e".into());
+        v.split = Some(quiver_api::v1alpha1::ListSplit {
+            list: 12,
+            from: 0,
+            to: 3,
+        });
+        let j = split(&vi, &cfg(), &v).expect("split");
+        assert_eq!(j.metadata.name.as_deref(), Some("docs-v2-7f3a9c2e-split"));
+        assert_eq!(
+            j.metadata.labels.as_ref().expect("labels")[labels::ROLE],
+            "split"
+        );
+        let a = args(&j);
+        assert_eq!(
+            a[..9],
+            [
+                "split",
+                "--from",
+                "v1-7f3a9c2e",
+                "--to",
+                "v2-7f3a9c2e",
+                "--list",
+                "12",
+                "--to-shard",
+                "3"
+            ]
+        );
+        assert!(a.contains(&"--synthetic".to_string()), "{a:?}");
+        let at = a
+            .iter()
+            .position(|x| x == "--id-offset")
+            .expect("--id-offset");
+        assert_eq!(a[at + 1], "1000");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use quiver_api::names::VersionName;
-use quiver_api::v1alpha1::{ListMove, VersionPhase, VersionStatus};
+use quiver_api::v1alpha1::{ListMove, ListSplit, VersionPhase, VersionStatus};
 
 use crate::jobs::{JobKind, JobState};
 
@@ -110,6 +110,8 @@ pub struct RebalanceAsk<'a> {
     /// The version the plan was measured on (it must still be the active one).
     pub version: Option<&'a str>,
     pub moves: &'a [ListMove],
+    /// A list whose load no move can balance, to split instead (preferred over the moves).
+    pub split: Option<ListSplit>,
 }
 
 /// Something that keeps the lifecycle from doing what the spec asks, for the Degraded
@@ -379,7 +381,22 @@ fn rebalance(step: &mut Step, input: &Inputs<'_>, now: &Time) -> Result<bool, Li
         });
         return Ok(false);
     };
-    if ask.moves.is_empty() {
+    if ask.split.is_some() && active.spec_hash.as_deref() != Some(input.spec_hash) {
+        // A split reads the source of the spec as it is now: only the version built from it.
+        spend(step);
+        step.notes.push(Note {
+            warning: true,
+            reason: "RebalanceSkipped".into(),
+            version: active.name.clone(),
+            message: format!(
+                "{} asked for a list split, but {} was built from another spec; a new version \
+                 of this spec comes first",
+                ask.trigger, active.name
+            ),
+        });
+        return Ok(false);
+    }
+    if ask.moves.is_empty() && ask.split.is_none() {
         spend(step);
         step.notes.push(Note {
             warning: false,
@@ -403,7 +420,12 @@ fn rebalance(step: &mut Step, input: &Inputs<'_>, now: &Time) -> Result<bool, Li
     v.spec_hash = active.spec_hash.clone();
     v.shards = active.shards;
     v.rebalanced_from = Some(active.name.clone());
-    v.moves = ask.moves.to_vec();
+    // A split comes first: no map of whole lists balances a list hotter than the mean shard;
+    // the next plan moves the halves if they need it.
+    match &ask.split {
+        Some(s) => v.split = Some(s.clone()),
+        None => v.moves = ask.moves.to_vec(),
+    }
     v.created_at = Some(now.clone());
     v.last_transition_time = Some(now.clone());
     step.versions.counter = Some(name.counter());
@@ -411,13 +433,19 @@ fn rebalance(step: &mut Step, input: &Inputs<'_>, now: &Time) -> Result<bool, Li
         warning: false,
         reason: "VersionCreated".into(),
         version: v.name.clone(),
-        message: format!(
-            "new version {} ({}): {} list move(s) from {}, reusing its files",
-            v.name,
-            ask.trigger,
-            v.moves.len(),
-            active.name
-        ),
+        message: match &v.split {
+            Some(s) => format!(
+                "new version {} ({}): list {} of {} split in two, the new half on shard {}",
+                v.name, ask.trigger, s.list, active.name, s.to
+            ),
+            None => format!(
+                "new version {} ({}): {} list move(s) from {}, reusing its files",
+                v.name,
+                ask.trigger,
+                v.moves.len(),
+                active.name
+            ),
+        },
     });
     step.versions.versions.insert(0, v);
     Ok(true)
@@ -715,19 +743,33 @@ fn prepare(step: &mut Step, i: usize, input: &Inputs<'_>, now: &Time) {
     let state = |k: JobKind| input.jobs.get(&job(k)).cloned().unwrap_or(JobState::Absent);
     let phase = step.versions.versions[i].phase;
     let remap = step.versions.versions[i].rebalanced_from.clone();
+    let split = step.versions.versions[i].split.clone();
+    // A rebalance is made by one Job: a split or a remap.
+    let kind = if split.is_some() {
+        JobKind::Split
+    } else {
+        JobKind::Remap
+    };
     match phase {
         VersionPhase::Pending if remap.is_some() => {
-            step.create.push((JobKind::Remap, name.clone()));
+            step.create.push((kind, name.clone()));
             set_phase(&mut step.versions.versions[i], VersionPhase::Building, now);
+            let from = remap.as_deref().unwrap_or_default();
             step.notes.push(Note {
                 warning: false,
                 reason: "Building".into(),
                 version: name.clone(),
-                message: format!(
-                    "writing {name}'s manifest over the files of {} (Job {})",
-                    remap.as_deref().unwrap_or_default(),
-                    job(JobKind::Remap)
-                ),
+                message: match split {
+                    Some(s) => format!(
+                        "splitting list {} of {from} into {name} (Job {})",
+                        s.list,
+                        job(kind)
+                    ),
+                    None => format!(
+                        "writing {name}'s manifest over the files of {from} (Job {})",
+                        job(kind)
+                    ),
+                },
             });
         }
         VersionPhase::Pending => {
@@ -760,7 +802,7 @@ fn prepare(step: &mut Step, i: usize, input: &Inputs<'_>, now: &Time) {
         VersionPhase::Building => {
             let finalize = state(JobKind::Finalize);
             let built = if remap.is_some() {
-                run_job(step, i, JobKind::Remap, state(JobKind::Remap), input, now)
+                run_job(step, i, kind, state(kind), input, now)
             } else if input.parts > 1 && finalize != JobState::Absent {
                 run_job(step, i, JobKind::Finalize, finalize, input, now)
             } else if run_job(step, i, JobKind::Build, state(JobKind::Build), input, now) {
@@ -1051,6 +1093,8 @@ mod tests {
         refuse: Option<Hold>,
         /// A rebalance asked for: (trigger, token, plan's version, moves).
         rebalance: Option<(String, Option<String>, String, Vec<ListMove>)>,
+        /// The split the rebalance asks for, if any.
+        split: Option<ListSplit>,
     }
 
     impl World {
@@ -1069,6 +1113,7 @@ mod tests {
                 drift: None,
                 refuse: None,
                 rebalance: None,
+                split: None,
             }
         }
 
@@ -1099,6 +1144,7 @@ mod tests {
                         token: tok.as_deref(),
                         version: Some(v.as_str()),
                         moves: m,
+                        split: self.split.clone(),
                     }),
                     now: self.now,
                 },
@@ -1635,6 +1681,62 @@ mod tests {
             r.1 = Some("t9".into());
         }
         assert_eq!(w.step(&v, HASH).versions.versions.len(), 3);
+    }
+
+    /// A split is preferred over the plan's moves: one split Job (no train, no build), then
+    /// the same warm, gate, swap path. A split of a version built from another spec waits for
+    /// a version of this one (the Job reads the spec's source).
+    #[test]
+    fn a_split_rebalance_runs_one_split_job_and_swaps_like_any_other() {
+        let mut w = World::new();
+        let v1 = to_active(&mut w);
+        w.rebalance = auto_ask();
+        w.split = Some(ListSplit {
+            list: 7,
+            from: 0,
+            to: 1,
+        });
+        // The spec changed and its version failed its gate: v1 is of the old spec.
+        let mut stale = v1.clone();
+        let mut failed = VersionStatus::pending("v2-7f3a9c2e");
+        failed.phase = VersionPhase::Failed;
+        failed.spec_hash = Some("another-hash".into());
+        failed.reason = Some("GateFailed: recall 0.5 < minRecall 0.9".into());
+        stale.versions.insert(0, failed);
+        let s = w.step(&stale, "another-hash");
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.reason == "RebalanceSkipped" && n.message.contains("another spec")),
+            "{:?}",
+            s.notes
+        );
+        assert!(!s.versions.versions.iter().any(|v| v.split.is_some()));
+
+        let s = w.step(&v1, HASH);
+        let v2 = &s.versions.versions[0];
+        assert_eq!(v2.rebalanced_from.as_deref(), Some("v1-7f3a9c2e"));
+        assert_eq!(v2.split, w.split);
+        assert!(
+            v2.moves.is_empty(),
+            "the split first; moves wait for the next plan"
+        );
+        assert!(
+            s.notes
+                .iter()
+                .any(|n| n.message.contains("list 7 of v1-7f3a9c2e split")),
+            "{:?}",
+            s.notes
+        );
+        w.rebalance = None;
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Building);
+        assert_eq!(s.create, vec![(JobKind::Split, "v2-7f3a9c2e".into())]);
+        w.job("docs-v2-7f3a9c2e-split", JobState::Succeeded);
+        let s = w.step(&s.versions, HASH);
+        assert_eq!(phase(&s), VersionPhase::Warming);
+        let v = warm_and_swap(&mut w, &s.versions, HASH, "v2-7f3a9c2e");
+        assert_eq!(v.active.as_deref(), Some("v2-7f3a9c2e"));
     }
 
     fn phase_of(v: &Versions, name: &str) -> Option<VersionPhase> {

@@ -9,7 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use quiver_api::VectorIndex;
 use quiver_api::annotations;
-use quiver_api::v1alpha1::{LoadStatus, RebalanceMode};
+use quiver_api::v1alpha1::{ListSplit, LoadStatus, RebalanceMode};
 use serde_json::json;
 
 use crate::connect::{Global, connect};
@@ -151,10 +151,11 @@ pub fn report(name: &str, load: Option<&LoadStatus>, now: Timestamp) -> String {
                     let _ = writeln!(out, "  {line}");
                 }
             }
-            if let Some(s) = p.split_list {
+            if let Some(s) = l.split() {
                 let _ = writeln!(
                     out,
-                    "List {s} alone takes more than the mean shard's load: moving it only moves the hot spot; splitting it (2-means inside the list) would help."
+                    "List {} alone takes more than the mean shard's load: moving it only moves the hot spot. Applying the plan splits it first (2-means inside the list; a new version with one more list, only this list re-encoded), the new half on shard {}; moves wait for the next plan.",
+                    s.list, s.to
                 );
             }
         }
@@ -162,8 +163,9 @@ pub fn report(name: &str, load: Option<&LoadStatus>, now: Timestamp) -> String {
     out
 }
 
-/// Whether the operator would apply the plan of `vi` now: the number of moves, or why not.
-pub fn applicable(vi: &VectorIndex) -> Result<usize, String> {
+/// Whether the operator would apply the plan of `vi` now: a split or the number of moves, or
+/// why not.
+pub fn applicable(vi: &VectorIndex) -> Result<Applicable, String> {
     let name = vi.metadata.name.clone().unwrap_or_default();
     if vi.spec.rebalance.mode == RebalanceMode::Off {
         return Err(format!(
@@ -177,12 +179,22 @@ pub fn applicable(vi: &VectorIndex) -> Result<usize, String> {
         .ok_or_else(|| {
             format!("no load measured for the active version of {name} yet: nothing to apply")
         })?;
+    if let Some(s) = load.split() {
+        return Ok(Applicable::Split(s));
+    }
     match load.plan.map(|p| p.moves.len()).unwrap_or(0) {
         0 => Err(format!(
             "no move of a whole list lowers the most loaded shard of {name}: nothing to apply"
         )),
-        n => Ok(n),
+        n => Ok(Applicable::Moves(n)),
     }
+}
+
+/// What applying the plan does.
+#[derive(Debug, PartialEq)]
+pub enum Applicable {
+    Moves(usize),
+    Split(ListSplit),
 }
 
 pub async fn run(g: &Global, args: &Args) -> anyhow::Result<()> {
@@ -196,7 +208,12 @@ pub async fn run(g: &Global, args: &Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let moves = applicable(&vi).map_err(|e| anyhow::anyhow!(e))?;
+    let what = match applicable(&vi).map_err(|e| anyhow::anyhow!(e))? {
+        Applicable::Moves(n) => format!("{n} list move(s) of the current plan"),
+        Applicable::Split(s) => {
+            format!("a split of list {}, the new half on shard {}", s.list, s.to)
+        }
+    };
     let token = retrain::token(Timestamp::now(), retrain::nonce(), None);
     kube.indexes()
         .patch(
@@ -208,7 +225,7 @@ pub async fn run(g: &Global, args: &Args) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("annotating vectorindex {}: {e}", args.name))?;
     println!("{}={token}", annotations::REBALANCE);
     eprintln!(
-        "vectorindex.quiver.dev/{} rebalance requested ({moves} list move(s) of the current plan): its next version records trigger rebalance:{token}; follow it with kubectl quiver wait {} --for=Ready",
+        "vectorindex.quiver.dev/{} rebalance requested ({what}): its next version records trigger rebalance:{token}; follow it with kubectl quiver wait {} --for=Ready",
         args.name, args.name
     );
     Ok(())
@@ -313,6 +330,8 @@ pub mod tests {
         let r = report("docs", Some(&split), at(1_800_000_020));
         assert!(r.contains("Plan: no move helps."), "{r}");
         assert!(r.contains("List 3 alone takes more"), "{r}");
+        // Shard 1 is the cooler one: the new half goes there.
+        assert!(r.contains("the new half on shard 1;"), "{r}");
 
         let mut none = sample();
         none.plan = None;
@@ -327,13 +346,27 @@ pub mod tests {
         let mut load = sample();
         load.version = active.clone();
         vi.status.as_mut().unwrap().load = Some(load.clone());
-        assert_eq!(applicable(&vi), Ok(1));
+        assert_eq!(applicable(&vi), Ok(Applicable::Moves(1)));
         vi.spec.rebalance.mode = RebalanceMode::Off;
         assert!(applicable(&vi).unwrap_err().contains("mode is Off"));
         vi.spec.rebalance.mode = RebalanceMode::Auto;
-        assert_eq!(applicable(&vi), Ok(1));
+        assert_eq!(applicable(&vi), Ok(Applicable::Moves(1)));
         vi.status.as_mut().unwrap().load.as_mut().unwrap().version = "v0-0a0b0c0d".into();
         assert!(applicable(&vi).unwrap_err().contains("no load measured"));
+        let mut split = load.clone();
+        if let Some(p) = split.plan.as_mut() {
+            p.split_list = Some(3);
+        }
+        vi.status.as_mut().unwrap().load = Some(split);
+        assert_eq!(
+            applicable(&vi),
+            Ok(Applicable::Split(ListSplit {
+                list: 3,
+                from: 0,
+                to: 1
+            })),
+            "a split comes before the moves"
+        );
         let mut empty = load;
         empty.plan = None;
         vi.status.as_mut().unwrap().load = Some(empty);
