@@ -2,11 +2,13 @@
 //! the routers' per-list probe counters, publishes where the load falls (`status.load`: each
 //! shard's share, the hottest lists, the plan moving whole lists would make), and
 //! `kubectl quiver rebalance --dry-run` prints it. Then `spec.rebalance.mode: Auto` applies
-//! the plan under the same load: a version made by one remap Job (no train, no build) whose
-//! only new file is its manifest, swapped in with no failed query, after which the hot
-//! shard's share is lower.
+//! the plan under the same load. One list takes far more than a mean shard's load, so the
+//! plan splits it: a version made by one split Job (no train, no build) whose only new files
+//! are its quantizer, the two halves and its manifest, swapped in with no failed query, after
+//! which the hot shard's share is lower. (Moves of whole lists, the remap Job, are driven
+//! the same way; the lifecycle unit tests and `index-node remap`'s own tests cover them.)
 //!
-//! Not built yet, so not tested here: splitting a list and replicating a hot shard.
+//! Not built yet, so not tested here: replicating a hot shard.
 //!
 //! Runs on the in-process stand-in, or against another cluster with QUIVER_E2E_KUBECONFIG.
 #![allow(clippy::unwrap_used)]
@@ -208,7 +210,13 @@ async fn skewed_traffic_is_measured_per_shard_and_list_and_a_plan_is_printed() {
         let v2 = st.active_version.clone().unwrap();
         let v2s = st.version(&v2).unwrap();
         assert_eq!(v2s.rebalanced_from.as_deref(), Some(v1.as_str()));
-        assert!(!v2s.moves.is_empty(), "{v2s:?}");
+        // One list takes far more than a mean shard's load: the plan named it for a split,
+        // and a split comes before any move.
+        assert!(plan.split_list.is_some(), "{plan:?}");
+        let split = v2s.split.clone().expect("a split version");
+        assert!(v2s.moves.is_empty(), "{v2s:?}");
+        assert_eq!(Some(split.list), plan.split_list, "{v2s:?}");
+        assert_ne!(split.to, split.from, "the new half goes to another shard: {split:?}");
         assert!(
             st.versions
                 .iter()
@@ -218,7 +226,8 @@ async fn skewed_traffic_is_measured_per_shard_and_list_and_a_plan_is_printed() {
             "{:?}",
             st.versions
         );
-        // Made by one remap Job: no train or build Job, and its manifest is all it wrote.
+        // Made by one split Job: no train or build Job; it wrote its quantizer (one more
+        // centroid), the two halves and its manifest, nothing else.
         let jobs: Api<Job> = env.api();
         let names: Vec<String> = jobs
             .list(&ListParams::default().labels(&format!("{}={v2}", labels::VERSION)))
@@ -228,14 +237,38 @@ async fn skewed_traffic_is_measured_per_shard_and_list_and_a_plan_is_printed() {
             .into_iter()
             .filter_map(|j| j.metadata.name)
             .collect();
-        assert_eq!(names, [format!("hot-{v2}-remap")]);
+        assert_eq!(names, [format!("hot-{v2}-split")]);
         let dir = Path::new(root).join(format!("{}/hot/versions/{v2}", env.ns));
         let mut files: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         files.sort();
-        assert_eq!(files, ["manifest.json"], "{}", dir.display());
+        assert_eq!(
+            files,
+            ["centroids.qivf", "lists.qivf", "manifest.json"],
+            "{}",
+            dir.display()
+        );
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        let nlist = vi.spec.index.nlist as u64;
+        assert_eq!(manifest["nlist"], json!(nlist + 1));
+        // Every file of v1 is read for all lists but the split one.
+        let inherited: Vec<&Value> = manifest["lists"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["quantizer"].is_string())
+            .collect();
+        assert!(!inherited.is_empty(), "{manifest}");
+        assert!(
+            inherited
+                .iter()
+                .all(|f| f["skip"] == json!([split.list])
+                    && f["file"]["path"].as_str().unwrap().contains(&v1)),
+            "{manifest}"
+        );
 
         // Measured again on the new map under the same traffic: the hot shard cooled.
         let vi = wait_for(

@@ -19,6 +19,10 @@ pub const HOTTEST: usize = 5;
 pub const MAX_MOVES: usize = 64;
 /// Bytes one plan moves at most until `spec.rebalance` can set it.
 pub const MAX_BYTES_PER_STEP: u64 = 1 << 30;
+/// Entries a list needs before the plan names it for a split. Each split of a list that stays
+/// hot halves it, so this bounds how often one list is split (log2(size / this)); below it a
+/// list is cheap to scan whoever holds it, and whole-list moves take over.
+pub const MIN_SPLIT_ENTRIES: u64 = 32;
 /// A published plan is kept while it stays this close (in imbalance) to a fresh one: loads
 /// move a little with every sample, and equally good plans differ in which lists they move,
 /// so re-planning from scratch would rewrite the status (and later, act) on noise.
@@ -133,11 +137,14 @@ pub fn summarize(
         }
         _ => (fresh, fresh_after),
     };
-    let plan = (!moves.is_empty() || full.split.is_some()).then(|| RebalancePlan {
+    let split = full
+        .split
+        .filter(|&l| m.sizes[l as usize] >= MIN_SPLIT_ENTRIES);
+    let plan = (!moves.is_empty() || split.is_some()).then(|| RebalancePlan {
         bytes: moves.iter().map(|mv| mv.bytes).sum(),
         moves,
         imbalance_after: round(after, 2),
-        split_list: full.split,
+        split_list: split,
     });
     Some(LoadStatus {
         version: m.version.to_string(),
@@ -215,6 +222,23 @@ mod tests {
         let l = skewed(&[90.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]).expect("load");
         let plan = l.plan.expect("a plan");
         assert_eq!(plan.split_list, Some(0));
+        // The same list with too few entries to split: the moves are the plan.
+        let small = summarize(
+            Measured {
+                version: "v1",
+                loads: &[90.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                sizes: &[MIN_SPLIT_ENTRIES - 1, 100, 100, 100, 100, 100, 100, 100],
+                owners: &[0, 0, 0, 0, 1, 1, 1, 1],
+                replicas: &[1, 1],
+                entry_bytes: 16,
+            },
+            None,
+            now(),
+        )
+        .expect("load");
+        let plan = small.plan.expect("a plan");
+        assert_eq!(plan.split_list, None);
+        assert!(!plan.moves.is_empty(), "{plan:?}");
     }
 
     #[test]
