@@ -216,7 +216,10 @@ async fn skewed_traffic_is_measured_per_shard_and_list_and_a_plan_is_printed() {
         let split = v2s.split.clone().expect("a split version");
         assert!(v2s.moves.is_empty(), "{v2s:?}");
         assert_eq!(Some(split.list), plan.split_list, "{v2s:?}");
-        assert_ne!(split.to, split.from, "the new half goes to another shard: {split:?}");
+        assert_ne!(
+            split.to, split.from,
+            "the new half goes to another shard: {split:?}"
+        );
         assert!(
             st.versions
                 .iter()
@@ -263,10 +266,8 @@ async fn skewed_traffic_is_measured_per_shard_and_list_and_a_plan_is_printed() {
             .collect();
         assert!(!inherited.is_empty(), "{manifest}");
         assert!(
-            inherited
-                .iter()
-                .all(|f| f["skip"] == json!([split.list])
-                    && f["file"]["path"].as_str().unwrap().contains(&v1)),
+            inherited.iter().all(|f| f["skip"] == json!([split.list])
+                && f["file"]["path"].as_str().unwrap().contains(&v1)),
             "{manifest}"
         );
 

@@ -479,7 +479,7 @@ async fn local(
     let (ns, ix) = (&cmd.local_namespace, &cmd.local_index);
     let m = crate::loader::read_manifest(&st, ns, ix, version).await?;
     let all: Vec<u32> = (0..m.nlist as u32).collect();
-    let loaded = crate::loader::load_lists(&st, ns, ix, &m, &all).await?;
+    let loaded = crate::loader::load_lists(&st, ns, ix, &m, &all, &[]).await?;
     let index = Arc::new(loaded.index);
     let nprobe = cmd.nprobe.map_or(m.default_nprobe, |n| n as usize);
     let k = cmd.k;

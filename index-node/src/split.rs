@@ -258,7 +258,7 @@ pub async fn write(cmd: &SplitCmd) -> anyhow::Result<Manifest> {
     let to_shard = cmd.to_shard.unwrap_or(owner);
     tracing::info!(from = %m.version, list = cmd.list, entries = m.list_sizes[cmd.list as usize],
         "reading the list");
-    let loaded = load_lists(&storage, ns, ix, &m, &[cmd.list]).await?;
+    let loaded = load_lists(&storage, ns, ix, &m, &[cmd.list], &[]).await?;
     let parent: IvfIndex = loaded.index;
     let (ids, kept) = parent
         .list(cmd.list)

@@ -41,8 +41,13 @@ pub trait Loader: Send + Sync + 'static {
     /// Who loads, for log lines ("shard 0", "router").
     fn who(&self) -> String;
 
-    /// Reads (and warms) one version.
-    fn load(&self, version: &str) -> impl Future<Output = anyhow::Result<Self::Version>> + Send;
+    /// Reads (and warms) one version; `held` are the versions loaded now, whose memory it may
+    /// reuse.
+    fn load(
+        &self,
+        version: &str,
+        held: Vec<Arc<Self::Version>>,
+    ) -> impl Future<Output = anyhow::Result<Self::Version>> + Send;
 
     /// Vectors and bytes held for a loaded version (bytes: `None` when not meaningful).
     fn size(v: &Self::Version) -> (u64, Option<u64>);
@@ -162,7 +167,15 @@ impl<L: Loader> VersionHolder<L> {
         let who = self.loader.who();
         tracing::info!(version = %version, node = %who, attempt = attempts + 1, "loading version");
         let started = Instant::now();
-        let slot = match self.loader.load(&version).await {
+        let held = self
+            .slots()
+            .values()
+            .filter_map(|s| match &**s {
+                Slot::Warm(v) => Some(v.clone()),
+                _ => None,
+            })
+            .collect();
+        let slot = match self.loader.load(&version, held).await {
             Ok(v) => {
                 let (vectors, bytes) = L::size(&v);
                 tracing::info!(version = %version, node = %who, vectors, bytes = bytes.unwrap_or(0),

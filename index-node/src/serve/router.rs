@@ -171,7 +171,11 @@ impl Loader for RouterLoader {
         "router".into()
     }
 
-    async fn load(&self, version: &str) -> anyhow::Result<RouterVersion> {
+    async fn load(
+        &self,
+        version: &str,
+        _held: Vec<Arc<RouterVersion>>,
+    ) -> anyhow::Result<RouterVersion> {
         let c = &self.ctx;
         let manifest = loader::read_manifest(&c.storage, &c.namespace, &c.index, version).await?;
         let quantizer =

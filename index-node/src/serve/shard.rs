@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use super::holder::{self, Loader, VersionHolder};
 use super::metrics::VersionGauges;
 use super::{Ctx, Node, validate};
-use crate::loader::{self, LoadedLists};
+use crate::loader::{self, Held, ListSource, LoadedLists};
 use crate::manifest::Manifest;
 use crate::versions::Desired;
 
@@ -30,6 +30,8 @@ pub struct ShardVersion {
     pub owned: Vec<bool>,
     /// list id -> entries held here.
     pub sizes: Vec<u64>,
+    /// list id -> the files its entries came from (a later version reuses equal ones).
+    pub sources: Vec<ListSource>,
     pub probes: Vec<AtomicU64>,
     pub vectors: u64,
     pub bytes: u64,
@@ -48,7 +50,11 @@ impl Loader for ShardLoader {
         format!("shard {}", self.shard)
     }
 
-    async fn load(&self, version: &str) -> anyhow::Result<ShardVersion> {
+    async fn load(
+        &self,
+        version: &str,
+        held: Vec<Arc<ShardVersion>>,
+    ) -> anyhow::Result<ShardVersion> {
         let c = &self.ctx;
         let m = loader::read_manifest(&c.storage, &c.namespace, &c.index, version).await?;
         let entry = m.shard(self.shard).ok_or_else(|| {
@@ -59,11 +65,31 @@ impl Loader for ShardLoader {
             )
         })?;
         let lists = entry.lists.clone();
+        let reuse: Vec<Held<'_>> = held
+            .iter()
+            .map(|h| Held {
+                index: &h.index,
+                sources: &h.sources,
+            })
+            .collect();
         let LoadedLists {
             index,
             sizes,
             bytes,
-        } = loader::load_lists(&c.storage, &c.namespace, &c.index, &m, &lists).await?;
+            sources,
+            reused,
+        } = loader::load_lists(&c.storage, &c.namespace, &c.index, &m, &lists, &reuse).await?;
+        drop(reuse);
+        if reused > 0 {
+            tracing::info!(
+                version,
+                shard = self.shard,
+                reused,
+                fetched = lists.len() - reused,
+                bytes_fetched = bytes,
+                "lists reused from a held version's memory"
+            );
+        }
         let mut owned = vec![false; m.nlist];
         for &l in &lists {
             owned[l as usize] = true;
@@ -75,6 +101,7 @@ impl Loader for ShardLoader {
             index,
             owned,
             sizes,
+            sources,
             vectors,
             bytes,
         };

@@ -102,6 +102,7 @@ fn version_n(name: &str, id_offset: u64, n: usize) -> ShardVersion {
         index,
         owned,
         sizes,
+        sources: vec![Vec::new(); NLIST],
         probes: (0..NLIST).map(|_| AtomicU64::new(0)).collect(),
         vectors: n as u64,
         bytes: 0,
