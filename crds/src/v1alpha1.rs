@@ -88,6 +88,9 @@ pub const DEFAULT_NPROBE: u32 = 16;
     validation = Rule::new("self.rollout.evalK <= self.router.maxK")
         .message("spec.rollout.evalK must not exceed spec.router.maxK")
         .field_path(".rollout.evalK"),
+    validation = Rule::new("!has(self.rebalance) || !has(self.rebalance.maxReplicasPerShard) || self.rebalance.maxReplicasPerShard >= self.replicas")
+        .message("spec.rebalance.maxReplicasPerShard must be at least spec.replicas")
+        .field_path(".rebalance.maxReplicasPerShard"),
     validation = Rule::new("!has(self.source.synthetic) || self.source.synthetic.count >= self.index.nlist")
         .message("spec.source.synthetic.count must be at least spec.index.nlist (k-means needs a vector per list)")
         .field_path(".source.synthetic.count"),
@@ -626,6 +629,14 @@ pub struct RebalanceSpec {
     #[serde(default = "default_rebalance_window")]
     #[schemars(range(min = 5, max = 86400))]
     pub window_seconds: u32,
+
+    /// Replicas a hot shard may grow to in Auto mode, when after the window no split or move
+    /// is left to bring the imbalance below `threshold` (default: `spec.replicas`, so never).
+    /// Routers spread the shard's queries over its replicas. An extra replica is given back,
+    /// one at a time, once the shard's load has fit one replica fewer for `windowSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas_per_shard: Option<u32>,
 }
 
 impl Default for RebalanceSpec {
@@ -634,6 +645,7 @@ impl Default for RebalanceSpec {
             mode: RebalanceMode::default(),
             threshold: default_rebalance_threshold(),
             window_seconds: default_rebalance_window(),
+            max_replicas_per_shard: None,
         }
     }
 }
@@ -712,6 +724,20 @@ pub struct LoadStatus {
     pub plan: Option<RebalancePlan>,
     /// When it was measured. Rewritten only when a figure changes at the precision shown.
     pub measured_at: Time,
+}
+
+/// A shard the operator runs with more replicas than `spec.replicas` because it stayed hot.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HotShard {
+    /// Shard number.
+    pub shard: u32,
+    /// Replicas its StatefulSet runs.
+    pub replicas: u32,
+    /// Since when its load has fit one replica fewer (one is given back after
+    /// `spec.rebalance.windowSeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cool_since: Option<Time>,
 }
 
 impl LoadStatus {
@@ -909,6 +935,11 @@ pub struct VectorIndexStatus {
     /// Where the active version's query load falls, per shard and per list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<LoadStatus>,
+
+    /// Shards running more replicas than `spec.replicas` because they stayed hot
+    /// (`spec.rebalance.maxReplicasPerShard`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hot_shards: Vec<HotShard>,
 
     /// Ready shard pods over desired (shards × replicas).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -413,6 +413,16 @@ pub fn validate(name: &str, spec: &VectorIndexSpec) -> Result<(), ValidationErro
         );
     }
 
+    if let Some(max) = spec.rebalance.max_replicas_per_shard {
+        e.range("spec.rebalance.maxReplicasPerShard", max, 1, 100);
+        if max < spec.replicas {
+            e.add(
+                "spec.rebalance.maxReplicasPerShard",
+                format!("{max} is below spec.replicas {}", spec.replicas),
+            );
+        }
+    }
+
     if let Some(rt) = &spec.retrain {
         // What a CronJob accepts (schedule::Schedule::parse), each field on its own.
         match rt.schedule.as_deref() {
@@ -570,6 +580,23 @@ mod tests {
         assert!(e.has_field("spec.shards"), "{e}");
         assert!(e.iter().all(|x| x.to_string().starts_with(&x.field)), "{e}");
         assert!(e.to_string().contains("; "), "{e}");
+    }
+
+    #[test]
+    fn rule_hot_shard_replicas() {
+        let mut s = example();
+        s.replicas = 2;
+        s.rebalance.max_replicas_per_shard = Some(1);
+        let e = only_error(&s);
+        assert_eq!(
+            e,
+            "spec.rebalance.maxReplicasPerShard: 1 is below spec.replicas 2"
+        );
+        s.rebalance.max_replicas_per_shard = Some(101);
+        let e = only_error(&s);
+        assert!(e.contains("101 is out of range 1..=100"), "{e}");
+        s.rebalance.max_replicas_per_shard = Some(4);
+        assert_eq!(validate("docs", &s), Ok(()));
     }
 
     #[test]

@@ -302,6 +302,16 @@ fn cel_exactly_one_source() {
 }
 
 #[test]
+fn cel_hot_shard_replicas_at_least_the_spec_replicas() {
+    assert_refused(
+        &with(|v| v["spec"]["rebalance"] = json!({"maxReplicasPerShard": 1})),
+        "maxReplicasPerShard must be at least spec.replicas",
+    );
+    let ok = with(|v| v["spec"]["rebalance"] = json!({"maxReplicasPerShard": 3}));
+    assert_eq!(cel_errors(&ok, None), Vec::<String>::new());
+}
+
+#[test]
 fn cel_eval_k_within_max_k() {
     assert_refused(
         &with(|v| v["spec"]["rollout"]["evalK"] = json!(2000)),

@@ -16,7 +16,9 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 use quiver_api::keys::labels::{self, Role as NodeRole};
-use quiver_api::v1alpha1::{PullPolicy, VectorIndex};
+use quiver_api::v1alpha1::{HotShard, PullPolicy, VectorIndex};
+
+use crate::hotreplicas::replicas_of;
 use quiver_api::{env, names, ports};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -63,8 +65,12 @@ pub enum ChildrenError {
     },
 }
 
-/// The children `vi` should have.
-pub fn build(vi: &VectorIndex, cfg: &ChildConfig) -> Result<Children, ChildrenError> {
+/// The children `vi` should have; `hot` shards run more replicas than `spec.replicas`.
+pub fn build(
+    vi: &VectorIndex,
+    cfg: &ChildConfig,
+    hot: &[HotShard],
+) -> Result<Children, ChildrenError> {
     let index = vi.name_any();
     let owner = owner_ref(vi)?;
     let b = Builder {
@@ -72,6 +78,7 @@ pub fn build(vi: &VectorIndex, cfg: &ChildConfig) -> Result<Children, ChildrenEr
         cfg,
         index: &index,
         owner: &owner,
+        hot,
     };
     let shards = (0..vi.spec.shards)
         .map(|s| b.shard(s))
@@ -120,6 +127,7 @@ struct Builder<'a> {
     cfg: &'a ChildConfig,
     index: &'a str,
     owner: &'a OwnerReference,
+    hot: &'a [HotShard],
 }
 
 impl Builder<'_> {
@@ -275,7 +283,7 @@ impl Builder<'_> {
             json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": self.metadata(&name, &pod_labels),
             "spec": {
-                "replicas": self.vi.spec.replicas,
+                "replicas": replicas_of(self.hot, shard, self.vi.spec.replicas),
                 "serviceName": name,
                 // Replicas are interchangeable: start and stop them together.
                 "podManagementPolicy": "Parallel",
@@ -389,7 +397,7 @@ mod tests {
 
     #[test]
     fn one_statefulset_service_and_pdb_per_shard() -> Result<(), ChildrenError> {
-        let c = build(&index(|_| {}), &cfg())?;
+        let c = build(&index(|_| {}), &cfg(), &[])?;
         let names: Vec<_> = c.shards.iter().map(|s| s.statefulset.name_any()).collect();
         assert_eq!(names, ["docs-shard-0", "docs-shard-1", "docs-shard-2"]);
         for (i, s) in c.shards.iter().enumerate() {
@@ -408,7 +416,7 @@ mod tests {
 
     #[test]
     fn every_child_is_owned_and_labelled() -> Result<(), ChildrenError> {
-        let c = build(&index(|_| {}), &cfg())?;
+        let c = build(&index(|_| {}), &cfg(), &[])?;
         let Children {
             service_account,
             role,
@@ -449,7 +457,7 @@ mod tests {
 
     #[test]
     fn pods_follow_kubernetes_and_carry_no_version() -> Result<(), ChildrenError> {
-        let c = build(&index(|_| {}), &cfg())?;
+        let c = build(&index(|_| {}), &cfg(), &[])?;
         let router = container(&c.router.spec.template);
         assert_eq!(
             router["args"],
@@ -478,7 +486,7 @@ mod tests {
 
     #[test]
     fn node_rbac_is_read_only() -> Result<(), ChildrenError> {
-        let c = build(&index(|_| {}), &cfg())?;
+        let c = build(&index(|_| {}), &cfg(), &[])?;
         for rule in c.role.rules.unwrap_or_default() {
             assert_eq!(rule.verbs, ["get", "list", "watch"], "{rule:?}");
         }
@@ -495,7 +503,7 @@ mod tests {
                 "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "search", "effect": "NoSchedule"}]});
             v["spec"]["storage"]["secretRef"] = json!({"name": "s3-creds"});
         });
-        let c = build(&vi, &cfg())?;
+        let c = build(&vi, &cfg(), &[])?;
         let tmpl = c.shards[0].statefulset.spec.template.clone();
         let shard = container(&tmpl);
         assert_eq!(shard["image"], "registry.local/index-node:dev");
@@ -539,20 +547,42 @@ mod tests {
             v["metadata"].as_object_mut().map(|m| m.remove("uid"));
         });
         assert!(matches!(
-            build(&vi, &cfg()),
+            build(&vi, &cfg(), &[]),
             Err(ChildrenError::NotStored(_, "uid"))
         ));
     }
 
     #[test]
     fn scaling_changes_replicas_only() -> Result<(), ChildrenError> {
-        let a = build(&index(|_| {}), &cfg())?;
-        let b = build(&index(|v| v["spec"]["replicas"] = json!(4)), &cfg())?;
+        let a = build(&index(|_| {}), &cfg(), &[])?;
+        let b = build(&index(|v| v["spec"]["replicas"] = json!(4)), &cfg(), &[])?;
         for (x, y) in a.shards.iter().zip(&b.shards) {
             let (xs, ys) = (&x.statefulset.spec, &y.statefulset.spec);
             assert_eq!((xs.replicas, ys.replicas), (Some(2), Some(4)));
             assert_eq!(xs.template, ys.template, "the pods are not replaced");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_hot_shard_runs_its_own_replica_count() -> Result<(), ChildrenError> {
+        let hot = [HotShard {
+            shard: 1,
+            replicas: 5,
+            cool_since: None,
+        }];
+        let a = build(&index(|_| {}), &cfg(), &[])?;
+        let c = build(&index(|_| {}), &cfg(), &hot)?;
+        let replicas: Vec<Option<i32>> = c
+            .shards
+            .iter()
+            .map(|s| s.statefulset.spec.replicas)
+            .collect();
+        assert_eq!(replicas, [Some(2), Some(5), Some(2)]);
+        assert_eq!(
+            c.shards[1].statefulset.spec.template, a.shards[1].statefulset.spec.template,
+            "only the count changes"
+        );
         Ok(())
     }
 }

@@ -32,6 +32,7 @@ use crate::children::{self, ChildConfig, ChildrenError};
 use crate::conditions::{self, Summary};
 use crate::deletion::{self, DeletionStep};
 use crate::drift;
+use crate::hotreplicas;
 use crate::hotspots::{self, Measured};
 use crate::jobs::{self, JobError, JobKind, JobState};
 use crate::lifecycle::{self, Inputs, LifecycleError, Note, RebalanceAsk, Versions};
@@ -270,6 +271,7 @@ async fn measure_load(
     active: Option<&str>,
     seen: &observe::Observed,
     now: Timestamp,
+    counted: &mut Option<u64>,
 ) -> Option<LoadStatus> {
     let active = active?;
     if ctx.load_sample.is_zero() {
@@ -326,6 +328,7 @@ async fn measure_load(
             e.last_delta += delta;
         }
     }
+    *counted = Some(e.last_delta);
     let routers: Vec<String> = seen.router_pods.iter().map(|p| p.name_any()).collect();
     e.tracker
         .retain(&routers.iter().map(String::as_str).collect::<Vec<_>>());
@@ -370,25 +373,19 @@ const SAMPLE_SLACK: Duration = Duration::from_millis(250);
 /// The rebalance asked for now, if any: a new `quiver.dev/rebalance` token (Manual or Auto),
 /// or Auto's hysteresis after a full window above the threshold; either applies the plan of
 /// `load` (the active version's freshest figures; `fresh`: measured this reconcile).
-fn rebalance_ask<'a>(
+/// Whether Auto mode's window has passed: the imbalance of `load` (the active version's,
+/// measured now: `fresh`) has stayed above the threshold for `windowSeconds`.
+fn auto_window_passed(
     ctx: &Context,
-    vi: &'a VectorIndex,
-    old: &VectorIndexStatus,
-    load: Option<&'a LoadStatus>,
+    vi: &VectorIndex,
+    load: Option<&LoadStatus>,
     fresh: bool,
     now: Timestamp,
-) -> Option<RebalanceAsk<'a>> {
+) -> bool {
     let rb = &vi.spec.rebalance;
-    if rb.mode == RebalanceMode::Off {
-        return None;
-    }
-    let load = load.filter(|l| old.active_version.as_deref() == Some(l.version.as_str()));
-    let moves: &[ListMove] = load.and_then(|l| l.plan.as_ref()).map_or(&[], |p| &p.moves);
-    let version = load.map(|l| l.version.as_str());
-    let split = load.and_then(LoadStatus::split);
     // Auto judges fresh samples only, and only while queries flow: a sample that counted no
     // probe resets the window, so stale figures of traffic that ended never act.
-    let auto_due = rb.mode == RebalanceMode::Auto
+    rb.mode == RebalanceMode::Auto
         && fresh
         && load.is_some_and(|l| {
             let Ok(mut loads) = ctx.loads.lock() else {
@@ -408,7 +405,21 @@ fn rebalance_ask<'a>(
                         now.as_millisecond() as f64 / 1000.0,
                     )
                 })
-        });
+        })
+}
+
+fn rebalance_ask<'a>(
+    vi: &'a VectorIndex,
+    old: &VectorIndexStatus,
+    load: Option<&'a LoadStatus>,
+    auto_due: bool,
+) -> Option<RebalanceAsk<'a>> {
+    if vi.spec.rebalance.mode == RebalanceMode::Off {
+        return None;
+    }
+    let moves: &[ListMove] = load.and_then(|l| l.plan.as_ref()).map_or(&[], |p| &p.moves);
+    let version = load.map(|l| l.version.as_str());
+    let split = load.and_then(LoadStatus::split);
     let token = vi
         .annotations()
         .get(quiver_api::keys::annotations::REBALANCE)
@@ -505,7 +516,16 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
 
     // observe
     let seen = observe::observe(&ctx.client, vi).await?;
-    let load_measured = measure_load(ctx, vi, old.active_version.as_deref(), &seen, now).await;
+    let mut counted = None;
+    let load_measured = measure_load(
+        ctx,
+        vi,
+        old.active_version.as_deref(),
+        &seen,
+        now,
+        &mut counted,
+    )
+    .await;
 
     // plan (pure)
     let hash = spec_hash(&vi.spec);
@@ -564,15 +584,12 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         .as_deref()
         .map(str::trim)
         .filter(|p| !p.is_empty());
-    let load_now = load_measured.clone().or_else(|| old.load.clone());
-    let rebalance_ask = rebalance_ask(
-        ctx,
-        vi,
-        &old,
-        load_now.as_ref(),
-        load_measured.is_some(),
-        now,
-    );
+    let load_now = load_measured
+        .clone()
+        .or_else(|| old.load.clone())
+        .filter(|l| old.active_version.as_deref() == Some(l.version.as_str()));
+    let auto_due = auto_window_passed(ctx, vi, load_now.as_ref(), load_measured.is_some(), now);
+    let rebalance_ask = rebalance_ask(vi, &old, load_now.as_ref(), auto_due);
     let step = lifecycle::advance(
         &current,
         &Inputs {
@@ -605,11 +622,41 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         index: index.clone(),
         source,
     })?;
-    let desired = children::build(vi, &ctx.cfg)?;
-    if rebalance_ask.as_ref().is_some_and(|a| a.token.is_none())
-        && step.versions.versions.first().is_some_and(|v| {
-            v.trigger.as_deref() == Some(AUTO_REBALANCE) && old.version(&v.name).is_none()
-        })
+    // Hot shards: another replica when Auto's window passed with no split or move to make,
+    // one given back after a cool window.
+    let rb = &vi.spec.rebalance;
+    let auto = rb.mode == RebalanceMode::Auto;
+    let bounds = hotreplicas::Bounds {
+        shards: vi.spec.shards,
+        replicas: vi.spec.replicas,
+        max: match rb.max_replicas_per_shard {
+            Some(m) if auto => m.max(vi.spec.replicas),
+            _ => vi.spec.replicas,
+        },
+        threshold: rb.threshold,
+        window_secs: i64::from(rb.window_seconds),
+    };
+    let sample = match (counted, load_measured.as_ref()) {
+        (Some(0), _) => hotreplicas::Sample::Idle,
+        (Some(_), Some(l)) => hotreplicas::Sample::Load(l),
+        _ => hotreplicas::Sample::None,
+    };
+    let grow = auto_due
+        && rebalance_ask.is_none()
+        && !step
+            .versions
+            .versions
+            .iter()
+            .any(|v| v.phase.is_preparing());
+    let hot = hotreplicas::next(&old.hot_shards, bounds, sample, grow, now);
+    let hot_notes = hotreplicas::notes(&old.hot_shards, &hot, load_now.as_ref());
+    let grew = hot_notes.iter().any(|n| n.reason == hotreplicas::GREW);
+    let desired = children::build(vi, &ctx.cfg, &hot)?;
+    if grew
+        || rebalance_ask.as_ref().is_some_and(|a| a.token.is_none())
+            && step.versions.versions.first().is_some_and(|v| {
+                v.trigger.as_deref() == Some(AUTO_REBALANCE) && old.version(&v.name).is_none()
+            })
     {
         // Auto acted: the next rebalance waits for a full window of its own.
         if let Ok(mut loads) = ctx.loads.lock()
@@ -648,9 +695,12 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         .filter_map(|p| p.labels().get(labels::SHARD)?.parse().ok())
         .filter(|s| *s < vi.spec.shards)
         .collect();
+    let shard_pods_desired: u32 = (0..vi.spec.shards)
+        .map(|s| hotreplicas::replicas_of(&hot, s, vi.spec.replicas))
+        .sum();
     let shards = ReadyCount {
         ready: shard_ready,
-        desired: vi.spec.shards * vi.spec.replicas,
+        desired: shard_pods_desired,
     };
     let routers = ReadyCount {
         ready: router_ready,
@@ -688,6 +738,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         load_measured,
         status.active_version.as_deref(),
     );
+    status.hot_shards = hot;
     status.shards = Some(shards);
     status.routers = Some(routers);
     status.conditions = conditions::keep_transition_times(&old.conditions, conds);
@@ -723,8 +774,9 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
     apply::jobs_except(&ctx.client, &seen.jobs, &keep, &mut writes).await?;
     record_writes(&ctx.metrics, &writes);
 
-    publish(ctx, vi, &step.notes).await;
-    for n in &step.notes {
+    let notes: Vec<Note> = step.notes.iter().cloned().chain(hot_notes).collect();
+    publish(ctx, vi, &notes).await;
+    for n in &notes {
         if n.warning {
             warn!(index = %index, namespace = %ns, version = %n.version, reason = %n.reason, "{}", n.message);
         } else {
@@ -747,7 +799,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         &old,
         &status,
         now,
-        (vi.spec.shards * vi.spec.replicas, vi.spec.router.replicas),
+        (shard_pods_desired, vi.spec.router.replicas),
     );
 
     let preparing = status.versions.iter().any(|v| {

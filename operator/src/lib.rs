@@ -11,6 +11,7 @@ pub mod conditions;
 pub mod controller;
 pub mod deletion;
 pub mod drift;
+pub mod hotreplicas;
 pub mod hotspots;
 pub mod jobs;
 pub mod lifecycle;

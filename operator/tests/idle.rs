@@ -65,6 +65,7 @@ fn world(vi: &VectorIndex) -> World {
         &ChildConfig {
             node_image: "index-node:test".into(),
         },
+        &[],
     )
     .unwrap();
     let owner = vi.controller_owner_ref(&()).unwrap();
