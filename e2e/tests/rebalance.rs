@@ -8,7 +8,9 @@
 //! which the hot shard's share is lower. (Moves of whole lists, the remap Job, are driven
 //! the same way; the lifecycle unit tests and `index-node remap`'s own tests cover them.)
 //!
-//! Not built yet, so not tested here: replicating a hot shard.
+//! A second scenario drives a shard that no split or move can cool: Auto gives it another
+//! replica (`maxReplicasPerShard`), routers spread its queries over both, and once traffic
+//! evens out the replica is given back.
 //!
 //! Runs on the in-process stand-in, or against another cluster with QUIVER_E2E_KUBECONFIG.
 #![allow(clippy::unwrap_used)]
@@ -20,12 +22,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use quiver_api::VectorIndex;
 use quiver_api::keys::labels;
-use quiver_api::v1alpha1::IndexPhase;
-use quiver_e2e::testing::{TestCluster, install_crd, workspace_bin};
+use quiver_api::ports;
+use quiver_api::v1alpha1::{IndexPhase, LoadStatus};
+use quiver_e2e::testing::{TestCluster, eventually, install_crd, workspace_bin};
 use serde_json::{Value, json};
 
 mod opsupport;
@@ -302,13 +308,7 @@ async fn skewed_traffic_is_measured_per_shard_and_list_and_a_plan_is_printed() {
 
         stop.store(true, Ordering::SeqCst);
         let runs = load.join().unwrap();
-        let failed: u64 = runs.iter().map(|r| r["failed"].as_u64().unwrap()).sum();
-        let mut answered: BTreeMap<String, u64> = BTreeMap::new();
-        for r in &runs {
-            for (k, v) in r["versions"].as_object().into_iter().flatten() {
-                *answered.entry(k.clone()).or_default() += v["answers"].as_u64().unwrap_or(0);
-            }
-        }
+        let (failed, answered) = outcome(&runs);
         eprintln!(
             "{} loadtest runs: {failed} failed, answers {answered:?}",
             runs.len()
@@ -333,18 +333,237 @@ fn skewed_load(
     queries: PathBuf,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<Value>> {
+    traffic(
+        node,
+        target,
+        queries,
+        stop,
+        &["--zipf", "1.5", "--nprobe", "1"],
+    )
+}
+
+/// `index-node loadtest` runs of 5 s at concurrency 4 with `extra` flags until `stop`.
+fn traffic(
+    node: PathBuf,
+    target: String,
+    queries: PathBuf,
+    stop: Arc<AtomicBool>,
+    extra: &'static [&'static str],
+) -> std::thread::JoinHandle<Vec<Value>> {
     std::thread::spawn(move || {
         let mut runs = Vec::new();
         while !stop.load(Ordering::SeqCst) {
-            runs.push(loadtest_with(
-                &node,
-                &target,
-                &queries,
-                5.0,
-                4,
-                &["--zipf", "1.5", "--nprobe", "1"],
-            ));
+            runs.push(loadtest_with(&node, &target, &queries, 5.0, 4, extra));
         }
         runs
     })
+}
+
+/// Failed queries of loadtest runs, and answers per version.
+fn outcome(runs: &[Value]) -> (u64, BTreeMap<String, u64>) {
+    let failed: u64 = runs.iter().map(|r| r["failed"].as_u64().unwrap()).sum();
+    let mut answered: BTreeMap<String, u64> = BTreeMap::new();
+    for r in runs {
+        for (k, v) in r["versions"].as_object().into_iter().flatten() {
+            *answered.entry(k.clone()).or_default() += v["answers"].as_u64().unwrap_or(0);
+        }
+    }
+    (failed, answered)
+}
+
+/// Queries a shard pod scanned for (`quiver_query_duration_seconds_count`), read from its
+/// metrics port like the observability suite does.
+async fn answers_of(pod: &Pod) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap();
+    let mut s = tokio::net::TcpStream::connect((ip.as_str(), ports::METRICS))
+        .await
+        .unwrap();
+    let req = format!("GET {} HTTP/1.0\r\nHost: {ip}\r\n\r\n", ports::METRICS_PATH);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("quiver_query_duration_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The Ready pods of one shard.
+async fn shard_pods(env: &TestCluster, index: &str, shard: u32) -> Vec<Pod> {
+    let pods: Api<Pod> = env.api();
+    let lp = ListParams::default().labels(&format!(
+        "{}={index},{}={shard}",
+        labels::INDEX,
+        labels::SHARD
+    ));
+    pods.list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .collect()
+}
+
+/// A hot shard that no split or move can cool gets a second replica (Auto,
+/// `maxReplicasPerShard: 2`); routers spread its queries over both; when the traffic evens
+/// out it gives the replica back. No query fails throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_shard_gets_a_replica_and_gives_it_back_when_it_cools() {
+    tokio::time::timeout(Duration::from_secs(420), async {
+        let (operator, node) = bins();
+        let env = TestCluster::start(HashMap::from([("index-node".to_string(), node.clone())]))
+            .await
+            .unwrap();
+        install_crd(&env.client).await.unwrap();
+        let store = env.dir.join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let storage = format!("file://{}", store.display());
+        let _op = Operator::start_with(
+            &env,
+            &operator,
+            "quiver-operator",
+            &["--load-sample-secs", "2"],
+        )
+        .await;
+        let api: Api<VectorIndex> = env.api();
+        let mut v = serde_json::to_value(index(
+            "warm",
+            &storage,
+            json!({"synthetic": {"count": 4000, "seed": 11}}),
+        ))
+        .unwrap();
+        v["spec"]["shards"] = json!(4);
+        v["spec"]["replicas"] = json!(1);
+        v["spec"]["router"] = json!({"replicas": 1});
+        // Lists of about 16 entries: too small to split, and the hottest one alone takes
+        // about 40 % of the load, so no map of whole lists brings 4 shards near 25 % each.
+        v["spec"]["index"]["nlist"] = json!(256);
+        v["spec"]["rebalance"] = json!({"mode": "Auto", "threshold": 1.3, "windowSeconds": 5,
+                                        "maxReplicasPerShard": 2});
+        let vi: VectorIndex = serde_json::from_value(v).unwrap();
+        api.create(&PostParams::default(), &vi).await.unwrap();
+        let vi = wait_for(&api, "warm", 240, "v1 Ready", |vi| {
+            phase(vi) == Some(IndexPhase::Ready)
+        })
+        .await;
+        let v1 = vi.status.unwrap().active_version.unwrap();
+        let root = storage.strip_prefix("file://").unwrap();
+        let queries = env.dir.join("warm-queries.fvecs");
+        std::fs::copy(
+            Path::new(root).join(format!("{}/warm/versions/{v1}/eval.fvecs", env.ns)),
+            &queries,
+        )
+        .unwrap();
+        let target = service_address(&env, "warm").await.to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let skewed = skewed_load(node.clone(), target.clone(), queries.clone(), stop.clone());
+
+        // Splits and moves first, if the plan has any; then, still hot, a replica.
+        let vi = wait_for(
+            &api,
+            "warm",
+            240,
+            "a hot shard with a second replica",
+            |vi| vi.status.as_ref().is_some_and(|s| !s.hot_shards.is_empty()),
+        )
+        .await;
+        let st = vi.status.clone().unwrap();
+        let hot = st.hot_shards[0].clone();
+        assert_eq!(hot.replicas, 2, "{:?}", st.hot_shards);
+        let before = st.load.clone().expect("load");
+        eprintln!("grew on: {}", serde_json::to_string(&before).unwrap());
+        let share = |l: &LoadStatus, s: u32| {
+            l.shards
+                .iter()
+                .find(|x| x.shard == s)
+                .map_or(0.0, |x| x.share / f64::from(x.replicas.max(1)))
+        };
+        let per_replica_before = share(&before, hot.shard);
+        let sts: Api<StatefulSet> = env.api();
+        let name = format!("warm-shard-{}", hot.shard);
+        eventually(60, "the hot shard's second pod Ready", || async {
+            let s = sts.get(&name).await.ok()?;
+            (s.spec.replicas == Some(2) && shard_pods(&env, "warm", hot.shard).await.len() == 2)
+                .then_some(())
+        })
+        .await;
+        // Measured with both replicas: each carries less than the one did.
+        let vi = wait_for(&api, "warm", 60, "the load over two replicas", |vi| {
+            vi.status
+                .as_ref()
+                .and_then(|s| s.load.as_ref())
+                .is_some_and(|l| {
+                    l.shards
+                        .iter()
+                        .any(|x| x.shard == hot.shard && x.replicas == 2)
+                })
+        })
+        .await;
+        let after = vi.status.unwrap().load.unwrap();
+        eprintln!(
+            "over two replicas: {}",
+            serde_json::to_string(&after).unwrap()
+        );
+        assert!(
+            share(&after, hot.shard) < per_replica_before,
+            "load per replica of shard {} was {per_replica_before}, now {}",
+            hot.shard,
+            share(&after, hot.shard)
+        );
+        // Routers spread the shard's queries over both replicas.
+        let pods = shard_pods(&env, "warm", hot.shard).await;
+        let first: Vec<u64> = futures::future::join_all(pods.iter().map(answers_of)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let second: Vec<u64> = futures::future::join_all(pods.iter().map(answers_of)).await;
+        for (i, (a, b)) in first.iter().zip(&second).enumerate() {
+            assert!(
+                b > a,
+                "replica {} of shard {} answered nothing new: {first:?} -> {second:?}",
+                pods[i].name_any(),
+                hot.shard
+            );
+        }
+
+        // Even traffic: the shard cools and gives the replica back, under load.
+        stop.store(true, Ordering::SeqCst);
+        let mut runs = skewed.join().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let even = traffic(
+            node.clone(),
+            target,
+            queries,
+            stop.clone(),
+            &["--nprobe", "1"],
+        );
+        wait_for(&api, "warm", 120, "the replica given back", |vi| {
+            vi.status.as_ref().is_some_and(|s| s.hot_shards.is_empty())
+        })
+        .await;
+        eventually(60, "the hot shard back to one pod", || async {
+            let s = sts.get(&name).await.ok()?;
+            (s.spec.replicas == Some(1) && shard_pods(&env, "warm", hot.shard).await.len() == 1)
+                .then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.store(true, Ordering::SeqCst);
+        runs.extend(even.join().unwrap());
+        let (failed, answered) = outcome(&runs);
+        eprintln!(
+            "{} loadtest runs: {failed} failed, answers {answered:?}",
+            runs.len()
+        );
+        assert_eq!(failed, 0, "{runs:?}");
+        env.stop().await;
+    })
+    .await
+    .expect("scenario timed out");
 }

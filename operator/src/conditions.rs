@@ -13,6 +13,9 @@ use crate::lifecycle::{Hold, SUPERSEDED, Versions};
 pub struct Summary<'a> {
     pub versions: &'a Versions,
     pub shards: ReadyCount,
+    /// Shard pods of `shards.desired` beyond the spec (hot shards' extra replicas): while
+    /// they start, the index is not degraded.
+    pub extra_shard_pods: u32,
     /// Shard numbers with at least one Ready replica, over the spec's shard count.
     pub shards_covered: (u32, u32),
     pub routers: ReadyCount,
@@ -139,7 +142,8 @@ pub fn summarize(s: &Summary<'_>) -> (IndexPhase, Vec<Condition>) {
         let word = r.split(':').next().unwrap_or("Failed").to_string();
         Some((word, format!("{}: {r}", f.name)))
     } else if v.active.is_some()
-        && (s.shards.ready < s.shards.desired || s.routers.ready < s.routers.desired)
+        && (s.shards.ready + s.extra_shard_pods < s.shards.desired
+            || s.routers.ready < s.routers.desired)
     {
         Some((
             "PodsNotReady".into(),
@@ -221,6 +225,7 @@ mod tests {
                 ready: 4,
                 desired: 4,
             },
+            extra_shard_pods: 0,
             shards_covered: (2, 2),
             routers: ReadyCount {
                 ready: 2,
@@ -249,6 +254,23 @@ mod tests {
         assert!(get(&c, "Ready").message.contains("gate recall 0.9500"));
         assert_eq!(get(&c, "Progressing").status, "False");
         assert_eq!(get(&c, "Degraded").status, "False");
+    }
+
+    /// A hot shard's extra replica starting is not a degradation; a missing pod of the spec is.
+    #[test]
+    fn an_extra_replica_starting_does_not_degrade_a_missing_spec_pod_does() {
+        let v = versions(
+            &[("v1-7f3a9c2e", VersionPhase::Active, None)],
+            Some("v1-7f3a9c2e"),
+        );
+        let mut s = summary(&v);
+        s.shards.desired = 5;
+        s.extra_shard_pods = 1;
+        assert_eq!(summarize(&s).0, IndexPhase::Ready);
+        s.shards.ready = 3;
+        let (phase, c) = summarize(&s);
+        assert_eq!(phase, IndexPhase::Degraded);
+        assert_eq!(get(&c, "Degraded").reason, "PodsNotReady");
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct IndexLoad {
     hysteresis: Hysteresis,
 }
 
+/// Imbalance a plan's moves must take off for Auto to make a version of them.
+const MIN_MOVE_GAIN: f64 = 0.1;
+
 /// The trigger of a rebalance Auto mode made.
 pub const AUTO_REBALANCE: &str = "rebalance:auto";
 
@@ -420,6 +423,13 @@ fn rebalance_ask<'a>(
     let moves: &[ListMove] = load.and_then(|l| l.plan.as_ref()).map_or(&[], |p| &p.moves);
     let version = load.map(|l| l.version.as_str());
     let split = load.and_then(LoadStatus::split);
+    // Auto makes a new version for moves only when they lower the imbalance by more than
+    // noise; otherwise a hot shard's extra replica (hotreplicas) is the next step.
+    let moves_help = load.is_some_and(|l| {
+        l.plan.as_ref().is_some_and(|p| {
+            !p.moves.is_empty() && p.imbalance_after + MIN_MOVE_GAIN <= l.imbalance
+        })
+    });
     let token = vi
         .annotations()
         .get(quiver_api::keys::annotations::REBALANCE)
@@ -433,7 +443,7 @@ fn rebalance_ask<'a>(
             moves,
             split,
         }),
-        None if auto_due && (!moves.is_empty() || split.is_some()) => Some(RebalanceAsk {
+        None if auto_due && (moves_help || split.is_some()) => Some(RebalanceAsk {
             trigger: AUTO_REBALANCE.to_string(),
             token: None,
             version,
@@ -477,6 +487,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
         let (phase, conds) = conditions::summarize(&Summary {
             versions: &versions,
             shards: old.shards.unwrap_or_default(),
+            extra_shard_pods: 0,
             shards_covered: (0, vi.spec.shards),
             routers: old.routers.unwrap_or_default(),
             invalid: Some(message.clone()),
@@ -709,6 +720,7 @@ async fn reconcile_inner(vi: &VectorIndex, ctx: &Context) -> Result<Action, Erro
     let (phase, conds) = conditions::summarize(&Summary {
         versions: &step.versions,
         shards,
+        extra_shard_pods: shard_pods_desired.saturating_sub(vi.spec.shards * vi.spec.replicas),
         shards_covered: (covered.len() as u32, vi.spec.shards),
         routers,
         invalid: None,
