@@ -637,6 +637,12 @@ pub struct RebalanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub max_replicas_per_shard: Option<u32>,
+
+    /// Bytes of lists one rebalance may move between shards (what the receiving shards load
+    /// into memory); the plan stops at this budget. Default 1 GiB.
+    #[serde(default = "default_rebalance_bytes")]
+    #[schemars(range(min = 1048576))]
+    pub max_bytes_per_step: u64,
 }
 
 impl Default for RebalanceSpec {
@@ -646,8 +652,13 @@ impl Default for RebalanceSpec {
             threshold: default_rebalance_threshold(),
             window_seconds: default_rebalance_window(),
             max_replicas_per_shard: None,
+            max_bytes_per_step: default_rebalance_bytes(),
         }
     }
+}
+
+fn default_rebalance_bytes() -> u64 {
+    1 << 30
 }
 
 fn default_rebalance_threshold() -> f64 {

@@ -413,6 +413,15 @@ pub fn validate(name: &str, spec: &VectorIndexSpec) -> Result<(), ValidationErro
         );
     }
 
+    if spec.rebalance.max_bytes_per_step < 1 << 20 {
+        e.add(
+            "spec.rebalance.maxBytesPerStep",
+            format!(
+                "{} is below 1 MiB (1048576)",
+                spec.rebalance.max_bytes_per_step
+            ),
+        );
+    }
     if let Some(max) = spec.rebalance.max_replicas_per_shard {
         e.range("spec.rebalance.maxReplicasPerShard", max, 1, 100);
         if max < spec.replicas {

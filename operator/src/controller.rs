@@ -359,6 +359,7 @@ async fn measure_load(
             owners: &e.owners,
             replicas: &replicas,
             entry_bytes: capacity::entry_bytes(&vi.spec),
+            max_bytes: vi.spec.rebalance.max_bytes_per_step,
         },
         vi.status
             .as_ref()

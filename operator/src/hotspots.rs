@@ -17,8 +17,6 @@ use crate::rebalance::{self, Limits, List};
 pub const HOTTEST: usize = 5;
 /// Moves listed in the status at most; a longer plan is cut there (and judged as cut).
 pub const MAX_MOVES: usize = 64;
-/// Bytes one plan moves at most until `spec.rebalance` can set it.
-pub const MAX_BYTES_PER_STEP: u64 = 1 << 30;
 /// Entries a list needs before the plan names it for a split. Each split of a list that stays
 /// hot halves it, so this bounds how often one list is split (log2(size / this)); below it a
 /// list is cheap to scan whoever holds it, and whole-list moves take over.
@@ -42,6 +40,8 @@ pub struct Measured<'a> {
     pub replicas: &'a [u32],
     /// Bytes of one entry in a shard's memory.
     pub entry_bytes: u64,
+    /// Bytes one plan may move (`spec.rebalance.maxBytesPerStep`).
+    pub max_bytes: u64,
 }
 
 fn round(x: f64, places: i32) -> f64 {
@@ -81,7 +81,7 @@ pub fn summarize(
         &lists,
         m.replicas,
         Limits {
-            max_bytes: MAX_BYTES_PER_STEP,
+            max_bytes: m.max_bytes,
             max_replicas: m.replicas.iter().copied().max().unwrap_or(1),
         },
     )
@@ -231,6 +231,7 @@ mod tests {
                 owners: &[0, 0, 0, 0, 1, 1, 1, 1],
                 replicas: &[1, 1],
                 entry_bytes: 16,
+                max_bytes: 1 << 30,
             },
             None,
             now(),
@@ -251,6 +252,39 @@ mod tests {
         assert_eq!(l.plan, None);
     }
 
+    /// `spec.rebalance.maxBytesPerStep` caps what one plan moves.
+    #[test]
+    fn the_byte_budget_cuts_the_plan() {
+        let loads = [40.0, 20.0, 10.0, 10.0, 5.0, 5.0, 5.0, 5.0];
+        let plan = |max_bytes| {
+            summarize(
+                Measured {
+                    version: "v1",
+                    loads: &loads,
+                    sizes: &[100; 8],
+                    owners: &[0, 0, 0, 0, 1, 1, 1, 1],
+                    replicas: &[1, 1],
+                    entry_bytes: 16,
+                    max_bytes,
+                },
+                None,
+                now(),
+            )
+            .and_then(|l| l.plan)
+        };
+        let free = plan(1 << 30).expect("a plan");
+        assert!(free.moves.len() >= 2, "{free:?}");
+        // One list is 1600 bytes: a budget of 2000 moves one.
+        let cut = plan(2000).expect("a plan");
+        assert_eq!(cut.moves.len(), 1, "{cut:?}");
+        assert!(cut.bytes <= 2000);
+        assert!(
+            cut.imbalance_after > free.imbalance_after,
+            "{cut:?} vs {free:?}"
+        );
+        assert_eq!(plan(1000), None, "no list fits");
+    }
+
     #[test]
     fn more_replicas_carry_a_larger_share_at_the_same_load_per_replica() {
         let l = summarize(
@@ -261,6 +295,7 @@ mod tests {
                 owners: &[0, 0, 1, 1],
                 replicas: &[2, 1],
                 entry_bytes: 8,
+                max_bytes: 1 << 30,
             },
             None,
             now(),
@@ -281,6 +316,7 @@ mod tests {
                 owners: &[0, 0, 0, 0, 1, 1, 1, 1],
                 replicas: &[1, 1],
                 entry_bytes: 16,
+                max_bytes: 1 << 30,
             },
             previous,
             now(),
