@@ -638,6 +638,11 @@ pub struct RebalanceSpec {
     #[schemars(range(min = 1, max = 100))]
     pub max_replicas_per_shard: Option<u32>,
 
+    /// Whether a rebalance may split a hot list (a new version with one more list). Off keeps
+    /// `nlist` fixed: hot lists are then only moved, and a hot shard gets replicas.
+    #[serde(default = "default_true")]
+    pub split_lists: bool,
+
     /// Bytes of lists one rebalance may move between shards (what the receiving shards load
     /// into memory); the plan stops at this budget. Default 1 GiB.
     #[serde(default = "default_rebalance_bytes")]
@@ -653,8 +658,13 @@ impl Default for RebalanceSpec {
             window_seconds: default_rebalance_window(),
             max_replicas_per_shard: None,
             max_bytes_per_step: default_rebalance_bytes(),
+            split_lists: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_rebalance_bytes() -> u64 {

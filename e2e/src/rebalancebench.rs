@@ -1,8 +1,11 @@
 //! `quiver-local demo --rebalance`: the rebalance benchmark. On the demo's Ready index, under a
 //! Zipf-skewed query stream (`loadtest --zipf 1.5`, concurrency 8) through the Service, it
-//! waits for the operator's load figures (`status.load`), measures a run before, asks for the
-//! operator's plan to be applied (the `quiver.dev/rebalance` annotation), follows the remap
-//! version to Active, waits for the new map's figures and measures a run after. Each run
+//! waits for the operator's load figures (`status.load`) and measures a run before. Then it
+//! applies the operator's plan step by step (the `quiver.dev/rebalance` annotation, as
+//! `kubectl quiver rebalance` does): a split while one list outweighs a mean shard, moves while
+//! they help; it follows each new version to Active, waits for its figures and measures a
+//! run. Last, Auto mode with `maxReplicasPerShard` one above the spec gives the hottest shard
+//! a replica, and a run is measured once the operator counts it. Each run
 //! prints QPS through the router, each shard's load share (the operator's, from probe counts)
 //! and its CPU time per query (the shard processes' own user+system time over the queries
 //! served). All shards share this machine's cores, so QPS alone hides what a rebalance buys;
@@ -215,62 +218,63 @@ pub async fn run(b: &RebalanceBench<'_>) -> Result<()> {
         })
     };
     let outcome = async {
-        println!("\nRebalance benchmark: Zipf(1.5) queries at concurrency {} through the Service", b.concurrency);
-        let vi = until(b, "the operator's load figures of the first version", |vi| {
-            load_of(vi, &v1).is_some()
-        })
+        println!(
+            "\nRebalance benchmark: Zipf(1.5) queries at concurrency {} through the Service",
+            b.concurrency
+        );
+        let vi = until(
+            b,
+            "the operator's load figures of the first version",
+            |vi| load_of(vi, &v1).is_some(),
+        )
         .await?;
-        let before_load = load_of(&vi, &v1).context("load")?;
-        let before = next_run(&runs, Instant::now(), Duration::from_secs(60)).await?;
-        let plan = before_load.plan.clone().unwrap_or_else(|| quiver_api::v1alpha1::RebalancePlan {
-            moves: vec![],
-            bytes: 0,
-            imbalance_after: before_load.imbalance,
-            split_list: None,
-        });
-        if plan.moves.is_empty() {
-            report("before", &before_load, &before);
-            println!("the plan moves nothing (imbalance {:.2}): no rebalance to measure", before_load.imbalance);
-            return Ok(());
-        }
-        let token = format!("bench-{}", std::process::id());
-        let decided = Instant::now();
-        b.api
-            .patch(
-                b.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {annotations::REBALANCE: token}}})),
-            )
-            .await?;
-        let vi = until(b, "the rebalanced version active", |vi| {
-            vi.status.as_ref().is_some_and(|s| {
-                s.active_version.as_deref() != Some(v1.as_str())
-                    && s.active_version
+        let mut load = load_of(&vi, &v1).context("load")?;
+        let run = next_run(&runs, Instant::now(), Duration::from_secs(60)).await?;
+        report(&format!("before ({v1})"), &load, &run);
+        let mut active = v1.clone();
+        // The operator's plan, applied step by step as `kubectl quiver rebalance` would: a
+        // split while one list outweighs a mean shard, then moves while they help.
+        for step in 1..=MAX_PLAN_STEPS {
+            let Some(what) = plan_step(&load) else {
+                println!(
+                    "\nthe plan has nothing left to do (imbalance {:.2})",
+                    load.imbalance
+                );
+                break;
+            };
+            let token = format!("bench-{}-{step}", std::process::id());
+            let decided = Instant::now();
+            b.api
+                .patch(
+                    b.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(
+                        json!({"metadata": {"annotations": {annotations::REBALANCE: token}}}),
+                    ),
+                )
+                .await?;
+            let from = active.clone();
+            let vi = until(b, "the rebalanced version active", |vi| {
+                vi.status.as_ref().is_some_and(|s| {
+                    s.active_version
                         .as_deref()
                         .and_then(|a| s.version(a))
-                        .is_some_and(|v| v.rebalanced_from.as_deref() == Some(v1.as_str()))
+                        .is_some_and(|v| v.rebalanced_from.as_deref() == Some(from.as_str()))
+                })
             })
-        })
-        .await?;
-        let to_active = decided.elapsed().as_secs_f64();
-        let v2 = vi
-            .status
-            .and_then(|s| s.active_version)
-            .context("active")?;
-        let vi = until(b, "the load figures of the rebalanced version", |vi| {
-            load_of(vi, &v2).is_some()
-        })
-        .await?;
-        let after_load = load_of(&vi, &v2).context("load")?;
-        let after = next_run(&runs, Instant::now(), Duration::from_secs(60)).await?;
-        report(&format!("before ({v1})"), &before_load, &before);
-        report(&format!("after ({v2})"), &after_load, &after);
-        println!(
-            "plan: {} list move(s), {} bytes; decision → {v2} Active {to_active:.1} s (one remap Job, no train or build)",
-            plan.moves.len(),
-            plan.bytes
-        );
-        anyhow::Ok(())
+            .await?;
+            let to_active = decided.elapsed().as_secs_f64();
+            active = vi.status.and_then(|s| s.active_version).context("active")?;
+            let vi = until(b, "the load figures of the rebalanced version", |vi| {
+                load_of(vi, &active).is_some()
+            })
+            .await?;
+            load = load_of(&vi, &active).context("load")?;
+            let run = next_run(&runs, Instant::now(), Duration::from_secs(60)).await?;
+            report(&format!("after {what} ({active})"), &load, &run);
+            println!("  decision → {active} Active {to_active:.1} s (no train or build Job)");
+        }
+        replica_step(b, &runs, &active, &load).await
     }
     .await;
     stop.store(true, Ordering::SeqCst);
@@ -284,6 +288,96 @@ pub async fn run(b: &RebalanceBench<'_>) -> Result<()> {
     println!("queries during the benchmark: {ok} served, {failed} failed");
     outcome?;
     driven
+}
+
+/// Plan steps the benchmark applies at most before the replica step.
+const MAX_PLAN_STEPS: usize = 3;
+
+/// What applying the plan of `load` would do now, as the operator decides it (a split first;
+/// moves when they take off more than noise), or None.
+fn plan_step(load: &LoadStatus) -> Option<String> {
+    if let Some(s) = load.split() {
+        return Some(format!(
+            "a split of list {} (new half on shard {})",
+            s.list, s.to
+        ));
+    }
+    let p = load.plan.as_ref()?;
+    (!p.moves.is_empty() && p.imbalance_after + 0.1 <= load.imbalance)
+        .then(|| format!("{} list move(s), {} bytes", p.moves.len(), p.bytes))
+}
+
+/// Auto mode with one more replica allowed per shard, no splits and a threshold just under the
+/// current imbalance: the operator gives the hottest shard a replica (after moves, if the plan
+/// still has some that help). Measures a run once the new
+/// replica is counted in the load figures, then restores the spec's rebalance settings.
+async fn replica_step(
+    b: &RebalanceBench<'_>,
+    runs: &Mutex<Vec<Run>>,
+    active: &str,
+    load: &LoadStatus,
+) -> Result<()> {
+    let vi = b.api.get(b.name).await?;
+    let mut original = serde_json::to_value(&vi.spec.rebalance)?;
+    // Absent fields must be null in a merge patch to be removed again.
+    if original.get("maxReplicasPerShard").is_none() {
+        original["maxReplicasPerShard"] = Value::Null;
+    }
+    if load.imbalance < 1.1 {
+        println!(
+            "\nno hot shard left (imbalance {:.2}): no replica to add",
+            load.imbalance
+        );
+        return Ok(());
+    }
+    let replicas = vi.spec.replicas;
+    let threshold = (load.imbalance - 0.1).clamp(1.05, 1.5);
+    let decided = Instant::now();
+    b.api
+        .patch(
+            b.name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"rebalance": {"mode": "Auto", "splitLists": false,
+                "maxReplicasPerShard": replicas + 1, "windowSeconds": 5, "threshold": threshold}}}),
+            ),
+        )
+        .await?;
+    let counted = |vi: &VectorIndex| {
+        let s = vi.status.as_ref()?;
+        let h = s.hot_shards.first()?;
+        let l = s.load.as_ref()?;
+        l.shards
+            .iter()
+            .any(|x| x.shard == h.shard && x.replicas >= h.replicas)
+            .then(|| (h.shard, l.clone(), s.active_version.clone()))
+    };
+    let result = async {
+        let vi = until(b, "a hot shard's replica counted in the load", |vi| {
+            counted(vi).is_some()
+        })
+        .await?;
+        let to_ready = decided.elapsed().as_secs_f64();
+        let (shard, after, now_active) = counted(&vi).context("hot shard")?;
+        let run = next_run(runs, Instant::now(), Duration::from_secs(60)).await?;
+        let version = now_active.unwrap_or_else(|| active.to_string());
+        report(
+            &format!("after a replica of shard {shard} ({version})"),
+            &after,
+            &run,
+        );
+        println!("  Auto on → replica Ready and counted {to_ready:.1} s (the window is 5 s)");
+        anyhow::Ok(())
+    }
+    .await;
+    b.api
+        .patch(
+            b.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"rebalance": original}})),
+        )
+        .await?;
+    result
 }
 
 /// Prints one measured run: QPS, and per shard the operator's load share, the CPU share, the

@@ -423,7 +423,9 @@ fn rebalance_ask<'a>(
     }
     let moves: &[ListMove] = load.and_then(|l| l.plan.as_ref()).map_or(&[], |p| &p.moves);
     let version = load.map(|l| l.version.as_str());
-    let split = load.and_then(LoadStatus::split);
+    let split = load
+        .and_then(LoadStatus::split)
+        .filter(|_| vi.spec.rebalance.split_lists);
     // Auto makes a new version for moves only when they lower the imbalance by more than
     // noise; otherwise a hot shard's extra replica (hotreplicas) is the next step.
     let moves_help = load.is_some_and(|l| {

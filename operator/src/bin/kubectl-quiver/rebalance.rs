@@ -179,7 +179,7 @@ pub fn applicable(vi: &VectorIndex) -> Result<Applicable, String> {
         .ok_or_else(|| {
             format!("no load measured for the active version of {name} yet: nothing to apply")
         })?;
-    if let Some(s) = load.split() {
+    if let Some(s) = load.split().filter(|_| vi.spec.rebalance.split_lists) {
         return Ok(Applicable::Split(s));
     }
     match load.plan.map(|p| p.moves.len()).unwrap_or(0) {
@@ -367,6 +367,13 @@ pub mod tests {
             })),
             "a split comes before the moves"
         );
+        vi.spec.rebalance.split_lists = false;
+        assert_eq!(
+            applicable(&vi),
+            Ok(Applicable::Moves(1)),
+            "splitLists: false moves only"
+        );
+        vi.spec.rebalance.split_lists = true;
         let mut empty = load;
         empty.plan = None;
         vi.status.as_mut().unwrap().load = Some(empty);
