@@ -47,6 +47,8 @@ pub struct DemoConfig {
     /// Then run the rebalance benchmark (skewed load, the operator's plan applied; see
     /// [`crate::rebalancebench`]).
     pub rebalance: bool,
+    /// Plan steps of the rebalance benchmark before its replica step.
+    pub rebalance_steps: usize,
 }
 
 /// Phase timings of the first version: (phase, seconds spent in it).
@@ -194,6 +196,7 @@ pub async fn run(cfg: DemoConfig) -> Result<()> {
                 queries: data.join("queries.fvecs"),
                 concurrency: 8,
                 timeout_secs: cfg.timeout_secs,
+                plan_steps: cfg.rebalance_steps,
             })
             .await?;
         }

@@ -37,6 +37,8 @@ pub struct RebalanceBench<'a> {
     pub queries: PathBuf,
     pub concurrency: usize,
     pub timeout_secs: u64,
+    /// Plan steps applied (splits, moves) before the replica step.
+    pub plan_steps: usize,
 }
 
 /// CPU ticks (user + system) of each shard's processes, by shard number: the node processes
@@ -234,7 +236,7 @@ pub async fn run(b: &RebalanceBench<'_>) -> Result<()> {
         let mut active = v1.clone();
         // The operator's plan, applied step by step as `kubectl quiver rebalance` would: a
         // split while one list outweighs a mean shard, then moves while they help.
-        for step in 1..=MAX_PLAN_STEPS {
+        for step in 1..=b.plan_steps {
             let Some(what) = plan_step(&load) else {
                 println!(
                     "\nthe plan has nothing left to do (imbalance {:.2})",
@@ -290,9 +292,6 @@ pub async fn run(b: &RebalanceBench<'_>) -> Result<()> {
     driven
 }
 
-/// Plan steps the benchmark applies at most before the replica step.
-const MAX_PLAN_STEPS: usize = 3;
-
 /// What applying the plan of `load` would do now, as the operator decides it (a split first;
 /// moves when they take off more than noise), or None.
 fn plan_step(load: &LoadStatus) -> Option<String> {
@@ -307,9 +306,9 @@ fn plan_step(load: &LoadStatus) -> Option<String> {
         .then(|| format!("{} list move(s), {} bytes", p.moves.len(), p.bytes))
 }
 
-/// Auto mode with one more replica allowed per shard, no splits and a threshold just under the
-/// current imbalance: the operator gives the hottest shard a replica (after moves, if the plan
-/// still has some that help). Measures a run once the new
+/// Auto mode with one more replica allowed per shard, no splits and the lowest threshold: the
+/// operator gives the hottest shard a replica (after moves, if the plan still has some that
+/// help, each measured too). Measures a run once the new
 /// replica is counted in the load figures, then restores the spec's rebalance settings.
 async fn replica_step(
     b: &RebalanceBench<'_>,
@@ -331,7 +330,8 @@ async fn replica_step(
         return Ok(());
     }
     let replicas = vi.spec.replicas;
-    let threshold = (load.imbalance - 0.1).clamp(1.05, 1.5);
+    // The lowest threshold: after any moves that still help, a shard above it gets a replica.
+    let threshold = 1.05;
     let decided = Instant::now();
     b.api
         .patch(
@@ -367,6 +367,18 @@ async fn replica_step(
             &run,
         );
         println!("  Auto on → replica Ready and counted {to_ready:.1} s (the window is 5 s)");
+        for v in vi.status.iter().flat_map(|s| &s.versions) {
+            if v.trigger.as_deref() == Some("rebalance:auto") {
+                println!(
+                    "  Auto first made {} ({} list move(s){})",
+                    v.name,
+                    v.moves.len(),
+                    v.split
+                        .as_ref()
+                        .map_or(String::new(), |s| format!(", split of list {}", s.list))
+                );
+            }
+        }
         anyhow::Ok(())
     }
     .await;

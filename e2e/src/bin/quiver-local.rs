@@ -86,11 +86,16 @@ enum Cmd {
         #[arg(long)]
         swap: bool,
         /// Then benchmark a rebalance: Zipf-skewed queries at concurrency 8 through the
-        /// Service, the operator's plan applied (quiver.dev/rebalance); prints QPS, each
-        /// shard's load share and CPU time per query, and the throughput bound with a core per
-        /// shard replica, before and after, and decision → Active.
+        /// Service, the operator's plan applied step by step (quiver.dev/rebalance: splits,
+        /// then moves), then a hot shard's extra replica (Auto); prints QPS, each shard's load
+        /// share and CPU time per query, and the throughput bound with a core per shard
+        /// replica, before and after each step, and decision → Active.
         #[arg(long)]
         rebalance: bool,
+        /// Plan steps the rebalance benchmark applies before the replica step (0: straight to
+        /// the replica step, from the skewed start).
+        #[arg(long, default_value_t = 6)]
+        rebalance_steps: usize,
     },
     /// Kubelet-only mode: run just the process kubelet and the Service proxy against any
     /// API server (a real control plane, or another `up --no-kubelet`), until SIGINT/SIGTERM.
@@ -227,6 +232,7 @@ fn main() -> Result<()> {
             exit,
             swap,
             rebalance,
+            rebalance_steps,
         } => {
             init_logs("warn");
             build_siblings()?;
@@ -257,6 +263,7 @@ fn main() -> Result<()> {
                 timeout_secs,
                 swap,
                 rebalance,
+                rebalance_steps,
             }))
         }
         Cmd::Kubelet {

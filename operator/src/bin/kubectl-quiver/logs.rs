@@ -26,6 +26,8 @@ pub enum LogRole {
     Gc,
     /// Remap Job pods (a rebalance version's manifest).
     Remap,
+    /// Split Job pods (a rebalance that splits one list).
+    Split,
     /// The operator's pods: only the lines about this index (--all-lines for every line).
     Operator,
 }
@@ -40,6 +42,7 @@ impl LogRole {
             LogRole::Finalize => Some(Role::Finalize),
             LogRole::Gc => Some(Role::Gc),
             LogRole::Remap => Some(Role::Remap),
+            LogRole::Split => Some(Role::Split),
             LogRole::Operator => None,
         }
     }
