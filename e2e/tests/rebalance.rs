@@ -40,32 +40,14 @@ use opsupport::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skewed_traffic_is_measured_per_shard_and_list_and_a_plan_is_printed() {
     tokio::time::timeout(Duration::from_secs(420), async {
-        let (operator, node) = bins();
-        let env = TestCluster::start(HashMap::from([("index-node".to_string(), node.clone())]))
-            .await
-            .unwrap();
-        install_crd(&env.client).await.unwrap();
-        let store = env.dir.join("store");
-        std::fs::create_dir_all(&store).unwrap();
-        let storage = format!("file://{}", store.display());
-        // Sampled every 2 s (30 s by default), so that a rate is measured within the test.
-        let _op = Operator::start_with(
-            &env,
-            &operator,
-            "quiver-operator",
-            &["--load-sample-secs", "2"],
-        )
-        .await;
-        let api: Api<VectorIndex> = env.api();
-        let mut v = serde_json::to_value(index(
-            "hot",
-            &storage,
-            json!({"synthetic": {"count": 4000, "seed": 11}}),
-        ))
-        .unwrap();
-        v["spec"]["shards"] = json!(4);
-        v["spec"]["replicas"] = json!(1);
-        v["spec"]["router"] = json!({"replicas": 1});
+        let Setup {
+            env,
+            node,
+            storage,
+            api,
+            _op,
+        } = setup().await;
+        let v = four_shards("hot", &storage);
         let vi: VectorIndex = serde_json::from_value(v).unwrap();
         api.create(&PostParams::default(), &vi).await.unwrap();
         let vi = wait_for(&api, "hot", 240, "v1 Ready", |vi| {
@@ -325,6 +307,56 @@ async fn skewed_traffic_is_measured_per_shard_and_list_and_a_plan_is_printed() {
     .expect("scenario timed out");
 }
 
+/// A local cluster (or QUIVER_E2E_KUBECONFIG's) with the CRD, a file store and an operator that
+/// samples load every 2 s (30 s by default), so that a rate is measured within a test.
+struct Setup {
+    env: TestCluster,
+    node: PathBuf,
+    storage: String,
+    api: Api<VectorIndex>,
+    _op: Operator,
+}
+
+async fn setup() -> Setup {
+    let (operator, node) = bins();
+    let env = TestCluster::start(HashMap::from([("index-node".to_string(), node.clone())]))
+        .await
+        .unwrap();
+    install_crd(&env.client).await.unwrap();
+    let store = env.dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let storage = format!("file://{}", store.display());
+    let _op = Operator::start_with(
+        &env,
+        &operator,
+        "quiver-operator",
+        &["--load-sample-secs", "2"],
+    )
+    .await;
+    let api = env.api();
+    Setup {
+        env,
+        node,
+        storage,
+        api,
+        _op,
+    }
+}
+
+/// The test index `name` (4000 synthetic vectors) on 4 shards of one replica, one router.
+fn four_shards(name: &str, storage: &str) -> Value {
+    let mut v = serde_json::to_value(index(
+        name,
+        storage,
+        json!({"synthetic": {"count": 4000, "seed": 11}}),
+    ))
+    .unwrap();
+    v["spec"]["shards"] = json!(4);
+    v["spec"]["replicas"] = json!(1);
+    v["spec"]["router"] = json!({"replicas": 1});
+    v
+}
+
 /// `index-node loadtest` runs of 5 s (Zipf 1.5, nprobe 1, concurrency 4) until `stop`: their
 /// JSON summaries.
 fn skewed_load(
@@ -418,31 +450,14 @@ async fn shard_pods(env: &TestCluster, index: &str, shard: u32) -> Vec<Pod> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_shard_gets_a_replica_and_gives_it_back_when_it_cools() {
     tokio::time::timeout(Duration::from_secs(420), async {
-        let (operator, node) = bins();
-        let env = TestCluster::start(HashMap::from([("index-node".to_string(), node.clone())]))
-            .await
-            .unwrap();
-        install_crd(&env.client).await.unwrap();
-        let store = env.dir.join("store");
-        std::fs::create_dir_all(&store).unwrap();
-        let storage = format!("file://{}", store.display());
-        let _op = Operator::start_with(
-            &env,
-            &operator,
-            "quiver-operator",
-            &["--load-sample-secs", "2"],
-        )
-        .await;
-        let api: Api<VectorIndex> = env.api();
-        let mut v = serde_json::to_value(index(
-            "warm",
-            &storage,
-            json!({"synthetic": {"count": 4000, "seed": 11}}),
-        ))
-        .unwrap();
-        v["spec"]["shards"] = json!(4);
-        v["spec"]["replicas"] = json!(1);
-        v["spec"]["router"] = json!({"replicas": 1});
+        let Setup {
+            env,
+            node,
+            storage,
+            api,
+            _op,
+        } = setup().await;
+        let mut v = four_shards("warm", &storage);
         // Lists of about 16 entries: too small to split, and the hottest one alone takes
         // about 40 % of the load, so no map of whole lists brings 4 shards near 25 % each.
         v["spec"]["index"]["nlist"] = json!(256);
