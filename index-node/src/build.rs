@@ -357,10 +357,7 @@ async fn finalize(cmd: &BuildCmd, storage: &Storage, started: Instant) -> anyhow
         namespace: cmd.loc.namespace.clone(),
         index: cmd.loc.index.clone(),
         version: cmd.loc.version.clone(),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created_unix: manifest::unix_now(),
         dim: quantizer.dim(),
         metric: quantizer.metric(),
         nlist,

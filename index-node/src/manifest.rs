@@ -132,6 +132,14 @@ mod text {
     }
 }
 
+/// Seconds since the Unix epoch, for `created_unix` (0 on a clock before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 impl Manifest {
     pub fn parse(bytes: &[u8], name: &str) -> anyhow::Result<Self> {
         let m: Manifest = serde_json::from_slice(bytes)

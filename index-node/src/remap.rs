@@ -147,10 +147,7 @@ pub async fn write(cmd: &RemapCmd) -> anyhow::Result<Manifest> {
     anyhow::ensure!(!moves.is_empty(), "--move: no moves given");
     let storage = cmd.at.open()?;
     let from = read_manifest(&storage, &cmd.at.namespace, &cmd.at.index, &cmd.from).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let now = crate::manifest::unix_now();
     let new = remap(&from, &cmd.to, &moves, now)?;
     let rel = format!(
         "{}/{MANIFEST}",

@@ -292,10 +292,7 @@ pub async fn write(cmd: &SplitCmd) -> anyhow::Result<Manifest> {
             split.list(m.nlist as u32).map_or(0, |l| l.len() as u64),
         ),
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let now = crate::manifest::unix_now();
     let new = split_manifest(&m, &cmd.to, list, to_shard, parent_fingerprint, halves, now)?;
     let bytes = serde_json::to_vec_pretty(&new)?;
     Manifest::parse(&bytes, &rel)?;
